@@ -1,0 +1,87 @@
+import type { IncomingMessage } from 'node:http';
+
+type ParsedRequest = IncomingMessage & { body?: unknown; _body?: boolean };
+
+/** A request body that has to be sent from `req.body` because a body parser already read the stream. */
+export type ConsumedBody =
+  | { readonly kind: 'empty' }
+  | { readonly kind: 'resend'; readonly body: Buffer }
+  | { readonly kind: 'lost'; readonly reason: string };
+
+/** True when something (a body parser) has read the request stream. */
+export function isBodyConsumed(req: IncomingMessage): boolean {
+  return (req as ParsedRequest)._body === true || req.readableEnded;
+}
+
+function announcesBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+function mediaType(req: IncomingMessage): string {
+  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+}
+
+const CHARSETS: Record<string, BufferEncoding> = {
+  'utf-8': 'utf8',
+  utf8: 'utf8',
+  'iso-8859-1': 'latin1',
+  latin1: 'latin1',
+  'us-ascii': 'latin1',
+  ascii: 'latin1',
+  'utf-16le': 'utf16le',
+};
+
+function charsetOf(req: IncomingMessage): BufferEncoding | undefined {
+  const match = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(req.headers['content-type'] ?? '');
+  return match ? CHARSETS[match[1]!.toLowerCase()] : 'utf8';
+}
+
+/**
+ * `application/x-www-form-urlencoded` of what `express.urlencoded()` produced, flat (`querystring`)
+ * or nested (`qs`): repeated keys for arrays of values, brackets for objects.
+ */
+function formPairs(prefix: string, value: unknown, pairs: [string, string][]): void {
+  if (value === undefined) return;
+  if (Array.isArray(value)) {
+    const nested = value.some((item) => item !== null && typeof item === 'object');
+    value.forEach((item, index) => formPairs(nested ? `${prefix}[${index}]` : prefix, item, pairs));
+  } else if (value !== null && typeof value === 'object') {
+    for (const [key, item] of Object.entries(value)) formPairs(prefix ? `${prefix}[${key}]` : key, item, pairs);
+  } else {
+    pairs.push([prefix, value === null ? '' : String(value)]);
+  }
+}
+
+function serialise(req: ParsedRequest): Buffer | string {
+  const body = req.body;
+  if (Buffer.isBuffer(body)) return body;
+  const type = mediaType(req);
+  if (typeof body === 'string') {
+    const encoding = charsetOf(req);
+    if (!encoding) return 'its charset cannot be re-encoded';
+    return Buffer.from(body, encoding);
+  }
+  if (body !== null && typeof body === 'object') {
+    if (type === 'application/json' || type.endsWith('+json')) return Buffer.from(JSON.stringify(body));
+    if (type === 'application/x-www-form-urlencoded') {
+      const pairs: [string, string][] = [];
+      formPairs('', body, pairs);
+      return Buffer.from(new URLSearchParams(pairs).toString());
+    }
+    return `a parsed "${type || 'untyped'}" body has no known serialisation`;
+  }
+  return 'req.body is empty although the request had a body';
+}
+
+/**
+ * What to send for a request whose stream was already read: nothing when it had no body, its body
+ * re-serialised from `req.body`, or why that cannot be done. `undefined` when the stream is unread.
+ */
+export function consumedBody(req: IncomingMessage): ConsumedBody | undefined {
+  if (!isBodyConsumed(req)) return undefined;
+  const parsed = req as ParsedRequest;
+  if (!announcesBody(req)) return { kind: 'empty' };
+  const result = serialise(parsed);
+  return typeof result === 'string' ? { kind: 'lost', reason: result } : { kind: 'resend', body: result };
+}

@@ -1,0 +1,28 @@
+import type { IncomingMessage } from 'node:http';
+import type { ProxyError } from './errors';
+import type { Route } from './route';
+import type { StatsBook } from './stats';
+import type { ClientSide, Logger, ProxyEvents } from './types';
+
+/** Work in progress that `close()` must see finish, or end itself at the deadline. */
+export interface InFlight {
+  /** Ends the work now: 503 when nothing was answered yet, else the connection is cut or closed. */
+  shutdown(): void;
+}
+
+/** What the HTTP and tunnel paths need from the proxy that owns them. */
+export interface ProxyContext {
+  readonly logger: Logger;
+  readonly stats: StatsBook;
+  /** True once `close()` was called: new work gets 503. */
+  readonly closing: boolean;
+  readonly requests: Set<InFlight>;
+  /** Handshakes under way and open tunnels. */
+  readonly tunnels: Set<InFlight>;
+  /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
+  emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;
+  /** Logs a proxy-made error and emits it on `error`. */
+  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: Route): void;
+  /** Called whenever a request or tunnel leaves its set, so that `close()` can resolve. */
+  released(): void;
+}

@@ -1,0 +1,173 @@
+/**
+ * The only module that calls `http-proxy`. It has had no release since 2020, so a maintained
+ * drop-in should be able to replace it here alone; its defects are worked around here too:
+ *
+ * - It builds the upstream path with `url.parse` and `urlJoin` (which collapses `//` in the query
+ *   too), and its headers option can add headers but not remove them. The path and headers we
+ *   computed are shown to it as `req.url` / `req.headers` for the synchronous span of the call in
+ *   which it reads them, then put back: the caller's request is never left changed.
+ * - Its `deleteLength` pass turns a chunked DELETE/OPTIONS body into `Content-Length: 0` followed by
+ *   the body bytes, which the upstream reads as a second request. The pass is removed; framing is
+ *   decided by the caller.
+ * - On an upgrade it writes a refusal to the client with the upstream's hop-by-hop headers and a
+ *   `Transfer-Encoding: chunked` it does not honour. Refusals are handed to the caller instead.
+ * - For an `https` upstream the TLS server name is taken from the client's `Host`; it is set to
+ *   the target's host name here.
+ */
+import HttpProxy = require('http-proxy');
+import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { isIP } from 'node:net';
+import { Readable, type Duplex } from 'node:stream';
+import type { EngineUrl } from './target';
+import type { CookieRewrite } from './types';
+
+export interface EngineOptions {
+  target: EngineUrl;
+  changeOrigin: boolean;
+  secure: boolean | undefined;
+  ca: string | Buffer | Array<string | Buffer> | undefined;
+  /** Agent for HTTP requests. */
+  webAgent: Agent | false;
+  /** Agent for upgrade requests: `false` opens a fresh connection for each tunnel. */
+  wsAgent: Agent | false;
+  cookieDomainRewrite: CookieRewrite | undefined;
+  cookiePathRewrite: CookieRewrite | undefined;
+  autoRewrite: boolean | undefined;
+}
+
+/** What to send upstream, decided by the caller. */
+export interface OutgoingRequest {
+  /** Path and query, sent byte for byte except that repeated slashes in the path are merged. */
+  path: string;
+  headers: OutgoingHttpHeaders;
+  /** A body to send instead of streaming the request (one already read by a body parser). */
+  body?: Buffer;
+}
+
+export interface WebHooks {
+  /** The upstream request has its socket; headers are not sent yet. */
+  onProxyReq(proxyReq: ClientRequest): void;
+  /** The upstream response arrived; its headers may be changed before they are copied to the client. */
+  onProxyRes(proxyRes: IncomingMessage): void;
+  onError(error: Error): void;
+}
+
+export interface TunnelHooks {
+  /** The upstream request was created; headers are not sent yet. */
+  onProxyReq(proxyReq: ClientRequest): void;
+  /** The upstream answered 101; its headers may be changed before the 101 is written to the client. */
+  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex): void;
+  /** The 101 is written and the bytes are piped both ways; `upstreamHead` came with the 101. */
+  onTunnel(upstreamSocket: Duplex, upstreamHead: Buffer): void;
+  /** The upstream answered anything but 101; nothing has been written to the client. */
+  onRefused(proxyRes: IncomingMessage): void;
+  onError(error: Error): void;
+}
+
+type Pass = (...args: unknown[]) => unknown;
+type ProxyServer = HttpProxy & { webPasses: Pass[] };
+
+// http-proxy copies per-call options with Object.keys, so the hooks travel under a string key.
+const HOOKS = 'viaductHooks';
+type CallOptions = HttpProxy.ServerOptions & { [HOOKS]: WebHooks | TunnelHooks };
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+function withRequestView<T>(req: IncomingMessage, outgoing: OutgoingRequest, run: () => T): T {
+  const { url, headers } = req;
+  req.url = outgoing.path;
+  req.headers = outgoing.headers as IncomingMessage['headers'];
+  try {
+    return run();
+  } finally {
+    req.url = url;
+    req.headers = headers;
+  }
+}
+
+export class Engine {
+  private readonly server: ProxyServer;
+  private readonly servername: string | undefined;
+  private readonly wsAgent: Agent | false;
+  private createdUpgradeRequest: ClientRequest | undefined;
+
+  constructor(options: EngineOptions) {
+    const hostname = options.target.hostname ?? '';
+    this.servername = options.target.protocol === 'https:' && !options.target.socketPath && !isIP(hostname.replace(/^\[|\]$/g, '')) ? hostname : undefined;
+    this.wsAgent = options.wsAgent;
+    this.server = HttpProxy.createProxyServer({
+      target: options.target,
+      changeOrigin: options.changeOrigin,
+      secure: options.secure,
+      ca: options.ca,
+      agent: options.webAgent,
+      cookieDomainRewrite: options.cookieDomainRewrite,
+      cookiePathRewrite: options.cookiePathRewrite,
+      autoRewrite: options.autoRewrite,
+      // The caller computes the whole path; http-proxy must neither re-parse nor prepend to it.
+      toProxy: true,
+      prependPath: false,
+    } as HttpProxy.ServerOptions) as ProxyServer;
+    this.server.webPasses = this.server.webPasses.filter((pass) => pass.name !== 'deleteLength');
+    this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
+      const hooks = (callOptions as CallOptions)[HOOKS] as WebHooks;
+      // Ahead of http-proxy's own listener, which copies the response headers to the client.
+      proxyReq.prependListener('response', (proxyRes: IncomingMessage) => hooks.onProxyRes(proxyRes));
+      hooks.onProxyReq(proxyReq);
+    });
+    this.server.on('proxyReqWs', (proxyReq, _req, _socket, callOptions) => {
+      this.createdUpgradeRequest = proxyReq;
+      (callOptions as CallOptions)[HOOKS].onProxyReq(proxyReq);
+    });
+  }
+
+  /** The upstream request the last `ws` call created, reported synchronously by `proxyReqWs`. */
+  private takeUpgradeRequest(): ClientRequest | undefined {
+    const proxyReq = this.createdUpgradeRequest;
+    this.createdUpgradeRequest = undefined;
+    return proxyReq;
+  }
+
+  private callOptions(hooks: WebHooks | TunnelHooks, extra?: HttpProxy.ServerOptions): CallOptions {
+    // setupOutgoing writes the outgoing request into `ssl`, so it cannot be shared between calls.
+    const options: CallOptions = { ...extra, [HOOKS]: hooks };
+    if (this.servername) options.ssl = { servername: this.servername };
+    return options;
+  }
+
+  web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
+    const options = this.callOptions(hooks, outgoing.body ? { buffer: Readable.from([outgoing.body], { objectMode: false }) } : undefined);
+    try {
+      withRequestView(req, outgoing, () => {
+        this.server.web(req, res, options, (error) => hooks.onError(error));
+      });
+    } catch (error) {
+      hooks.onError(asError(error));
+    }
+  }
+
+  ws(req: IncomingMessage, socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
+    const options = this.callOptions(hooks, { agent: this.wsAgent });
+    try {
+      withRequestView(req, outgoing, () => {
+        this.server.ws(req, socket, head, options, (error) => hooks.onError(error));
+      });
+    } catch (error) {
+      hooks.onError(asError(error));
+      return;
+    }
+    const proxyReq = this.takeUpgradeRequest();
+    if (!proxyReq) {
+      hooks.onError(new Error('the engine did not create an upstream request'));
+      return;
+    }
+    proxyReq.removeAllListeners('response');
+    proxyReq.on('response', (proxyRes: IncomingMessage) => hooks.onRefused(proxyRes));
+    proxyReq.prependListener('upgrade', (proxyRes: IncomingMessage, upstreamSocket: Duplex) => hooks.onUpgrade(proxyRes, upstreamSocket));
+    // After http-proxy's own listener: a 'data' listener added earlier would make the socket flow
+    // before it pipes, and the bytes that came with the 101 would bypass the pipe.
+    proxyReq.on('upgrade', (_proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => hooks.onTunnel(upstreamSocket, upstreamHead));
+  }
+}

@@ -1,0 +1,74 @@
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+
+export type ForwardedMode = 'x-forwarded' | 'forwarded' | false;
+
+/** Incoming headers that claim where a request came from: only kept from a trusted peer. */
+export const FORWARDING_HEADERS: ReadonlySet<string> = new Set([
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+]);
+
+type ExpressTrust = (address: string, hop: number) => boolean;
+
+interface ExpressApp {
+  get(setting: 'trust proxy fn'): ExpressTrust | undefined;
+}
+
+/** `trustProxy` when set, else Express's `trust proxy` verdict on the connecting address, else false. */
+export function isTrusted(req: IncomingMessage, setting: boolean | undefined): boolean {
+  if (setting !== undefined) return setting;
+  const app = (req as IncomingMessage & { app?: ExpressApp }).app;
+  if (typeof app?.get !== 'function') return false;
+  const trust = app.get('trust proxy fn');
+  return typeof trust === 'function' && trust(req.socket.remoteAddress ?? '', 0);
+}
+
+function protoOf(req: IncomingMessage): 'http' | 'https' {
+  return (req.socket as TLSSocket).encrypted ? 'https' : 'http';
+}
+
+function portOf(host: string | undefined, proto: 'http' | 'https'): string {
+  const port = host ? /:(\d+)$/.exec(host) : null;
+  return port ? port[1]! : proto === 'https' ? '443' : '80';
+}
+
+function appended(previous: string | string[] | number | undefined, value: string): string {
+  return previous === undefined ? value : `${String(previous)}, ${value}`;
+}
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+// RFC 7239: a value that is not a token is a quoted-string; IPv6 nodes are bracketed and quoted.
+function forwardedValue(value: string): string {
+  return TOKEN.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`;
+}
+
+function forwardedNode(address: string | undefined): string {
+  if (!address) return 'unknown';
+  return address.includes(':') ? `"[${address}]"` : address;
+}
+
+/**
+ * Adds the forwarding headers of `mode` to the upstream headers. `headers` already holds the
+ * incoming forwarding headers when the peer is trusted (they are appended to) and none otherwise.
+ */
+export function addForwarding(headers: OutgoingHttpHeaders, req: IncomingMessage, mode: ForwardedMode): void {
+  if (mode === false) return;
+  const proto = protoOf(req);
+  const host = req.headers.host;
+  if (mode === 'forwarded') {
+    let element = `for=${forwardedNode(req.socket.remoteAddress)}`;
+    if (host) element += `;host=${forwardedValue(host)}`;
+    element += `;proto=${proto}`;
+    headers.forwarded = appended(headers.forwarded, element);
+    return;
+  }
+  headers['x-forwarded-for'] = appended(headers['x-forwarded-for'], req.socket.remoteAddress ?? 'unknown');
+  headers['x-forwarded-proto'] = appended(headers['x-forwarded-proto'], proto);
+  if (host) headers['x-forwarded-host'] = appended(headers['x-forwarded-host'], host);
+  headers['x-forwarded-port'] = appended(headers['x-forwarded-port'], portOf(host, proto));
+}

@@ -1,0 +1,168 @@
+import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import onHeaders = require('on-headers');
+import { consumedBody } from './body';
+import type { InFlight, ProxyContext } from './context';
+import type { OutgoingRequest, WebHooks } from './engine';
+import { ProxyError, errorBody, toProxyError } from './errors';
+import { forwardedPath } from './forwarded-path';
+import { InvalidHeaderValueError, applyToResponse } from './header-policy';
+import { stripHopByHop } from './hop-by-hop';
+import { upstreamHeaders } from './request-headers';
+import type { Route } from './route';
+import { watchConnect } from './timeouts';
+
+const NO_BODY = Buffer.alloc(0);
+
+/** Decides what to send upstream, or the error that stops the request first. */
+function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
+  const path = forwardedPath(req.url ?? '/', route, req);
+  if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
+  const coding = req.headers['transfer-encoding'];
+  if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
+  let headers: OutgoingHttpHeaders;
+  try {
+    headers = upstreamHeaders(req, route, false);
+  } catch (error) {
+    if (error instanceof InvalidHeaderValueError) return new ProxyError('EBADHEADER', error.message);
+    throw error;
+  }
+  const consumed = consumedBody(req);
+  if (consumed === undefined) return { path, headers };
+  if (consumed.kind === 'lost') return new ProxyError('EBODYLOST', consumed.reason);
+  if (consumed.kind === 'empty') return { path, headers, body: NO_BODY };
+  headers['content-length'] = String(consumed.body.length);
+  delete headers['transfer-encoding'];
+  // Body parsers inflate what they read: the re-serialised body is not encoded.
+  delete headers['content-encoding'];
+  return { path, headers, body: consumed.body };
+}
+
+/** One proxied HTTP request, from the route match to the last byte (or the error). */
+class HttpExchange implements WebHooks, InFlight {
+  private proxyReq: ClientRequest | undefined;
+  /** The upstream's response headers were accepted: from now on a failure cuts the connection. */
+  private responded = false;
+  /** An error was answered or the connection cut: later engine errors are echoes. */
+  private settled = false;
+  private clientGone = false;
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly route: Route,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+  ) {}
+
+  start(): void {
+    const { ctx, route, req, res } = this;
+    ctx.stats.requestStarted(route.stats);
+    ctx.requests.add(this);
+    res.once('close', () => this.onClientClose());
+    onHeaders(res, () => this.beforeHead());
+    if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
+    let outgoing: OutgoingRequest | ProxyError;
+    try {
+      outgoing = prepare(route, req);
+    } catch (error) {
+      outgoing = toProxyError(error, 'EINTERNAL');
+    }
+    if (outgoing instanceof ProxyError) return this.fail(outgoing);
+    route.engine.web(req, res, outgoing, this);
+  }
+
+  /** Response policy, on proxied and proxy-made responses alike. */
+  private beforeHead(): void {
+    // The engine echoes the client's Connection header; our connection to the client is Node's to manage.
+    this.res.removeHeader('connection');
+    applyToResponse(this.route.responseHeaders, this.res, this.req, (error) => {
+      this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
+    });
+  }
+
+  onProxyReq(proxyReq: ClientRequest): void {
+    this.proxyReq = proxyReq;
+    if (this.clientGone) {
+      proxyReq.destroy();
+      return;
+    }
+    watchConnect(proxyReq, this.route.connectTimeout, this.route.secure);
+    proxyReq.setTimeout(this.route.readTimeout, () => this.onReadTimeout());
+    this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
+  }
+
+  onProxyRes(proxyRes: IncomingMessage): void {
+    this.responded = true;
+    stripHopByHop(proxyRes.headers);
+    proxyRes.once('close', () => {
+      if (!proxyRes.complete) this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
+    });
+    this.ctx.emit('proxyRes', proxyRes, this.req, this.res);
+  }
+
+  onError(error: Error): void {
+    if (this.settled || this.clientGone || this.res.destroyed) {
+      this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the exchange ended: ${error.message}`);
+      return;
+    }
+    this.abandon(toProxyError(error));
+  }
+
+  private onReadTimeout(): void {
+    this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.readTimeout} ms`));
+  }
+
+  /** An error answer while nothing reached the client yet, else a cut connection. */
+  private abandon(error: ProxyError): void {
+    if (this.responded || this.res.headersSent) this.cut(error);
+    else this.fail(error);
+  }
+
+  private onClientClose(): void {
+    const { ctx, route, res } = this;
+    ctx.requests.delete(this);
+    ctx.stats.requestEnded(route.stats);
+    if (!res.writableFinished && !this.settled) {
+      this.clientGone = true;
+      this.proxyReq?.destroy();
+      ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: the client went away`);
+    }
+    ctx.released();
+  }
+
+  /** Answers with a proxy-made error response. */
+  private fail(error: ProxyError): void {
+    const { ctx, route, req, res } = this;
+    this.settled = true;
+    ctx.stats.requestFailed(route.stats);
+    ctx.report(error, req, res, route);
+    this.proxyReq?.destroy();
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const { contentType, body } = errorBody(error, req.headers.accept);
+    // An unread request body or a shutdown: do not keep the connection for another request.
+    if (!req.complete || error.code === 'ESHUTDOWN') res.shouldKeepAlive = false;
+    res.statusCode = error.status;
+    res.setHeader('content-type', contentType);
+    res.setHeader('content-length', Buffer.byteLength(body));
+    res.end(body);
+  }
+
+  /** Destroys the client connection: a response already under way must not look complete. */
+  private cut(error: ProxyError): void {
+    this.settled = true;
+    this.ctx.stats.requestFailed(this.route.stats);
+    this.ctx.report(error, this.req, this.res, this.route);
+    this.proxyReq?.destroy();
+    this.res.destroy();
+  }
+
+  shutdown(): void {
+    if (!this.settled && !this.clientGone) this.abandon(new ProxyError('ESHUTDOWN', 'still running at the close timeout'));
+  }
+}
+
+export function proxyHttp(ctx: ProxyContext, route: Route, req: IncomingMessage, res: ServerResponse): void {
+  new HttpExchange(ctx, route, req, res).start();
+}

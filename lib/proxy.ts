@@ -1,0 +1,208 @@
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { InFlight, ProxyContext } from './context';
+import { ProxyError, errorBody, toProxyError } from './errors';
+import { proxyHttp } from './http-path';
+import { resolveLogger } from './logger';
+import { UpstreamAgents, buildRoute, type Route, type RouteFactory } from './route';
+import { RouteTable } from './route-table';
+import { RouteResolver, isPending, type Resolution } from './router';
+import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
+import { StatsBook } from './stats';
+import { writeRawResponse } from './raw-response';
+import { proxyUpgrade } from './tunnel-path';
+import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from './types';
+import { claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from './upgrade-claims';
+
+const OPTION_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target', 'routes', 'router', 'logger']);
+const NO_HEAD = Buffer.alloc(0);
+const DEFAULT_CLOSE_TIMEOUT = 10_000;
+
+type Next = (err?: unknown) => void;
+
+function toOptions(config: Target | ProxyOptions): ProxyOptions {
+  if (typeof config === 'string' || config instanceof URL) return { target: config };
+  if (typeof config !== 'object' || config === null) {
+    throw new TypeError('viaduct: createProxy takes a target (URL string, URL, { host, port }, { socketPath }) or options');
+  }
+  const isOptions = 'target' in config || 'routes' in config || 'router' in config;
+  if (!isOptions && ('host' in config || 'socketPath' in config)) return { target: config as Target };
+  return config as ProxyOptions;
+}
+
+/** The state behind one `Proxy`: routes, counters, in-flight work and shutdown. */
+class ProxyCore implements ProxyContext, RouteFactory {
+  readonly logger: Logger;
+  readonly stats = new StatsBook();
+  readonly agents = new UpstreamAgents();
+  readonly defaults: ResolvedSettings;
+  readonly requests = new Set<InFlight>();
+  readonly tunnels = new Set<InFlight>();
+  closing = false;
+  private readonly resolver: RouteResolver;
+  private closed: Promise<void> | undefined;
+  private onDrained: (() => void) | undefined;
+
+  constructor(
+    options: ProxyOptions,
+    private readonly emitter: EventEmitter,
+  ) {
+    checkKeys(options, OPTION_KEYS, 'createProxy');
+    if (options.target === undefined && options.routes === undefined && options.router === undefined) {
+      throw new TypeError('viaduct: createProxy needs a target, routes or a router');
+    }
+    if (options.router !== undefined && typeof options.router !== 'function') {
+      throw new TypeError('viaduct: router must be a function');
+    }
+    this.logger = resolveLogger(options.logger);
+    this.defaults = resolveSettings(options, DEFAULT_SETTINGS, 'createProxy');
+    const fallback = options.target === undefined ? undefined : buildRoute(this, 'default', '', options.target, 'target');
+    this.resolver = new RouteResolver(new RouteTable(options.routes, fallback, this), options.router, this);
+  }
+
+  statsFor(key: string): RouteStats {
+    return this.stats.forKey(key);
+  }
+
+  emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void {
+    if (this.emitter.listenerCount(event) === 0) return;
+    try {
+      this.emitter.emit(event, ...args);
+    } catch (error) {
+      this.logger.error(`viaduct: a "${event}" listener threw: ${error instanceof Error ? error.stack : String(error)}`);
+    }
+  }
+
+  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: Route | undefined): void {
+    const where = route ? ` on route "${route.key}" (${route.targetLabel})` : '';
+    const line = `viaduct: ${error.status} for ${req.method} ${req.url}${where}: ${error.message}`;
+    if (error.status >= 500) this.logger.error(line);
+    else this.logger.warn(line);
+    this.emit('error', error, req, client);
+  }
+
+  released(): void {
+    if (this.closing && this.requests.size === 0 && this.tunnels.size === 0) this.onDrained?.();
+  }
+
+  /** The route of a request; a router that throws gives an `EINTERNAL` error instead. */
+  private resolve(req: IncomingMessage): Resolution | ProxyError {
+    try {
+      return this.resolver.resolve(req);
+    } catch (error) {
+      return toProxyError(error, 'EINTERNAL');
+    }
+  }
+
+  handle(req: IncomingMessage, res: ServerResponse, next: Next | undefined): void {
+    const upgrade = dispatchedUpgrade(req);
+    const client = upgrade ? upgrade.socket : res;
+    const resolution = this.resolve(req);
+    if (isPending(resolution)) {
+      resolution.then(
+        (route) => this.dispatch(route, req, res, next, upgrade),
+        (error: unknown) => this.failWithoutRoute(toProxyError(error, 'EINTERNAL'), req, client),
+      );
+    } else if (resolution instanceof ProxyError) {
+      this.failWithoutRoute(resolution, req, client);
+    } else {
+      this.dispatch(resolution, req, res, next, upgrade);
+    }
+  }
+
+  private dispatch(route: Route | undefined, req: IncomingMessage, res: ServerResponse, next: Next | undefined, upgrade: DispatchedUpgrade | undefined): void {
+    if (!route) {
+      if (next) next();
+      else this.failWithoutRoute(new ProxyError('ENOROUTE'), req, res);
+    } else if (!upgrade) {
+      proxyHttp(this, route, req, res);
+    } else if (claimSocket(upgrade.socket)) {
+      proxyUpgrade(this, route, req, upgrade.socket, upgrade.head);
+    }
+  }
+
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer = NO_HEAD): boolean {
+    if (isClaimed(socket)) return false;
+    const resolution = this.resolve(req);
+    if (resolution === undefined) return false;
+    claimSocket(socket);
+    if (resolution instanceof ProxyError) {
+      this.failWithoutRoute(resolution, req, socket);
+    } else if (isPending(resolution)) {
+      // Claimed before the router answers: upgrade() must say now whether it took the socket.
+      resolution.then(
+        (route) => {
+          if (route) proxyUpgrade(this, route, req, socket, head);
+          else this.failWithoutRoute(new ProxyError('ENOROUTE', 'the async router and the table had no route'), req, socket);
+        },
+        (error: unknown) => this.failWithoutRoute(toProxyError(error, 'EINTERNAL'), req, socket),
+      );
+    } else {
+      proxyUpgrade(this, resolution, req, socket, head);
+    }
+    return true;
+  }
+
+  /** An error before any route was chosen (a failing router): no route policy applies. */
+  private failWithoutRoute(error: ProxyError, req: IncomingMessage, client: ServerResponse | Duplex): void {
+    this.report(error, req, client, undefined);
+    const { contentType, body } = errorBody(error, req.headers.accept);
+    if (!('writeHead' in client)) {
+      writeRawResponse(client, error.status, { 'content-type': contentType }, body);
+    } else if (client.headersSent) {
+      client.destroy();
+    } else {
+      client.writeHead(error.status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) }).end(body);
+    }
+  }
+
+  close(options: CloseOptions = {}): Promise<void> {
+    const timeout = options.timeout ?? DEFAULT_CLOSE_TIMEOUT;
+    if (typeof timeout !== 'number' || !(timeout >= 0)) throw new TypeError('viaduct: close({ timeout }) takes milliseconds ≥ 0');
+    this.closed ??= new Promise<void>((resolve) => {
+      this.closing = true;
+      const deadline = setTimeout(() => {
+        // Still running at the deadline: requests are aborted, tunnels that did not flush are destroyed.
+        for (const work of [...this.requests, ...this.tunnels]) work.shutdown();
+      }, timeout);
+      this.onDrained = () => {
+        this.onDrained = undefined;
+        clearTimeout(deadline);
+        this.agents.destroy();
+        resolve();
+      };
+      for (const tunnel of [...this.tunnels]) tunnel.shutdown();
+      this.released();
+    });
+    return this.closed;
+  }
+}
+
+const cores = new WeakMap<Proxy, ProxyCore>();
+
+/** True for a value `createProxy` returned. */
+export function isProxy(value: unknown): value is Proxy {
+  return typeof value === 'function' && cores.has(value as Proxy);
+}
+
+/**
+ * Creates the proxy: a middleware for Express, Connect and `node:http`, with `upgrade()` for
+ * WebSocket tunnels on the same route table, header policy and timeouts.
+ */
+export function createProxy(config: Target | ProxyOptions): Proxy {
+  const proxy = function viaduct(req: IncomingMessage, res: ServerResponse, next?: Next): void {
+    core.handle(req, res, next);
+  } as Proxy;
+  // A function that is also an EventEmitter, as an Express app is.
+  for (const key of Reflect.ownKeys(EventEmitter.prototype)) {
+    if (key !== 'constructor') Object.defineProperty(proxy, key, Object.getOwnPropertyDescriptor(EventEmitter.prototype, key)!);
+  }
+  EventEmitter.call(proxy as unknown as EventEmitter);
+  const core = new ProxyCore(toOptions(config), proxy as unknown as EventEmitter);
+  cores.set(proxy, core);
+  proxy.upgrade = (req, socket, head) => core.upgrade(req, socket, head);
+  proxy.close = (options) => core.close(options);
+  proxy.stats = (): ProxyStats => core.stats.snapshot();
+  return proxy;
+}

@@ -1,0 +1,101 @@
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { Engine } from './engine';
+import type { PathRewriter, PathRule } from './forwarded-path';
+import type { ForwardedMode } from './forwarding';
+import type { HeaderPolicy } from './header-policy';
+import type { OriginCheck } from './origin';
+import type { RequestHeaderSettings } from './request-headers';
+import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
+import { isTarget, resolveTarget, type ResolvedTarget } from './target';
+import type { RouteStats, RouteValue } from './types';
+
+/** Keep-alive agents shared by every route of one proxy, destroyed by `close()`. */
+export class UpstreamAgents {
+  // Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
+  readonly http = new HttpAgent({ keepAlive: true, timeout: 4_000 });
+  readonly https = new HttpsAgent({ keepAlive: true, timeout: 4_000 });
+
+  destroy(): void {
+    this.http.destroy();
+    this.https.destroy();
+  }
+}
+
+const ROUTE_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target']);
+
+/** One compiled route: everything a request on it needs, computed once. */
+export class Route implements PathRule, RequestHeaderSettings {
+  readonly prefix: string;
+  readonly stripPrefix: boolean;
+  readonly rewrite: PathRewriter | undefined;
+  readonly basePath: string;
+  readonly forwarded: ForwardedMode;
+  readonly trustProxy: boolean | undefined;
+  readonly requestHeaders: HeaderPolicy;
+  readonly responseHeaders: HeaderPolicy;
+  readonly ws: boolean;
+  readonly connectTimeout: number;
+  readonly readTimeout: number;
+  readonly originAllowed: OriginCheck | undefined;
+  readonly maxTunnels: number;
+  readonly secure: boolean;
+  /** For log lines only. */
+  readonly targetLabel: string;
+  readonly engine: Engine;
+  /** Tunnels open or being opened on this route, held against `maxTunnels`. */
+  tunnelSlots = 0;
+
+  constructor(
+    /** The table key (or `'default'`, `'router'`): names the route in stats and logs. */
+    readonly key: string,
+    prefix: string,
+    target: ResolvedTarget,
+    settings: ResolvedSettings,
+    agents: UpstreamAgents,
+    readonly stats: RouteStats,
+  ) {
+    this.prefix = prefix;
+    this.stripPrefix = settings.stripPrefix;
+    this.rewrite = settings.rewrite;
+    this.basePath = target.basePath;
+    this.forwarded = settings.forwarded;
+    this.trustProxy = settings.trustProxy;
+    this.requestHeaders = settings.requestHeaders;
+    this.responseHeaders = settings.responseHeaders;
+    this.ws = settings.ws;
+    this.connectTimeout = settings.connectTimeout;
+    this.readTimeout = settings.readTimeout;
+    this.originAllowed = settings.originAllowed;
+    this.maxTunnels = settings.maxTunnels;
+    this.secure = target.secure;
+    this.targetLabel = target.label;
+    this.engine = new Engine({
+      target: target.url,
+      changeOrigin: settings.changeOrigin,
+      secure: settings.secure,
+      ca: settings.ca,
+      webAgent: settings.agent ?? (target.secure ? agents.https : agents.http),
+      wsAgent: settings.agent ?? false,
+      cookieDomainRewrite: settings.cookieDomainRewrite,
+      cookiePathRewrite: settings.cookiePathRewrite,
+      autoRewrite: settings.autoRewrite,
+    });
+  }
+}
+
+export interface RouteFactory {
+  readonly defaults: ResolvedSettings;
+  readonly agents: UpstreamAgents;
+  statsFor(key: string): RouteStats;
+}
+
+/** Compiles a table value, `target` or router result into a {@link Route}. */
+export function buildRoute(factory: RouteFactory, key: string, prefix: string, value: RouteValue, where: string): Route {
+  if (isTarget(value)) {
+    return new Route(key, prefix, resolveTarget(value, where), factory.defaults, factory.agents, factory.statsFor(key));
+  }
+  checkKeys(value, ROUTE_KEYS, where);
+  const settings = resolveSettings(value, factory.defaults, where);
+  return new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
+}

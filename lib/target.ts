@@ -1,0 +1,86 @@
+import { parse as parseLegacyUrl, type Url } from 'node:url';
+import type { Target } from './types';
+
+/** A legacy `Url`, because `http-proxy` passes targets to `url.parse`; it reads `socketPath` from it too. */
+export type EngineUrl = Url & { socketPath?: string };
+
+/** A target resolved once at `createProxy` time. */
+export interface ResolvedTarget {
+  /** What the engine connects to. */
+  readonly url: EngineUrl;
+  /** The target's own path, without a trailing slash: prepended to every forwarded path. */
+  readonly basePath: string;
+  readonly secure: boolean;
+  /** For log lines only: never written to a client. */
+  readonly label: string;
+}
+
+const PROTOCOLS: Record<string, 'http:' | 'https:'> = {
+  'http:': 'http:',
+  'https:': 'https:',
+  'ws:': 'http:',
+  'wss:': 'https:',
+};
+
+function protocolOf(value: string | undefined, where: string): 'http:' | 'https:' {
+  const key = (value ?? 'http:').toLowerCase();
+  const protocol = PROTOCOLS[key.endsWith(':') ? key : `${key}:`];
+  if (!protocol) throw new TypeError(`viaduct: ${where}: unsupported protocol "${value}" (use http, https, ws or wss)`);
+  return protocol;
+}
+
+function basePathOf(path: string | undefined): string {
+  if (!path || path === '/') return '';
+  const withSlash = path.startsWith('/') ? path : `/${path}`;
+  return withSlash.endsWith('/') ? withSlash.slice(0, -1) : withSlash;
+}
+
+function bracketIPv6(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+export function resolveTarget(target: Target, where: string): ResolvedTarget {
+  if (typeof target === 'string' || target instanceof URL) {
+    let url: URL;
+    try {
+      url = new URL(String(target));
+    } catch {
+      throw new TypeError(`viaduct: ${where}: "${String(target)}" is not an absolute URL`);
+    }
+    if (url.search || url.hash) throw new TypeError(`viaduct: ${where}: a target cannot have a query or a fragment`);
+    if (url.username || url.password) throw new TypeError(`viaduct: ${where}: put credentials in headers.request, not in the target`);
+    const protocol = protocolOf(url.protocol, where);
+    const host = url.port ? `${url.hostname}:${url.port}` : url.hostname;
+    return {
+      url: parseLegacyUrl(`${protocol}//${host}`),
+      basePath: basePathOf(url.pathname),
+      secure: protocol === 'https:',
+      label: `${protocol}//${host}`,
+    };
+  }
+  if (target && typeof target === 'object') {
+    const protocol = protocolOf(target.protocol, where);
+    if ('socketPath' in target && typeof target.socketPath === 'string') {
+      const url: EngineUrl = parseLegacyUrl(`${protocol}//localhost`);
+      url.socketPath = target.socketPath;
+      return { url, basePath: basePathOf(target.path), secure: protocol === 'https:', label: `unix:${target.socketPath}` };
+    }
+    if ('host' in target && typeof target.host === 'string' && target.host) {
+      const port = target.port === undefined || target.port === '' ? '' : `:${Number(target.port)}`;
+      if (port === ':NaN') throw new TypeError(`viaduct: ${where}: port "${String(target.port)}" is not a number`);
+      const host = `${bracketIPv6(target.host)}${port}`;
+      return {
+        url: parseLegacyUrl(`${protocol}//${host}`),
+        basePath: basePathOf(target.path),
+        secure: protocol === 'https:',
+        label: `${protocol}//${host}`,
+      };
+    }
+  }
+  throw new TypeError(`viaduct: ${where}: a target is a URL string, a URL, { host, port, protocol } or { socketPath }`);
+}
+
+/** Tells a target from route options: route options carry a `target` key. */
+export function isTarget(value: unknown): value is Target {
+  return typeof value === 'string' || value instanceof URL || (typeof value === 'object' && value !== null && !('target' in value));
+}

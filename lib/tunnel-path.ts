@@ -1,0 +1,184 @@
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { InFlight, ProxyContext } from './context';
+import type { OutgoingRequest, TunnelHooks } from './engine';
+import { ProxyError, errorBody, toProxyError } from './errors';
+import { forwardedPath } from './forwarded-path';
+import { InvalidHeaderValueError, applyToResponse, headerObject } from './header-policy';
+import { stripHopByHop } from './hop-by-hop';
+import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
+import { upstreamHeaders } from './request-headers';
+import type { Route } from './route';
+import { watchConnect } from './timeouts';
+import { Tunnel } from './tunnel';
+
+function isWebSocketHandshake(req: IncomingMessage): boolean {
+  return (
+    req.method === 'GET' &&
+    req.headers.upgrade?.trim().toLowerCase() === 'websocket' &&
+    typeof req.headers['sec-websocket-key'] === 'string'
+  );
+}
+
+/** Decides what to send upstream, or the error that refuses the upgrade first. */
+function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
+  if (!route.ws) return new ProxyError('ENOWS');
+  if (!isWebSocketHandshake(req)) return new ProxyError('EBADUPGRADE', `${req.method} with Upgrade: ${req.headers.upgrade}`);
+  const path = forwardedPath(req.url ?? '/', route, req);
+  if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
+  if (route.originAllowed && !route.originAllowed(req.headers.origin, req)) {
+    return new ProxyError('EFORBIDDENORIGIN', `Origin: ${req.headers.origin ?? '(none)'}`);
+  }
+  if (route.tunnelSlots >= route.maxTunnels) return new ProxyError('ETUNNELLIMIT', `${route.maxTunnels} open`);
+  try {
+    return { path, headers: upstreamHeaders(req, route, true) };
+  } catch (error) {
+    if (error instanceof InvalidHeaderValueError) return new ProxyError('EBADHEADER', error.message);
+    throw error;
+  }
+}
+
+/** One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. */
+class Handshake implements TunnelHooks, InFlight {
+  private proxyReq: ClientRequest | undefined;
+  private tunnel: Tunnel | undefined;
+  /** Answered (101, refusal or error): later engine events are echoes. */
+  private settled = false;
+  private holdsSlot = false;
+
+  constructor(
+    private readonly ctx: ProxyContext,
+    private readonly route: Route,
+    private readonly req: IncomingMessage,
+    private readonly socket: Duplex,
+    private readonly head: Buffer,
+  ) {}
+
+  start(): void {
+    const { ctx, route, req, socket } = this;
+    if (ctx.closing) return this.reject(new ProxyError('ESHUTDOWN'));
+    let outgoing: OutgoingRequest | ProxyError;
+    try {
+      outgoing = prepare(route, req);
+    } catch (error) {
+      outgoing = toProxyError(error, 'EINTERNAL');
+    }
+    if (outgoing instanceof ProxyError) return this.reject(outgoing);
+    route.tunnelSlots++;
+    this.holdsSlot = true;
+    ctx.tunnels.add(this);
+    socket.once('close', () => this.onClientClose());
+    route.engine.ws(req, socket, this.head, outgoing, this);
+  }
+
+  onProxyReq(proxyReq: ClientRequest): void {
+    this.proxyReq = proxyReq;
+    watchConnect(proxyReq, this.route.connectTimeout, this.route.secure);
+    proxyReq.setTimeout(this.route.readTimeout, () => {
+      if (!this.settled) this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${this.route.readTimeout} ms`));
+    });
+    this.ctx.emit('proxyReq', proxyReq, this.req, this.socket);
+  }
+
+  /** The response policy over upstream headers, for the 101 and for a refusal. */
+  private clientHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
+    const headers: OutgoingHttpHeaders = { ...upstream };
+    stripHopByHop(headers as IncomingHttpHeaders);
+    this.applyResponsePolicy(headers);
+    return headers;
+  }
+
+  private applyResponsePolicy(headers: OutgoingHttpHeaders): void {
+    applyToResponse(this.route.responseHeaders, headerObject(headers), this.req, (error) => {
+      this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
+    });
+  }
+
+  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex): void {
+    if (this.settled) {
+      upstreamSocket.destroy();
+      return;
+    }
+    const headers = this.clientHeaders(proxyRes.headers);
+    headers.connection = 'Upgrade';
+    headers.upgrade = proxyRes.headers.upgrade;
+    // The engine writes the 101 from these, right after this returns.
+    proxyRes.headers = headers as IncomingHttpHeaders;
+    this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
+  }
+
+  onTunnel(upstreamSocket: Duplex, upstreamHead: Buffer): void {
+    if (this.settled) return;
+    // The tunnel takes over the slot and joins the in-flight set before the handshake leaves it.
+    this.holdsSlot = false;
+    this.tunnel = new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket, upstreamHead.length);
+    this.tunnel.open();
+    this.settle();
+  }
+
+  /** Anything but 101: passed to the client as HTTP, then the socket is closed. */
+  onRefused(proxyRes: IncomingMessage): void {
+    if (this.settled) {
+      proxyRes.resume();
+      return;
+    }
+    this.settle();
+    this.ctx.stats.tunnelRejected(this.route.stats);
+    this.ctx.logger.info(`viaduct: upgrade on route "${this.route.key}" refused by the upstream with ${proxyRes.statusCode}`);
+    this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
+    const headers = this.clientHeaders(proxyRes.headers);
+    headers.connection = 'close';
+    const socket = this.socket;
+    socket.write(responseHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, headers));
+    proxyRes.pipe(socket, { end: false });
+    proxyRes.once('close', () => {
+      if (proxyRes.complete) closeAfterFlush(socket);
+      else socket.destroy();
+    });
+  }
+
+  onError(error: Error): void {
+    if (this.tunnel) this.tunnel.fail(error);
+    else if (!this.settled) this.reject(toProxyError(error));
+    else this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}" after it was answered: ${error.message}`);
+  }
+
+  private onClientClose(): void {
+    if (this.settled) return;
+    this.settle();
+    this.ctx.stats.tunnelRejected(this.route.stats);
+    this.proxyReq?.destroy();
+    this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`);
+  }
+
+  /** Refuses the upgrade with a proxy-made error written to the raw socket. */
+  private reject(error: ProxyError): void {
+    const { ctx, route, req, socket } = this;
+    this.settle();
+    ctx.stats.tunnelRejected(route.stats);
+    ctx.report(error, req, socket, route);
+    this.proxyReq?.destroy();
+    const { contentType, body } = errorBody(error, req.headers.accept);
+    const headers: OutgoingHttpHeaders = { 'content-type': contentType };
+    this.applyResponsePolicy(headers);
+    writeRawResponse(socket, error.status, headers, body);
+  }
+
+  private settle(): void {
+    this.settled = true;
+    if (this.holdsSlot) {
+      this.holdsSlot = false;
+      this.route.tunnelSlots--;
+    }
+    if (this.ctx.tunnels.delete(this)) this.ctx.released();
+  }
+
+  shutdown(): void {
+    if (!this.settled) this.reject(new ProxyError('ESHUTDOWN'));
+  }
+}
+
+export function proxyUpgrade(ctx: ProxyContext, route: Route, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+  new Handshake(ctx, route, req, socket, head).start();
+}
