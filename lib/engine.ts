@@ -49,6 +49,8 @@ export interface WebHooks {
   onProxyReq(proxyReq: ClientRequest): void;
   /** The upstream response arrived; its headers may be changed before they are copied to the client. */
   onProxyRes(proxyRes: IncomingMessage): void;
+  /** The response's status and headers are set on the client response, not written yet. */
+  onResponseCopied(): void;
   onError(error: Error): void;
 }
 
@@ -75,15 +77,27 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
-function withRequestView<T>(req: IncomingMessage, outgoing: OutgoingRequest, run: () => T): T {
-  const { url, headers } = req;
-  req.url = outgoing.path;
-  req.headers = outgoing.headers as IncomingMessage['headers'];
-  try {
-    return run();
-  } finally {
-    req.url = url;
-    req.headers = headers;
+/** Shows http-proxy our path and headers as `req.url` / `req.headers` until `restore()`. */
+class RequestView {
+  private readonly url: string | undefined;
+  private readonly headers: IncomingMessage['headers'];
+  private restored = false;
+
+  constructor(
+    private readonly req: IncomingMessage,
+    outgoing: OutgoingRequest,
+  ) {
+    this.url = req.url;
+    this.headers = req.headers;
+    req.url = outgoing.path;
+    req.headers = outgoing.headers as IncomingMessage['headers'];
+  }
+
+  restore(): void {
+    if (this.restored) return;
+    this.restored = true;
+    this.req.url = this.url;
+    this.req.headers = this.headers;
   }
 }
 
@@ -92,6 +106,8 @@ export class Engine {
   private readonly servername: string | undefined;
   private readonly wsAgent: Agent | false;
   private createdUpgradeRequest: ClientRequest | undefined;
+  /** The view of the `ws` call under way: http-proxy reports the upstream request inside it. */
+  private upgradeView: RequestView | undefined;
 
   constructor(options: EngineOptions) {
     const hostname = options.target.hostname ?? '';
@@ -113,12 +129,21 @@ export class Engine {
     this.server.webPasses = this.server.webPasses.filter((pass) => pass.name !== 'deleteLength');
     this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
       const hooks = (callOptions as CallOptions)[HOOKS] as WebHooks;
-      // Ahead of http-proxy's own listener, which copies the response headers to the client.
-      proxyReq.prependListener('response', (proxyRes: IncomingMessage) => hooks.onProxyRes(proxyRes));
+      // http-proxy's own listener copies the response status and headers to the client response
+      // (it also echoes the client's Connection header there); the hooks run around it.
+      const copyToClient = proxyReq.listeners('response')[0] as (proxyRes: IncomingMessage) => void;
+      proxyReq.removeListener('response', copyToClient);
+      proxyReq.on('response', (proxyRes: IncomingMessage) => {
+        hooks.onProxyRes(proxyRes);
+        copyToClient.call(proxyReq, proxyRes);
+        hooks.onResponseCopied();
+      });
       hooks.onProxyReq(proxyReq);
     });
     this.server.on('proxyReqWs', (proxyReq, _req, _socket, callOptions) => {
       this.createdUpgradeRequest = proxyReq;
+      // The request is built: listeners must see the client's request, not our view of it.
+      this.upgradeView?.restore();
       (callOptions as CallOptions)[HOOKS].onProxyReq(proxyReq);
     });
   }
@@ -139,23 +164,32 @@ export class Engine {
 
   web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
     const options = this.callOptions(hooks, outgoing.body ? { buffer: Readable.from([outgoing.body], { objectMode: false }) } : undefined);
+    const view = new RequestView(req, outgoing);
+    let failure: unknown;
     try {
-      withRequestView(req, outgoing, () => {
-        this.server.web(req, res, options, (error) => hooks.onError(error));
-      });
+      this.server.web(req, res, options, (error) => hooks.onError(error));
     } catch (error) {
-      hooks.onError(asError(error));
+      failure = error;
+    } finally {
+      view.restore();
     }
+    if (failure !== undefined) hooks.onError(asError(failure));
   }
 
   ws(req: IncomingMessage, socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
     const options = this.callOptions(hooks, { agent: this.wsAgent });
+    this.upgradeView = new RequestView(req, outgoing);
+    let failure: unknown;
     try {
-      withRequestView(req, outgoing, () => {
-        this.server.ws(req, socket, head, options, (error) => hooks.onError(error));
-      });
+      this.server.ws(req, socket, head, options, (error) => hooks.onError(error));
     } catch (error) {
-      hooks.onError(asError(error));
+      failure = error;
+    } finally {
+      this.upgradeView.restore();
+      this.upgradeView = undefined;
+    }
+    if (failure !== undefined) {
+      hooks.onError(asError(failure));
       return;
     }
     const proxyReq = this.takeUpgradeRequest();

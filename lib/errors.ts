@@ -80,6 +80,17 @@ export class ProxyError extends Error {
 }
 
 const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'ESOCKETTIMEDOUT']);
+// Node refusing to build the upstream request from what we gave it: our failure, not the upstream's.
+const REQUEST_CONSTRUCTION_CODES = new Set([
+  'ERR_INVALID_ARG_TYPE',
+  'ERR_INVALID_ARG_VALUE',
+  'ERR_INVALID_CHAR',
+  'ERR_INVALID_HTTP_TOKEN',
+  'ERR_HTTP_INVALID_HEADER_VALUE',
+  'ERR_UNESCAPED_CHARACTERS',
+  'ERR_INVALID_PROTOCOL',
+  'ERR_HTTP_HEADERS_SENT',
+]);
 
 /** Classifies an error from the engine or a socket as a {@link ProxyError}. */
 export function toProxyError(error: unknown, fallback: ProxyErrorCode = 'EUPSTREAM'): ProxyError {
@@ -88,7 +99,7 @@ export function toProxyError(error: unknown, fallback: ProxyErrorCode = 'EUPSTRE
   const message = error instanceof Error ? error.message : String(error);
   const detail = code ? `${code}: ${message}` : message;
   if (code && TIMEOUT_CODES.has(code)) return new ProxyError('ECONNECTTIMEOUT', detail, { cause: error });
-  if (code?.startsWith('ERR_') && code !== 'ERR_STREAM_PREMATURE_CLOSE') return new ProxyError('EINTERNAL', detail, { cause: error });
+  if (code && REQUEST_CONSTRUCTION_CODES.has(code)) return new ProxyError('EINTERNAL', detail, { cause: error });
   return new ProxyError(fallback, detail, { cause: error });
 }
 

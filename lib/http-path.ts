@@ -58,7 +58,8 @@ class HttpExchange implements WebHooks, InFlight {
     ctx.stats.requestStarted(route.stats);
     ctx.requests.add(this);
     res.once('close', () => this.onClientClose());
-    onHeaders(res, () => this.beforeHead());
+    // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
+    if (route.responseHeaders.length > 0) onHeaders(res, () => this.applyResponsePolicy());
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
     let outgoing: OutgoingRequest | ProxyError;
     try {
@@ -71,9 +72,7 @@ class HttpExchange implements WebHooks, InFlight {
   }
 
   /** Response policy, on proxied and proxy-made responses alike. */
-  private beforeHead(): void {
-    // The engine echoes the client's Connection header; our connection to the client is Node's to manage.
-    this.res.removeHeader('connection');
+  private applyResponsePolicy(): void {
     applyToResponse(this.route.responseHeaders, this.res, this.req, (error) => {
       this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
     });
@@ -97,6 +96,11 @@ class HttpExchange implements WebHooks, InFlight {
       if (!proxyRes.complete) this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
     });
     this.ctx.emit('proxyRes', proxyRes, this.req, this.res);
+  }
+
+  onResponseCopied(): void {
+    // The connection to the client is Node's to manage (with its Keep-Alive hint), not the engine's echo.
+    this.res.removeHeader('connection');
   }
 
   onError(error: Error): void {
