@@ -57,6 +57,8 @@ class Handshake implements TunnelHooks, InFlight {
 
   start(): void {
     const { ctx, route, req, socket } = this;
+    // Gone while a router or a middleware was deciding: its 'close' has passed, nothing would follow it.
+    if (socket.destroyed || !socket.writable) return this.onClientClose();
     if (ctx.closing) return this.reject(new ProxyError('ESHUTDOWN'));
     let outgoing: OutgoingRequest | ProxyError;
     try {
