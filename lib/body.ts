@@ -39,13 +39,17 @@ function charsetOf(req: IncomingMessage): BufferEncoding | undefined {
 
 /**
  * `application/x-www-form-urlencoded` of what `express.urlencoded()` produced, flat (`querystring`)
- * or nested (`qs`): repeated keys for arrays of values, brackets for objects.
+ * or nested (`qs`), so that either parser reads back the same value: repeated keys for arrays of
+ * values (both parsers make an array of them), `key[]` for a one-value array (only `qs` makes
+ * one, and it would read a lone `key=` as a plain value), indices for arrays of objects and
+ * brackets for objects (`qs` only).
  */
 function formPairs(prefix: string, value: unknown, pairs: [string, string][]): void {
   if (value === undefined) return;
   if (Array.isArray(value)) {
     const nested = value.some((item) => item !== null && typeof item === 'object');
-    value.forEach((item, index) => formPairs(nested ? `${prefix}[${index}]` : prefix, item, pairs));
+    const key = (index: number): string => (nested ? `${prefix}[${index}]` : value.length === 1 ? `${prefix}[]` : prefix);
+    value.forEach((item, index) => formPairs(key(index), item, pairs));
   } else if (value !== null && typeof value === 'object') {
     for (const [key, item] of Object.entries(value)) formPairs(prefix ? `${prefix}[${key}]` : key, item, pairs);
   } else {
