@@ -103,6 +103,15 @@ export function toProxyError(error: unknown, fallback: ProxyErrorCode = 'EUPSTRE
   return new ProxyError(fallback, detail, { cause: error });
 }
 
+/** Runs a step that may throw (a router, a rewrite, a rule function): what it throws becomes a ProxyError. */
+export function attempt<T>(step: () => T | ProxyError): T | ProxyError {
+  try {
+    return step();
+  } catch (error) {
+    return toProxyError(error, 'EINTERNAL');
+  }
+}
+
 const JSON_RANGE = /json/i;
 
 /**

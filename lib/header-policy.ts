@@ -1,4 +1,5 @@
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import { ProxyError } from './errors';
 import type { HeaderRule, HeaderRules, HeaderValue } from './types';
 
 /** A header rule compiled at `createProxy` time: the name lower-cased and static values validated. */
@@ -9,13 +10,6 @@ export type CompiledHeaderRule =
 
 export type HeaderPolicy = readonly CompiledHeaderRule[];
 
-/** A header value a rule function produced that cannot be written (CR, LF, NUL or another control character). */
-export class InvalidHeaderValueError extends Error {
-  constructor(readonly header: string) {
-    super(`header "${header}" would carry a control character (CR, LF or NUL) and was refused`);
-    this.name = 'InvalidHeaderValueError';
-  }
-}
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // What Node accepts in a header value: HTAB, visible ASCII, space and obs-text.
@@ -60,7 +54,7 @@ export function compileHeaderPolicy(
 
 /**
  * The value a rule gives for this request: a value to set, `null` to remove, `undefined` to leave.
- * Throws {@link InvalidHeaderValueError} when a rule function returns an unwritable value.
+ * Throws `EBADHEADER` when a rule function returns an unwritable value (CR, LF, NUL or another control character).
  */
 function valueFor(rule: CompiledHeaderRule, req: IncomingMessage): string | readonly string[] | null | undefined {
   if (rule.kind === 'set') return rule.value;
@@ -68,7 +62,7 @@ function valueFor(rule: CompiledHeaderRule, req: IncomingMessage): string | read
   const computed = rule.compute(req);
   if (computed === null || computed === undefined) return computed;
   const value = normaliseValue(computed);
-  if (value === undefined) throw new InvalidHeaderValueError(rule.name);
+  if (value === undefined) throw new ProxyError('EBADHEADER', `header "${rule.name}" would carry a control character`);
   return value;
 }
 

@@ -1,11 +1,11 @@
-import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
 import { consumedBody } from './body';
 import type { InFlight, ProxyContext } from './context';
 import type { OutgoingRequest, WebHooks } from './engine';
-import { ProxyError, errorBody, toProxyError } from './errors';
+import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
-import { InvalidHeaderValueError, applyToResponse } from './header-policy';
+import { applyToResponse } from './header-policy';
 import { stripHopByHop } from './hop-by-hop';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
@@ -13,19 +13,13 @@ import { watchConnect } from './timeouts';
 
 const NO_BODY = Buffer.alloc(0);
 
-/** Decides what to send upstream, or the error that stops the request first. */
+/** Decides what to send upstream, or the error that stops the request first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
   const path = forwardedPath(req.url ?? '/', route, req);
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
   const coding = req.headers['transfer-encoding'];
   if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
-  let headers: OutgoingHttpHeaders;
-  try {
-    headers = upstreamHeaders(req, route, false);
-  } catch (error) {
-    if (error instanceof InvalidHeaderValueError) return new ProxyError('EBADHEADER', error.message);
-    throw error;
-  }
+  const headers = upstreamHeaders(req, route, false);
   const consumed = consumedBody(req);
   if (consumed === undefined) return { path, headers };
   if (consumed.kind === 'lost') return new ProxyError('EBODYLOST', consumed.reason);
@@ -61,12 +55,7 @@ class HttpExchange implements WebHooks, InFlight {
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
     if (route.responseHeaders.length > 0) onHeaders(res, () => this.applyResponsePolicy());
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
-    let outgoing: OutgoingRequest | ProxyError;
-    try {
-      outgoing = prepare(route, req);
-    } catch (error) {
-      outgoing = toProxyError(error, 'EINTERNAL');
-    }
+    const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.fail(outgoing);
     route.engine.web(req, res, outgoing, this);
   }

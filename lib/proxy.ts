@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { InFlight, ProxyContext } from './context';
-import { ProxyError, errorBody, toProxyError } from './errors';
+import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { proxyHttp } from './http-path';
 import { resolveLogger } from './logger';
 import { UpstreamAgents, buildRoute, type Route, type RouteFactory } from './route';
@@ -88,11 +88,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
 
   /** The route of a request; a router that throws gives an `EINTERNAL` error instead. */
   private resolve(req: IncomingMessage): Resolution | ProxyError {
-    try {
-      return this.resolver.resolve(req);
-    } catch (error) {
-      return toProxyError(error, 'EINTERNAL');
-    }
+    return attempt(() => this.resolver.resolve(req));
   }
 
   handle(req: IncomingMessage, res: ServerResponse, next: Next | undefined): void {

@@ -13,7 +13,7 @@ export interface RequestHeaderSettings {
  * The headers sent upstream: the client's end-to-end headers (no hop-by-hop, no `Expect` — the
  * front already answered `100 Continue` — and forwarding headers only from a trusted peer), the
  * forwarding headers, the request policy, and for an upgrade `Connection`/`Upgrade` set explicitly.
- * Throws `InvalidHeaderValueError` when a rule function returns an unwritable value.
+ * Throws `EBADHEADER` when a rule function returns an unwritable value.
  */
 export function upstreamHeaders(req: IncomingMessage, settings: RequestHeaderSettings, upgrade: boolean): OutgoingHttpHeaders {
   const incoming = req.headers;

@@ -3,9 +3,9 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { InFlight, ProxyContext } from './context';
 import type { OutgoingRequest, TunnelHooks } from './engine';
-import { ProxyError, errorBody, toProxyError } from './errors';
+import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
-import { InvalidHeaderValueError, applyToResponse, headerObject } from './header-policy';
+import { applyToResponse, headerObject } from './header-policy';
 import { stripHopByHop } from './hop-by-hop';
 import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
 import { upstreamHeaders } from './request-headers';
@@ -21,7 +21,7 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
   );
 }
 
-/** Decides what to send upstream, or the error that refuses the upgrade first. */
+/** Decides what to send upstream, or the error that refuses the upgrade first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
   if (!route.ws) return new ProxyError('ENOWS');
   if (!isWebSocketHandshake(req)) return new ProxyError('EBADUPGRADE', `${req.method} with Upgrade: ${req.headers.upgrade}`);
@@ -31,12 +31,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
     return new ProxyError('EFORBIDDENORIGIN', `Origin: ${req.headers.origin ?? '(none)'}`);
   }
   if (route.tunnelSlots >= route.maxTunnels) return new ProxyError('ETUNNELLIMIT', `${route.maxTunnels} open`);
-  try {
-    return { path, headers: upstreamHeaders(req, route, true) };
-  } catch (error) {
-    if (error instanceof InvalidHeaderValueError) return new ProxyError('EBADHEADER', error.message);
-    throw error;
-  }
+  return { path, headers: upstreamHeaders(req, route, true) };
 }
 
 /** One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. */
@@ -60,12 +55,7 @@ class Handshake implements TunnelHooks, InFlight {
     // Gone while a router or a middleware was deciding: its 'close' has passed, nothing would follow it.
     if (socket.destroyed || !socket.writable) return this.onClientClose();
     if (ctx.closing) return this.reject(new ProxyError('ESHUTDOWN'));
-    let outgoing: OutgoingRequest | ProxyError;
-    try {
-      outgoing = prepare(route, req);
-    } catch (error) {
-      outgoing = toProxyError(error, 'EINTERNAL');
-    }
+    const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.reject(outgoing);
     route.tunnelSlots++;
     this.holdsSlot = true;
