@@ -2,8 +2,6 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
-import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import connect from 'connect';
 import express5 from 'express';
@@ -11,7 +9,8 @@ import express4 from 'express4';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, roundTrip, statusOf } from './helpers/clients.mjs';
+import { handshake, handshakeThenReset, openSocket, rawExchange, roundTrip, statusOf } from './helpers/clients.mjs';
+import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
@@ -22,15 +21,6 @@ const BOUND = { timeout: 5_000 };
 // Helpers local to this file.
 
 const APPS = { express5, express4, connect };
-
-/** Rejects when `promise` has not settled within `ms`: a bound on an event, not a sleep. */
-function within(promise, ms, what) {
-  let timer;
-  const bound = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-}
 
 /** A masked client text frame (RFC 6455), for payloads under 126 bytes. */
 function textFrame(text) {
@@ -50,6 +40,9 @@ function statusLines(raw) {
   return raw.match(/HTTP\/1\.[01] \d{3}[^\r]*/g) ?? [];
 }
 
+/** What the other listener of `addOtherListener` answers an upgrade to `/mine` with. */
+const MINE_ANSWER = 'HTTP/1.1 299 Mine\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmine';
+
 /**
  * Another `upgrade` listener, as socket.io or a dev server's HMR would add: it completes a
  * WebSocket handshake of its own on `/other` (greeting `other:hello`), answers `/mine` with a
@@ -66,7 +59,7 @@ function addOtherListener(server) {
         ws.on('message', (data) => ws.send(`other:${data}`));
       });
     } else if (req.url === '/mine') {
-      socket.end('HTTP/1.1 299 Mine\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmine');
+      socket.end(MINE_ANSWER);
     }
   };
   server.on('upgrade', listener);
@@ -179,6 +172,22 @@ describe('unmatched upgrades', () => {
     return { up, proxy };
   }
 
+  /** The other listener answers `/mine` itself, and a routed upgrade (`/chat`) still reaches the upstream. */
+  async function assertBothListenersServe(front, up) {
+    const mine = await rawExchange(front.port, handshake('/mine'));
+    assert.equal(mine, MINE_ANSWER);
+    const { ws } = await openSocket(`${front.wsUrl}/chat`);
+    ws.close();
+    assert.equal(up.handshakes.length, 1);
+  }
+
+  /** Opens a WebSocket on `/other`, which the other listener must have answered; returns it. */
+  async function openOther(front) {
+    const other = await openSocket(`${front.wsUrl}/other`);
+    assert.equal(other.greeting, 'other:hello', `the other listener's handshake completed (got ${JSON.stringify(other.refused)})`);
+    return other.ws;
+  }
+
   for (const handlerKind of ['proxy', 'express5 app']) {
     const handlerOf = (proxy) => {
       if (handlerKind === 'proxy') return proxy;
@@ -201,16 +210,10 @@ describe('unmatched upgrades', () => {
     test(`'ignore' (${handlerKind}): the socket is left to another upgrade listener, which completes its handshake`, BOUND, async () => {
       const { up, proxy } = await chatOnly();
       const front = await serve(handlerOf(proxy), { unmatched: 'ignore', other: 'after' });
-      const other = await openSocket(`${front.wsUrl}/other`);
-      assert.equal(other.greeting, 'other:hello', `the other listener's handshake completed (got ${JSON.stringify(other.refused)})`);
-      assert.equal(await roundTrip(other.ws, 'x'), 'other:x');
-      other.ws.close();
-      const mine = await rawExchange(front.port, handshake('/mine'));
-      assert.equal(mine, 'HTTP/1.1 299 Mine\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmine');
-      // Routed upgrades are still ours.
-      const { ws } = await openSocket(`${front.wsUrl}/chat`);
-      ws.close();
-      assert.equal(up.handshakes.length, 1);
+      const other = await openOther(front);
+      assert.equal(await roundTrip(other, 'x'), 'other:x');
+      other.close();
+      await assertBothListenersServe(front, up);
       assert.deepEqual(front.others.seen, ['/other', '/mine', '/chat']);
     });
 
@@ -226,14 +229,9 @@ describe('unmatched upgrades', () => {
       test(`'auto' (${handlerKind}): ignores when another listener exists (${order} attach)`, BOUND, async () => {
         const { up, proxy } = await chatOnly();
         const front = await serve(handlerOf(proxy), { other: order });
-        const other = await openSocket(`${front.wsUrl}/other`);
-        assert.equal(other.greeting, 'other:hello', `the other listener's handshake completed (got ${JSON.stringify(other.refused)})`);
-        other.ws.close();
-        const mine = await rawExchange(front.port, handshake('/mine'));
-        assert.equal(mine, 'HTTP/1.1 299 Mine\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmine');
-        const { ws } = await openSocket(`${front.wsUrl}/chat`);
-        ws.close();
-        assert.equal(up.handshakes.length, 1);
+        const other = await openOther(front);
+        other.close();
+        await assertBothListenersServe(front, up);
       });
     }
   }
@@ -368,19 +366,16 @@ describe('client resets during dispatch', () => {
       up.wss.on('connection', (ws, req) => upstreamSockets.push({ url: req.url, ws }));
       const proxy = createProxy({ target: up.url, logger: quietLogger() });
 
-      let entered;
-      const inMiddleware = new Promise((resolve) => (entered = resolve));
-      let release;
-      const gate = new Promise((resolve) => (release = resolve));
-      let nextCalled;
-      const afterNext = new Promise((resolve) => (nextCalled = resolve));
+      const inMiddleware = deferred();
+      const gate = deferred();
+      const afterNext = deferred();
       const app = APPS[kind]();
       app.use(async (req, res, next) => {
         if (req.url === '/held') {
-          entered(req);
-          await gate;
+          inMiddleware.resolve(req);
+          await gate.promise;
           next();
-          nextCalled();
+          afterNext.resolve();
           return;
         }
         next();
@@ -388,29 +383,18 @@ describe('client resets during dispatch', () => {
       app.use(proxy);
       const front = await serve(app);
 
-      const client = net.connect(front.port, '127.0.0.1');
-      client.on('error', () => {});
-      client.write(handshake('/held'));
-      const req = await inMiddleware;
-      const serverSide = req.socket;
-      const serverSideClosed = new Promise((resolve) => serverSide.once('close', resolve));
-      client.resetAndDestroy();
-      await serverSideClosed;
-      release();
-      await afterNext;
+      await handshakeThenReset(front.port, '/held', inMiddleware.promise);
+      gate.resolve();
+      await afterNext.promise;
 
       // The process is alive and the server still tunnels.
       const { ws, greeting } = await openSocket(`${front.wsUrl}/after`);
       assert.equal(greeting, 'hello:/after');
       // Whatever reached the upstream for the abandoned upgrade is closed; only the live tunnel is open.
       const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
-      await within(
-        Promise.all(held.map((s) => (s.readyState === s.CLOSED ? undefined : once(s, 'close')))),
-        1_000,
-        `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`,
-      );
+      await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
       assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
-      const closed = new Promise((resolve) => proxy.once('close', resolve));
+      const closed = nextEvent(proxy, 'close');
       ws.close();
       await closed;
       assert.equal(proxy.stats().tunnels.active, 0);

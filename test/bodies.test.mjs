@@ -11,6 +11,7 @@ import express4 from 'express4';
 import { createProxy, ProxyError } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
 import { rawExchange, request, statusOf } from './helpers/clients.mjs';
+import { deferred, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
@@ -21,22 +22,6 @@ const MiB = 1024 * KiB;
 // Helpers local to this file.
 
 const sha256 = (buffer) => createHash('sha256').update(buffer).digest('hex');
-
-/** Rejects when `promise` has not settled within `ms`: a bound on a wait, never a sleep. */
-function within(promise, ms, what) {
-  let timer;
-  const bound = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-}
-
-/** A promise with its resolve function outside, for "this happened" signals between the two ends. */
-function signal() {
-  let resolve;
-  const promise = new Promise((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 /** Writes `buffer` to a writable in `size` pieces, honouring backpressure. */
 async function writeChunks(stream, buffer, size) {
@@ -111,6 +96,17 @@ async function startParsingUpstream(parserFactory) {
   return { port, url: `http://127.0.0.1:${port}`, seen };
 }
 
+/**
+ * A `kind` front proxying to `up`, a raw upstream, with `/still-serving` routed to an ordinary
+ * upstream so that `assertServes` has something to reach.
+ */
+async function frontWithFallback(kind, up, logger = quietLogger()) {
+  const good = await startUpstream();
+  const proxy = createProxy({ target: up.url, routes: { '/still-serving': good.url }, logger });
+  const front = await startFront(kind, proxy);
+  return { proxy, front };
+}
+
 /** One more ordinary request through the front, answered by the upstream. */
 async function assertServes(front, path = '/still-serving') {
   const res = await within(request(`${front.url}${path}`), 2000, 'a good request after the failure');
@@ -123,7 +119,7 @@ describe('streaming without buffering', () => {
   for (const framing of ['content-length', 'chunked']) {
     test(`an 8 MiB upload (${framing}) reaches the upstream before the client has finished sending`, async () => {
       const data = randomBytes(8 * MiB);
-      const firstChunk = signal();
+      const firstChunk = deferred();
       const up = await startRawUpstream((req, res) => {
         const hash = createHash('sha256');
         let bytes = 0;
@@ -167,7 +163,7 @@ describe('streaming without buffering', () => {
 
   test('an 8 MiB download reaches the client before the upstream has finished writing', async () => {
     const data = randomBytes(8 * MiB);
-    const clientFirstChunk = signal();
+    const clientFirstChunk = deferred();
     let upstreamFinished = false;
     const up = await startRawUpstream(async (req, res) => {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(data.length) });
@@ -472,16 +468,14 @@ for (const [kind, express] of [
 
 describe('client aborts', () => {
   test('mid-upload: the upstream request is destroyed', async () => {
-    const upstreamReq = signal();
-    const firstChunk = signal();
+    const upstreamReq = deferred();
+    const firstChunk = deferred();
     const up = await startRawUpstream((req) => {
       const closed = new Promise((resolve) => req.once('close', () => resolve({ complete: req.complete })));
       req.once('data', () => firstChunk.resolve());
       upstreamReq.resolve({ closed });
     });
-    const good = await startUpstream();
-    const proxy = createProxy({ target: up.url, routes: { '/still-serving': good.url }, logger: quietLogger() });
-    const front = await startFront('express5', proxy);
+    const { proxy, front } = await frontWithFallback('express5', up);
     const { req, response } = startRequest(front.port, { method: 'POST', path: '/upload', headers: { 'content-length': String(4 * MiB) } });
     response.catch(() => {}); // the client's own abort
     req.write(randomBytes(64 * KiB));
@@ -495,7 +489,7 @@ describe('client aborts', () => {
   });
 
   test('while waiting for the response: the upstream request is destroyed', async () => {
-    const upstreamRes = signal();
+    const upstreamRes = deferred();
     const up = await startRawUpstream((req, res) => {
       req.resume();
       req.once('end', () => {
@@ -503,9 +497,7 @@ describe('client aborts', () => {
         upstreamRes.resolve({ closed });
       });
     });
-    const good = await startUpstream();
-    const proxy = createProxy({ target: up.url, routes: { '/still-serving': good.url }, logger: quietLogger() });
-    const front = await startFront('node', proxy);
+    const { proxy, front } = await frontWithFallback('node', up);
     const { req, response } = startRequest(front.port, { method: 'GET', path: '/slow' });
     response.catch(() => {}); // the client's own abort
     req.end();
@@ -518,16 +510,14 @@ describe('client aborts', () => {
   });
 
   test('mid-download: the upstream side is closed', async () => {
-    const upstreamRes = signal();
+    const upstreamRes = deferred();
     const up = await startRawUpstream((req, res) => {
       const closed = new Promise((resolve) => res.once('close', () => resolve({ finished: res.writableFinished })));
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(8 * MiB) });
       res.write(randomBytes(64 * KiB));
       upstreamRes.resolve({ closed });
     });
-    const good = await startUpstream();
-    const proxy = createProxy({ target: up.url, routes: { '/still-serving': good.url }, logger: quietLogger() });
-    const front = await startFront('express5', proxy);
+    const { proxy, front } = await frontWithFallback('express5', up);
     const req = http.get({ host: '127.0.0.1', port: front.port, path: '/download', agent: false });
     req.on('error', () => {});
     const [res] = await within(once(req, 'response'), 3000, 'the response head');
@@ -551,12 +541,10 @@ describe('upstream aborts mid-body', () => {
         res.writeHead(200, headers);
         res.write(Buffer.alloc(1000, 0x61), () => res.socket.destroy());
       });
-      const good = await startUpstream();
       const logger = quietLogger();
       const errors = [];
-      const proxy = createProxy({ target: up.url, routes: { '/still-serving': good.url }, logger });
+      const { proxy, front } = await frontWithFallback('express5', up, logger);
       proxy.on('error', (error) => errors.push(error));
-      const front = await startFront('express5', proxy);
       const result = await within(fetchMayBeCut(front.port, '/cut'), 3000, 'the end of the cut response');
       assert.equal(result.status, 200);
       assert.equal(result.complete, false);

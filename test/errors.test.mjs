@@ -8,38 +8,14 @@ import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers local to this file.
-
-/** Rejects when `promise` has not settled within `ms`: a bound on a wait, never a sleep. */
-function within(promise, ms, what) {
-  let timer;
-  const bound = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-}
-
-function signal() {
-  let resolve;
-  const promise = new Promise((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-/** A port that was listening and is closed now: connecting to it is refused. */
-async function refusedPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A request with the path sent exactly as given (no URL normalisation of dot-segments). */
 function get(port, path, headers = {}) {
@@ -58,23 +34,6 @@ function get(port, path, headers = {}) {
   });
 }
 
-/** Status, headers and body of a raw HTTP response read off a socket. */
-function parseRaw(raw) {
-  const at = raw.indexOf('\r\n\r\n');
-  const head = raw.slice(0, at).split('\r\n');
-  const headers = {};
-  for (const line of head.slice(1)) {
-    const colon = line.indexOf(':');
-    headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  return { status: statusOf(raw), headers, body: raw.slice(at + 4) };
-}
-
-/** Resolves when `emitter` emits 'close' (an 'error' before it does not reject). */
-function closeOf(emitter) {
-  return new Promise((resolve) => emitter.once('close', resolve));
-}
-
 /**
  * An upstream that accepts HTTP requests and upgrades and never answers either. Each is kept
  * with a promise of its close, taken when it arrived.
@@ -82,12 +41,12 @@ function closeOf(emitter) {
 async function startSilentUpstream() {
   const requests = [];
   const upgrades = [];
-  const server = http.createServer((req, res) => requests.push({ req, res, closed: closeOf(res) }));
+  const server = http.createServer((req, res) => requests.push({ req, res, closed: nextEvent(res, 'close') }));
   server.on('upgrade', (req, socket) => {
     // Node's server leaves an upgraded socket half-open when the peer ends it; a real server closes it.
     socket.on('end', () => socket.destroy());
     socket.on('error', () => {});
-    upgrades.push({ socket, closed: closeOf(socket) });
+    upgrades.push({ socket, closed: nextEvent(socket, 'close') });
   });
   const port = await listen(server);
   return { server, port, url: `http://127.0.0.1:${port}`, requests, upgrades };
@@ -111,7 +70,7 @@ const BROWSER_ACCEPT = 'text/html,application/xhtml+xml,application/xml;q=0.9,im
 
 describe('upstream refused', () => {
   test('502 on HTTP; on an upgrade 502 is written to the raw socket, which is then closed', async () => {
-    const port = await refusedPort();
+    const port = await deadPort();
     const good = await startUpstream();
     const logger = quietLogger();
     const errors = [];
@@ -174,7 +133,7 @@ describe('connect timeout', () => {
     assert.ok(port > 0, `the child's port, got ${JSON.stringify(out)}`);
     // Linux queues backlog + 1 connections: two connect, the others stay in SYN-SENT.
     let connected = 0;
-    const queueFull = signal();
+    const queueFull = deferred();
     for (let i = 0; i < 4; i++) {
       const socket = net.connect(port, '127.0.0.1');
       socket.on('error', () => {});
@@ -309,7 +268,7 @@ describe('read timeout', () => {
 
 describe('error bodies', () => {
   test('502, 504 and 400 name no upstream address: JSON for Accept: application/json, plain text for a browser or no Accept', async () => {
-    const refused = await refusedPort();
+    const refused = await deadPort();
     const silent = await startSilentUpstream();
     const good = await startUpstream();
     const proxy = createProxy({
@@ -356,7 +315,7 @@ describe('error bodies', () => {
   });
 
   test('on the upgrade path too: JSON for Accept: application/json, plain text otherwise, no upstream address', async () => {
-    const refused = await refusedPort();
+    const refused = await deadPort();
     const good = await startUpstream();
     const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger: quietLogger() });
     const front = await startFront('node', proxy);
@@ -365,7 +324,7 @@ describe('error bodies', () => {
       ['none', undefined],
     ]) {
       const raw = await within(rawExchange(front.port, handshake('/chat', { accept })), 3000, 'the upgrade answer');
-      const res = parseRaw(raw);
+      const res = parseResponse(raw);
       assert.equal(res.status, 502, name);
       assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body, 'latin1')), name);
       assert.ok(!res.body.includes(String(refused)) && !res.body.includes('127.0.0.1'), `${name}: ${res.body}`);
@@ -384,7 +343,7 @@ describe('error bodies', () => {
 
 describe('logging and the error event', () => {
   test('every proxy-made error is logged (error for 5xx, warn for 4xx) and emitted as a ProxyError with status and code', async () => {
-    const refused = await refusedPort();
+    const refused = await deadPort();
     const silent = await startSilentUpstream();
     const good = await startUpstream();
     const logger = quietLogger();
@@ -437,7 +396,7 @@ describe('logging and the error event', () => {
   });
 
   test('with no error listener, failures are logged and the process does not crash', async () => {
-    const refused = await refusedPort();
+    const refused = await deadPort();
     const good = await startUpstream();
     const logger = quietLogger();
     const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger });
@@ -450,7 +409,7 @@ describe('logging and the error event', () => {
   });
 
   test('an error listener that throws is logged and neither crashes nor hangs the request', async () => {
-    const refused = await refusedPort();
+    const refused = await deadPort();
     const good = await startUpstream();
     const logger = quietLogger();
     const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger });
@@ -485,21 +444,27 @@ describe('logging and the error event', () => {
 describe('clients that vanish during an upgrade handshake', () => {
   /** The front's end of the next connection it accepts, with a promise of its close. */
   function nextFrontSocket(front) {
-    return new Promise((resolve) => front.server.once('connection', (socket) => resolve({ socket, closed: closeOf(socket) })));
+    return new Promise((resolve) => front.server.once('connection', (socket) => resolve({ socket, closed: nextEvent(socket, 'close') })));
+  }
+
+  /** A raw client connected to `front` that has sent a WebSocket handshake for /chat. */
+  async function handshakingClient(front) {
+    const client = net.connect(front.port, '127.0.0.1');
+    await once(client, 'connect');
+    client.write(handshake('/chat'));
+    return client;
   }
 
   test('a client that resets while the upstream is slow: the upstream handshake is dropped, no tunnel left', async () => {
     const slow = await startSilentUpstream();
-    const upstreamGotIt = signal();
+    const upstreamGotIt = deferred();
     slow.server.on('upgrade', () => upstreamGotIt.resolve(slow.upgrades.at(-1)));
     const good = await startUpstream();
     const proxy = createProxy({ target: slow.url, routes: { '/good': good.url }, logger: quietLogger() });
     const front = await startFront('express5', proxy);
     const frontSide = nextFrontSocket(front);
 
-    const client = net.connect(front.port, '127.0.0.1');
-    await once(client, 'connect');
-    client.write(handshake('/chat'));
+    const client = await handshakingClient(front);
     const upstream = await within(upstreamGotIt.promise, 3000, 'the handshake reaching the upstream');
     client.resetAndDestroy();
 
@@ -514,24 +479,22 @@ describe('clients that vanish during an upgrade handshake', () => {
 
   test('a client that sends a handshake and vanishes while the upstream answers 101: no tunnel left, upstream closed', async () => {
     const up = await startUpstream();
-    const upstreamClosed = signal();
+    const upstreamClosed = deferred();
     up.wss.on('connection', (ws) => ws.once('close', () => upstreamClosed.resolve()));
     const proxy = createProxy({ target: up.url, routes: { '/good': up.url }, timeouts: { read: 5000 }, logger: quietLogger() });
     let opened = 0;
     proxy.on('open', () => opened++);
-    const tunnelClosed = new Promise((resolve) => proxy.once('close', resolve));
+    const tunnelClosed = nextEvent(proxy, 'close');
     const front = await startFront('node', proxy);
     const frontSide = nextFrontSocket(front);
 
-    const client = net.connect(front.port, '127.0.0.1');
-    await once(client, 'connect');
-    client.write(handshake('/chat'));
+    const client = await handshakingClient(front);
     client.destroy();
 
     // Well within the 5 s idle timeout: the proxy must notice the client is gone, not wait it out.
     await within((await frontSide).closed, 2000, "the front's socket closing");
     if (opened > 0) {
-      const closed = await within(tunnelClosed, 2000, 'the tunnel close event');
+      const [closed] = await within(tunnelClosed, 2000, 'the tunnel close event');
       assert.notEqual(closed.reason, 'idle');
       await within(upstreamClosed.promise, 2000, 'the upstream WebSocket closing');
     }
@@ -547,9 +510,7 @@ describe('clients that vanish during an upgrade handshake', () => {
     const front = await startFront('express5', proxy);
     const frontSide = nextFrontSocket(front);
 
-    const client = net.connect(front.port, '127.0.0.1');
-    await once(client, 'connect');
-    client.write(handshake('/chat'));
+    const client = await handshakingClient(front);
     client.destroy();
 
     await within((await frontSide).closed, 2000, "the front's socket closing");

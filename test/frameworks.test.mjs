@@ -3,26 +3,15 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { createProxy, attach } from 'viaduct';
-import { FRONT_KINDS, closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { FRONT_KINDS, closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
 import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 
 after(closeAll);
 
 const MOUNTABLE = new Set(['express5', 'express4', 'connect']);
-
-/** A loopback address nothing listens on. */
-async function deadUpstream() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return { port, url: `http://127.0.0.1:${port}` };
-}
 
 /** An upstream that echoes a POST body back byte for byte, and describes everything else. */
 function echoUpstream() {
@@ -142,13 +131,13 @@ for (const kind of FRONT_KINDS) {
     }
 
     test('a dead upstream: a proxy-made 502 on both paths', async () => {
-      const dead = await deadUpstream();
-      const front = await startFront(kind, createProxy({ target: dead.url, logger: quietLogger() }));
+      const dead = await deadPort();
+      const front = await startFront(kind, createProxy({ target: `http://127.0.0.1:${dead}`, logger: quietLogger() }));
       const res = await request(`${front.url}/x`);
       assert.equal(res.status, 502);
       assert.match(res.headers['content-type'], /^text\/plain/);
       assert.match(res.text, /^502 Bad Gateway: /);
-      assert.ok(!res.text.includes(String(dead.port)), 'the body names no upstream address');
+      assert.ok(!res.text.includes(String(dead)), 'the body names no upstream address');
       const raw = await rawExchange(front.port, handshake('/chat'));
       assert.equal(statusOf(raw), 502);
       assert.match(raw, /\r\n\r\n502 Bad Gateway: /);

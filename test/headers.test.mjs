@@ -3,13 +3,12 @@
 // changeOrigin and Expect.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import net from 'node:net';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createProxy } from 'viaduct';
-import { FRONT_KINDS, closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { FRONT_KINDS, closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
+import { handshake, openSocket, parseResponse, rawExchange, rawRequest, request, roundTrip, statusOf } from './helpers/clients.mjs';
 
 after(closeAll);
 
@@ -17,54 +16,10 @@ const KEY = 'dGhlIHNhbXBsZSBub25jZQ=='; // the key `handshake()` sends
 const ACCEPT = createHash('sha1').update(`${KEY}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
 const END_OF_HEAD = /\r\n\r\n/;
 
-/** Parses a raw HTTP response head: status, headers (lower-case names, repeated ones joined by ', ') and the rest. */
-function parseHead(raw) {
-  const end = raw.indexOf('\r\n\r\n');
-  const head = end === -1 ? raw : raw.slice(0, end);
-  const [statusLine = '', ...lines] = head.split('\r\n');
-  const headers = {};
-  for (const line of lines) {
-    const colon = line.indexOf(':');
-    const name = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
-    headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
-  }
-  return { status: statusOf(statusLine), headers, body: end === -1 ? '' : raw.slice(end + 4) };
-}
-
-/** A raw HTTP/1.1 request with the given header lines (an object; order kept). */
-function rawRequest(method, path, headers) {
-  let text = `${method} ${path} HTTP/1.1\r\n`;
-  for (const [name, value] of Object.entries(headers)) text += `${name}: ${value}\r\n`;
-  return `${text}\r\n`;
-}
-
 /** Sends a handshake and resolves with the parsed head of the answer (101 or otherwise). */
 async function upgradeHead(port, path, headers = {}) {
   const raw = await rawExchange(port, handshake(path, headers), { until: END_OF_HEAD });
-  return parseHead(raw);
-}
-
-/** A loopback port nothing listens on. */
-async function deadPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** An upstream that answers every upgrade with the raw bytes `response`, then closes. */
-async function refusingUpstream(response) {
-  const handshakes = [];
-  const server = http.createServer((req, res) => res.end('not an upgrade'));
-  server.on('upgrade', (req, socket) => {
-    handshakes.push({ url: req.url, headers: req.headers });
-    socket.end(response);
-  });
-  const port = await listen(server);
-  return { port, url: `http://127.0.0.1:${port}`, handshakes };
+  return parseResponse(raw);
 }
 
 const INCOMING_FORWARDING = {
@@ -95,7 +50,7 @@ describe('hop-by-hop headers', () => {
         'X-End-To-End': 'kept',
       }),
     );
-    assert.equal(parseHead(raw).status, 200);
+    assert.equal(parseResponse(raw).status, 200);
     assert.equal(up.seen.length, 1);
     const seen = up.seen[0].headers;
     for (const name of ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'x-secret']) {
@@ -144,7 +99,7 @@ describe('hop-by-hop headers', () => {
       res.end('dy');
     });
     // Control: the upstream really sends all of them.
-    const direct = parseHead(await rawExchange(up.port, rawRequest('GET', '/', { Host: 'x' }), { until: END_OF_HEAD }));
+    const direct = parseResponse(await rawExchange(up.port, rawRequest('GET', '/', { Host: 'x' }), { until: END_OF_HEAD }));
     assert.equal(direct.headers['keep-alive'], 'timeout=99, max=7');
     assert.equal(direct.headers['proxy-authenticate'], 'Basic realm="up"');
     assert.equal(direct.headers.trailer, 'X-Checksum');
@@ -186,7 +141,7 @@ describe('hop-by-hop headers', () => {
         'Connection: keep-alive, x-secret\r\nX-Secret: 1\r\nProxy-Authenticate: Basic\r\nX-End-To-End: kept\r\n\r\nnope',
     );
     const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
-    const answer = parseHead(await rawExchange(front.port, handshake('/chat')));
+    const answer = parseResponse(await rawExchange(front.port, handshake('/chat')));
     assert.equal(answer.status, 403);
     assert.equal(answer.body, 'nope');
     assert.equal(answer.headers['x-end-to-end'], 'kept');
@@ -304,6 +259,16 @@ describe('headers.response', () => {
     'x-fn-undefined': () => undefined,
   };
 
+  /** What `rules` leave of a response whose upstream set x-drop, x-fn-null and x-fn-undefined. */
+  function assertRulesApplied(headers) {
+    assert.equal(headers['x-policy'], 'yes');
+    assert.equal(headers['x-list'], '1, 2');
+    assert.equal(headers['x-drop'], undefined);
+    assert.equal(headers['x-fn'], 'fn:GET');
+    assert.equal(headers['x-fn-null'], undefined);
+    assert.equal(headers['x-fn-undefined'], 'upstream');
+  }
+
   test('set, remove and function rules on proxied responses', async () => {
     const up = await startUpstream((req, res) => {
       res.setHeader('x-drop', 'upstream');
@@ -315,12 +280,7 @@ describe('headers.response', () => {
     const front = await startFront('connect', createProxy({ target: up.url, logger: quietLogger(), headers: { response: rules } }));
     const res = await request(`${front.url}/r`);
     assert.equal(res.status, 200);
-    assert.equal(res.headers['x-policy'], 'yes');
-    assert.equal(res.headers['x-list'], '1, 2');
-    assert.equal(res.headers['x-drop'], undefined);
-    assert.equal(res.headers['x-fn'], 'fn:GET');
-    assert.equal(res.headers['x-fn-null'], undefined);
-    assert.equal(res.headers['x-fn-undefined'], 'upstream');
+    assertRulesApplied(res.headers);
   });
 
   test("'x-powered-by': null removes Express's header", async () => {
@@ -345,18 +305,18 @@ describe('headers.response', () => {
     assert.equal(bad.headers['x-fn'], 'fn:GET');
     assert.equal(bad.headers['x-list'], '1, 2');
 
-    const dots = parseHead(await rawExchange(front.port, rawRequest('GET', '/a/../b', { Host: 'x', Connection: 'close' })));
+    const dots = parseResponse(await rawExchange(front.port, rawRequest('GET', '/a/../b', { Host: 'x', Connection: 'close' })));
     assert.equal(dots.status, 400);
     assert.equal(dots.headers['x-policy'], 'yes');
     assert.equal(dots.headers['x-fn'], 'fn:GET');
 
-    const badUpgrade = parseHead(await rawExchange(front.port, handshake('/chat')));
+    const badUpgrade = parseResponse(await rawExchange(front.port, handshake('/chat')));
     assert.equal(badUpgrade.status, 502);
     assert.equal(badUpgrade.headers['x-policy'], 'yes');
     assert.equal(badUpgrade.headers['x-fn'], 'fn:GET');
     assert.equal(badUpgrade.headers['x-list'], '1, 2');
 
-    const dotsUpgrade = parseHead(await rawExchange(front.port, handshake('/a/%2e%2e/b')));
+    const dotsUpgrade = parseResponse(await rawExchange(front.port, handshake('/a/%2e%2e/b')));
     assert.equal(dotsUpgrade.status, 400);
     assert.equal(dotsUpgrade.headers['x-policy'], 'yes');
   });
@@ -374,7 +334,7 @@ describe('headers.response', () => {
     });
     const front = await startFront('node', proxy);
 
-    const refusal = parseHead(await rawExchange(front.port, handshake('/refused')));
+    const refusal = parseResponse(await rawExchange(front.port, handshake('/refused')));
     assert.equal(refusal.status, 401);
     assert.equal(refusal.body, 'no');
     assert.equal(refusal.headers['x-policy'], 'yes');
@@ -385,12 +345,7 @@ describe('headers.response', () => {
 
     const switched = await upgradeHead(front.port, '/ok');
     assert.equal(switched.status, 101);
-    assert.equal(switched.headers['x-policy'], 'yes');
-    assert.equal(switched.headers['x-list'], '1, 2');
-    assert.equal(switched.headers['x-drop'], undefined);
-    assert.equal(switched.headers['x-fn'], 'fn:GET');
-    assert.equal(switched.headers['x-fn-null'], undefined);
-    assert.equal(switched.headers['x-fn-undefined'], 'upstream');
+    assertRulesApplied(switched.headers);
     assert.equal(switched.headers['sec-websocket-accept'], ACCEPT);
   });
 });
@@ -657,7 +612,7 @@ describe('Expect: 100-continue', () => {
     socket.write('hello');
     await closed;
     assert.match(received, /^HTTP\/1\.1 100 Continue\r\n\r\n/);
-    const final = parseHead(received.slice(received.indexOf('\r\n\r\n') + 4));
+    const final = parseResponse(received.slice(received.indexOf('\r\n\r\n') + 4));
     assert.equal(final.status, 200);
     assert.equal(up.seen.length, 1);
     assert.equal(up.seen[0].headers.expect, undefined);

@@ -5,51 +5,14 @@ import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
 import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
-/** A promise the test settles itself. */
-function deferred() {
-  let resolve;
-  let reject;
-  const promise = new Promise((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  return { promise, resolve, reject };
-}
-
-/**
- * The next emission of `event` on the proxy. Not `events.once`: that also listens for `error`,
- * which would both reject on any proxy-made error and change what the proxy emits.
- */
-function nextEvent(proxy, event) {
-  return new Promise((resolve) => proxy.once(event, (...args) => resolve(args)));
-}
-
-/** Rejects when `promise` has not settled within `ms`: a bound, so a missing event fails instead of hanging. */
-function within(ms, promise, what) {
-  let timer;
-  const limit = new Promise((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, limit]).finally(() => clearTimeout(timer));
-}
-
-/** A loopback address nothing listens on. */
-async function deadUpstream() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return { port, url: `http://127.0.0.1:${port}` };
-}
-
 /** An upstream that refuses every request and upgrade with 401 (it has no `upgrade` listener). */
-async function refusingUpstream() {
+async function unauthorizedUpstream() {
   const server = http.createServer((req, res) => {
     res.writeHead(401, { 'content-type': 'text/plain', 'content-length': 4 });
     res.end('nope');
@@ -178,7 +141,7 @@ describe('close()', () => {
     const resolvedAfter = Date.now() - started;
     assert.ok(resolvedAfter < 1_000, `resolved after ${resolvedAfter} ms`);
     // The upstream request was abandoned, not left open.
-    if (!upstreamSocket.destroyed) await within(1_000, once(upstreamSocket, 'close'), 'upstream connection closed');
+    if (!upstreamSocket.destroyed) await within(once(upstreamSocket, 'close'), 1_000, 'upstream connection closed');
     assert.equal(proxy.stats().requests.active, 0);
     assert.equal(proxy.stats().requests.errors, 1);
   });
@@ -245,7 +208,7 @@ describe('close()', () => {
 
     await proxy.close({ timeout: 1_000 });
     // Well below the agent's 4 s idle timeout and the upstream's 5 s keep-alive timeout.
-    await within(1_500, Promise.all(upstreamSockets.map((s) => (s.destroyed ? null : once(s, 'close')))), 'upstream connections closed');
+    await within(Promise.all(upstreamSockets.map((s) => (s.destroyed ? null : once(s, 'close')))), 1_500, 'upstream connections closed');
     assert.equal(await connectionsOf(up.server), 0);
   });
 });
@@ -261,13 +224,13 @@ describe('stats()', () => {
       }
       return false;
     });
-    const dead = await deadUpstream();
-    const refusing = await refusingUpstream();
+    const dead = await deadPort();
+    const refusing = await unauthorizedUpstream();
     const proxy = createProxy({
       target: up.url,
       routes: {
         '/api': up.url,
-        '/dead': dead.url,
+        '/dead': `http://127.0.0.1:${dead}`,
         '/guarded': { target: up.url, allowedOrigins: ['http://good.example'] },
         '/refused': refusing.url,
       },
@@ -393,7 +356,7 @@ describe('events', () => {
 
   test('proxyRes fires on both paths before the client gets anything; a header it sets reaches the client', async () => {
     const up = await startUpstream();
-    const refusing = await refusingUpstream();
+    const refusing = await unauthorizedUpstream();
     const proxy = createProxy({ target: up.url, routes: { '/refused': refusing.url }, logger: quietLogger() });
     const calls = [];
     proxy.on('proxyRes', (proxyRes, req, client) => {
@@ -471,8 +434,8 @@ describe('events', () => {
   });
 
   test('error receives a ProxyError with (error, req, res | socket) on both paths', async () => {
-    const dead = await deadUpstream();
-    const proxy = createProxy({ routes: { '/dead': dead.url }, logger: quietLogger() });
+    const dead = await deadPort();
+    const proxy = createProxy({ routes: { '/dead': `http://127.0.0.1:${dead}` }, logger: quietLogger() });
     const errors = [];
     proxy.on('error', (error, req, client) => errors.push({ error, url: req.url, client }));
     const front = await startFront('node', proxy);
@@ -495,9 +458,9 @@ describe('events', () => {
 
   test('a listener that throws is logged and the request or tunnel still completes', async () => {
     const up = await startUpstream();
-    const dead = await deadUpstream();
+    const dead = await deadPort();
     const logger = quietLogger();
-    const proxy = createProxy({ target: up.url, routes: { '/dead': dead.url }, logger });
+    const proxy = createProxy({ target: up.url, routes: { '/dead': `http://127.0.0.1:${dead}` }, logger });
     proxy.on('proxyReq', () => {
       throw new Error('proxyReq listener boom');
     });
@@ -530,23 +493,23 @@ describe('events', () => {
 
 describe('logger and option validation', () => {
   test('a 5xx is logged at error with the route key and target; the client body names no address', async () => {
-    const dead = await deadUpstream();
+    const dead = await deadPort();
     const logger = quietLogger();
-    const proxy = createProxy({ routes: { 'svc.localhost': dead.url }, logger });
+    const proxy = createProxy({ routes: { 'svc.localhost': `http://127.0.0.1:${dead}` }, logger });
     const front = await startFront('node', proxy);
-    const address = `127.0.0.1:${dead.port}`;
+    const address = `127.0.0.1:${dead}`;
 
     const text = await request(`${front.url}/x`, { headers: { host: 'svc.localhost' } });
     assert.equal(text.status, 502);
     assert.match(text.headers['content-type'], /^text\/plain/);
-    assert.ok(!text.text.includes(String(dead.port)) && !text.text.includes('127.0.0.1'), `body: ${text.text}`);
+    assert.ok(!text.text.includes(String(dead)) && !text.text.includes('127.0.0.1'), `body: ${text.text}`);
     const json = await request(`${front.url}/x`, { headers: { host: 'svc.localhost', accept: 'application/json' } });
     assert.equal(json.status, 502);
     assert.equal(json.json().status, 502);
-    assert.ok(!json.text.includes(String(dead.port)) && !json.text.includes('127.0.0.1'), `body: ${json.text}`);
+    assert.ok(!json.text.includes(String(dead)) && !json.text.includes('127.0.0.1'), `body: ${json.text}`);
     const upgrade = await rawExchange(front.port, handshake('/chat', { host: 'svc.localhost' }));
     assert.equal(statusOf(upgrade), 502);
-    assert.ok(!upgrade.includes(String(dead.port)), `raw answer: ${upgrade}`);
+    assert.ok(!upgrade.includes(String(dead)), `raw answer: ${upgrade}`);
 
     const errorLines = logger.lines.filter(([level]) => level === 'error').map(([, line]) => line);
     assert.equal(errorLines.length, 3, `error lines: ${JSON.stringify(errorLines)}`);

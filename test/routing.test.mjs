@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request } from './helpers/clients.mjs';
+import { handshake, openSocket, rawExchange, rawRequest, request } from './helpers/clients.mjs';
 
 after(closeAll);
 
@@ -182,7 +182,7 @@ describe('forwarded path', () => {
     test(`dot-segments and backslashes are refused with 400 on both paths: ${path}`, async () => {
       const up = await startUpstream();
       const front = await startFront('node', createProxy({ target: up.url, routes: { '/api': up.url }, logger: quietLogger() }));
-      const res = await rawExchange(front.port, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      const res = await rawExchange(front.port, rawRequest('GET', path, { Host: 'x', Connection: 'close' }));
       assert.match(res, /^HTTP\/1\.1 400 /);
       const upgrade = await rawExchange(front.port, handshake(path));
       assert.match(upgrade, /^HTTP\/1\.1 400 /);

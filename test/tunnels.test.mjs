@@ -5,8 +5,9 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
+import { handshake, handshakeThenReset, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
@@ -19,15 +20,6 @@ const BOUND = { timeout: 5_000 };
 
 /** The Sec-WebSocket-Accept for the key `handshake()` sends (RFC 6455's sample). */
 const SAMPLE_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=';
-
-/** Rejects when `promise` has not settled within `ms`: a bound on an event, not a sleep. */
-function within(promise, ms, what) {
-  let timer;
-  const bound = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-}
 
 /** A WebSocket frame; client frames are masked (RFC 6455 §5.3). */
 function encodeFrame(opcode, payload, mask = true) {
@@ -134,24 +126,9 @@ class RawWebSocket {
   }
 }
 
-/** Parses a raw response head: status and headers (lower-case names, repeats joined). */
-function parseHead(raw) {
-  const end = raw.indexOf('\r\n\r\n');
-  assert.ok(end > 0, `a complete response head in ${JSON.stringify(raw)}`);
-  const [statusLine, ...lines] = raw.slice(0, end).split('\r\n');
-  const headers = {};
-  for (const line of lines) {
-    const colon = line.indexOf(':');
-    const name = line.slice(0, colon).trim().toLowerCase();
-    const value = line.slice(colon + 1).trim();
-    headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
-  }
-  return { status: statusOf(statusLine), statusLine, headers, rest: raw.slice(end + 4) };
-}
-
-/** Parses a raw response; the body is decoded by its framing (chunked, Content-Length or close). */
-function parseRaw(raw) {
-  const { status, statusLine, headers, rest } = parseHead(raw);
+/** parseResponse, with the body decoded by its framing (chunked, Content-Length or close) and the framing checked. */
+function parseFramedResponse(raw) {
+  const { status, headers, body: rest } = parseResponse(raw);
   let body;
   if (/\bchunked\b/i.test(headers['transfer-encoding'] ?? '')) {
     body = '';
@@ -175,27 +152,7 @@ function parseRaw(raw) {
     assert.match(headers.connection ?? '', /close/i, 'a body without length is delimited by Connection: close');
     body = rest;
   }
-  return { status, statusLine, headers, body };
-}
-
-/**
- * An upstream that refuses every upgrade with exactly these bytes, then closes the connection.
- * `heads` records each request head it received.
- */
-async function refusingUpstream(response) {
-  const heads = [];
-  const server = net.createServer((socket) => {
-    let received = '';
-    socket.on('error', () => {});
-    socket.on('data', (chunk) => {
-      received += chunk.toString('latin1');
-      if (!received.includes('\r\n\r\n')) return;
-      heads.push(received);
-      socket.end(response);
-    });
-  });
-  const port = await listen(server);
-  return { url: `http://127.0.0.1:${port}`, port, heads };
+  return { status, headers, body };
 }
 
 function chunked(body, size) {
@@ -205,21 +162,6 @@ function chunked(body, size) {
     out += `${Buffer.byteLength(piece).toString(16)}\r\n${piece}\r\n`;
   }
   return `${out}0\r\n\r\n`;
-}
-
-/** A port nothing listens on. */
-async function deadPort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-/** The next `event` of `emitter`, without treating an `error` event as a rejection (unlike events.once). */
-function nextEvent(emitter, event) {
-  return new Promise((resolve) => emitter.once(event, (...args) => resolve(args)));
 }
 
 /** The next upstream-side WebSocket `startUpstream` accepts. */
@@ -281,7 +223,7 @@ describe('a tunnel opens on Upgrade + 101 only', () => {
   test('through a raw handshake: a 101 with the accept key and policy, then text and 1 MiB binary frames', BOUND, async () => {
     const { up, front } = await setup({ headers: { response: { 'x-tunnel': 'yes' } } });
     const client = await RawWebSocket.open(front.port, '/raw?q=1');
-    const head = parseHead(client.head);
+    const head = parseResponse(client.head);
     assert.equal(head.status, 101);
     assert.match(head.headers.upgrade, /^websocket$/i);
     assert.match(head.headers.connection, /^upgrade$/i);
@@ -367,7 +309,7 @@ describe('the upstream refuses the upgrade (any non-101)', () => {
 
       // A raw client: what crossed the wire, framing included; rawExchange resolves when the socket closes.
       const raw = await rawExchange(front.port, handshake('/socket'));
-      const res = parseRaw(raw);
+      const res = parseFramedResponse(raw);
       assert.equal(res.status, c.status);
       assert.equal(res.body, c.body, 'the body is intact and correctly framed (no chunk-size lines)');
       assert.equal(res.headers['content-type'], c.contentType);
@@ -495,7 +437,7 @@ describe('refusals by the proxy', () => {
     const proxy = createProxy({ target: `http://127.0.0.1:${port}`, logger: quietLogger() });
     const front = await startFront('node', proxy);
     const raw = await rawExchange(front.port, handshake('/chat'));
-    const res = parseRaw(raw);
+    const res = parseFramedResponse(raw);
     assert.equal(res.status, 502);
     assert.match(res.body, /^502 Bad Gateway/);
     assert.ok(!res.body.includes(String(port)), 'the body names no upstream address');
@@ -696,38 +638,26 @@ describe('close reasons, byte counts and events', () => {
     const up = await startUpstream();
     const upstreamSockets = [];
     up.wss.on('connection', (ws, req) => upstreamSockets.push({ url: req.url, ws }));
-    let entered;
-    const inRouter = new Promise((resolve) => (entered = resolve));
-    let release;
-    const gate = new Promise((resolve) => (release = resolve));
+    const inRouter = deferred();
+    const gate = deferred();
     const proxy = createProxy({
       logger: quietLogger(),
       router: async (req) => {
         if (req.url === '/held') {
-          entered(req);
-          await gate;
+          inRouter.resolve(req);
+          await gate.promise;
         }
         return up.url;
       },
     });
     const front = await startFront('node', proxy);
-    const client = net.connect(front.port, '127.0.0.1');
-    client.on('error', () => {});
-    client.write(handshake('/held'));
-    const req = await inRouter;
-    const serverSideClosed = new Promise((resolve) => req.socket.once('close', resolve));
-    client.resetAndDestroy();
-    await serverSideClosed;
-    release();
+    await handshakeThenReset(front.port, '/held', inRouter.promise);
+    gate.resolve();
 
     // A later tunnel on the same proxy opens; the abandoned one must not be open beside it.
     const { ws } = await openTunnel(front, up, '/after');
     const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
-    await within(
-      Promise.all(held.map((s) => (s.readyState === s.CLOSED ? undefined : once(s, 'close')))),
-      1_000,
-      `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`,
-    );
+    await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
     assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
     const closed = nextEvent(proxy, 'close');
     ws.close();

@@ -1,4 +1,5 @@
 // Real clients for the tests: HTTP requests, WebSocket connections and raw TCP exchanges.
+import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
@@ -77,6 +78,13 @@ export function rawExchange(port, bytes, { until } = {}) {
   });
 }
 
+/** A raw HTTP/1.1 request head with the given header lines (an object; order kept). */
+export function rawRequest(method, path, headers) {
+  let text = `${method} ${path} HTTP/1.1\r\n`;
+  for (const [name, value] of Object.entries(headers)) text += `${name}: ${value}\r\n`;
+  return `${text}\r\n`;
+}
+
 /** A WebSocket handshake request as raw bytes. */
 export function handshake(path, headers = {}) {
   const lines = {
@@ -92,8 +100,40 @@ export function handshake(path, headers = {}) {
   return `${text}\r\n`;
 }
 
+/**
+ * Sends a WebSocket handshake for `path` on a raw connection, waits for `arrived` (resolving with
+ * the server's request for it), then resets the connection; resolves once the server side has closed.
+ */
+export async function handshakeThenReset(port, path, arrived) {
+  const client = net.connect(port, '127.0.0.1');
+  client.on('error', () => {});
+  client.write(handshake(path));
+  const req = await arrived;
+  const serverSideClosed = new Promise((resolve) => req.socket.once('close', resolve));
+  client.resetAndDestroy();
+  await serverSideClosed;
+}
+
 /** The status code of a raw HTTP response. */
 export function statusOf(raw) {
   const match = /^HTTP\/1\.[01] (\d{3})/.exec(raw);
   return match ? Number(match[1]) : undefined;
+}
+
+/**
+ * Parses a raw HTTP response (its head must be complete): status, headers (lower-case names,
+ * repeated ones joined by ', ') and the body as received, framing not decoded.
+ */
+export function parseResponse(raw) {
+  const end = raw.indexOf('\r\n\r\n');
+  assert.ok(end > 0, `a complete response head in ${JSON.stringify(raw)}`);
+  const [statusLine, ...lines] = raw.slice(0, end).split('\r\n');
+  const headers = {};
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon).trim().toLowerCase();
+    const value = line.slice(colon + 1).trim();
+    headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+  }
+  return { status: statusOf(statusLine), headers, body: raw.slice(end + 4) };
 }

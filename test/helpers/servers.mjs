@@ -1,6 +1,7 @@
 // Real servers on 127.0.0.1 for the tests: upstreams (HTTP + WebSocket) and fronts (Express 4,
 // Express 5, Connect, node:http). Everything started here is closed by `closeAll()`.
 import http from 'node:http';
+import net from 'node:net';
 import { once } from 'node:events';
 import connect from 'connect';
 import express5 from 'express';
@@ -41,6 +42,36 @@ export async function closeAll() {
   const entries = [...open];
   open.clear();
   await Promise.all(entries.map((entry) => entry.close()));
+}
+
+/** A loopback port nothing listens on: it was listening and is closed now, so connecting is refused. */
+export async function deadPort() {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * An upstream that refuses every upgrade with exactly the raw bytes `response`, then closes the
+ * connection. `heads` records each request head it received.
+ */
+export async function refusingUpstream(response) {
+  const heads = [];
+  const server = net.createServer((socket) => {
+    let received = '';
+    socket.on('error', () => {});
+    socket.on('data', (chunk) => {
+      received += chunk.toString('latin1');
+      if (!received.includes('\r\n\r\n')) return;
+      heads.push(received);
+      socket.end(response);
+    });
+  });
+  const port = await listen(server);
+  return { url: `http://127.0.0.1:${port}`, port, heads };
 }
 
 function readBody(req) {
