@@ -1,14 +1,9 @@
 import type { IncomingMessage } from 'node:http';
 import type { ProxyError } from './errors';
+import type { InFlightList } from './in-flight';
 import type { Route } from './route';
 import type { StatsBook } from './stats';
 import type { ClientSide, Logger, ProxyEvents } from './types';
-
-/** Work in progress that `close()` must see finish, or end itself at the deadline. */
-export interface InFlight {
-  /** Ends the work now: 503 when nothing was answered yet, else the connection is cut or closed. */
-  shutdown(): void;
-}
 
 /** What the HTTP and tunnel paths need from the proxy that owns them. */
 export interface ProxyContext {
@@ -16,9 +11,9 @@ export interface ProxyContext {
   readonly stats: StatsBook;
   /** True once `close()` was called: new work gets 503. */
   readonly closing: boolean;
-  readonly requests: Set<InFlight>;
+  readonly requests: InFlightList;
   /** Handshakes under way and open tunnels. */
-  readonly tunnels: Set<InFlight>;
+  readonly tunnels: InFlightList;
   /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;
   /** Logs a proxy-made error and emits it on `error`. */

@@ -50,7 +50,7 @@ export interface WebHooks {
   /** The upstream response arrived; its headers may be changed before they are copied to the client. */
   onProxyRes(proxyRes: IncomingMessage): void;
   /** The response's status and headers are set on the client response, not written yet. */
-  onResponseCopied(): void;
+  onResponseCopied(proxyRes: IncomingMessage): void;
   onError(error: Error): void;
 }
 
@@ -113,7 +113,7 @@ export class Engine {
     const hostname = options.target.hostname ?? '';
     this.servername = options.target.protocol === 'https:' && !options.target.socketPath && !isIP(hostname.replace(/^\[|\]$/g, '')) ? hostname : undefined;
     this.wsAgent = options.wsAgent;
-    this.server = HttpProxy.createProxyServer({
+    const allOptions: HttpProxy.ServerOptions = {
       target: options.target,
       changeOrigin: options.changeOrigin,
       secure: options.secure,
@@ -125,7 +125,10 @@ export class Engine {
       // The caller computes the whole path; http-proxy must neither re-parse nor prepend to it.
       toProxy: true,
       prependPath: false,
-    } as HttpProxy.ServerOptions) as ProxyServer;
+    } as HttpProxy.ServerOptions;
+    // http-proxy copies its options on every call: unset ones need not be copied.
+    const setOptions = Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined));
+    this.server = HttpProxy.createProxyServer(setOptions) as ProxyServer;
     this.server.webPasses = this.server.webPasses.filter((pass) => pass.name !== 'deleteLength');
     this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
       const hooks = (callOptions as CallOptions)[HOOKS] as WebHooks;
@@ -136,7 +139,7 @@ export class Engine {
       proxyReq.on('response', (proxyRes: IncomingMessage) => {
         hooks.onProxyRes(proxyRes);
         copyToClient.call(proxyReq, proxyRes);
-        hooks.onResponseCopied();
+        hooks.onResponseCopied(proxyRes);
       });
       hooks.onProxyReq(proxyReq);
     });

@@ -32,8 +32,10 @@ function protoOf(req: IncomingMessage): 'http' | 'https' {
 }
 
 function portOf(host: string | undefined, proto: 'http' | 'https'): string {
-  const port = host ? /:(\d+)$/.exec(host) : null;
-  return port ? port[1]! : proto === 'https' ? '443' : '80';
+  const colon = host ? host.lastIndexOf(':') : -1;
+  // After the last colon, and not inside an IPv6 literal ("[::1]" has no port).
+  if (colon !== -1 && host!.indexOf(']', colon) === -1 && colon < host!.length - 1) return host!.slice(colon + 1);
+  return proto === 'https' ? '443' : '80';
 }
 
 function appended(previous: string | string[] | number | undefined, value: string): string {

@@ -1,12 +1,13 @@
-import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
 import { consumedBody } from './body';
-import type { InFlight, ProxyContext } from './context';
+import type { ProxyContext } from './context';
+import { InFlight } from './in-flight';
 import type { OutgoingRequest, WebHooks } from './engine';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
 import { applyToResponse } from './header-policy';
-import { stripHopByHop } from './hop-by-hop';
+import { endToEnd } from './hop-by-hop';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
 import { watchConnect } from './timeouts';
@@ -32,26 +33,30 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
 }
 
 /** One proxied HTTP request, from the route match to the last byte (or the error). */
-class HttpExchange implements WebHooks, InFlight {
+class HttpExchange extends InFlight implements WebHooks {
   private proxyReq: ClientRequest | undefined;
   /** The upstream's response headers were accepted: from now on a failure cuts the connection. */
   private responded = false;
   /** An error was answered or the connection cut: later engine errors are echoes. */
   private settled = false;
   private clientGone = false;
+  /** The upstream's response headers as received, while the engine sees the client's version. */
+  private upstreamHeaders: IncomingHttpHeaders | undefined;
 
   constructor(
     private readonly ctx: ProxyContext,
     private readonly route: Route,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
-  ) {}
+  ) {
+    super();
+  }
 
   start(): void {
     const { ctx, route, req, res } = this;
     ctx.stats.requestStarted(route.stats);
     ctx.requests.add(this);
-    res.once('close', () => this.onClientClose());
+    res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
     if (route.responseHeaders.length > 0) onHeaders(res, () => this.applyResponsePolicy());
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
@@ -80,16 +85,22 @@ class HttpExchange implements WebHooks, InFlight {
 
   onProxyRes(proxyRes: IncomingMessage): void {
     this.responded = true;
-    stripHopByHop(proxyRes.headers);
-    proxyRes.once('close', () => {
+    // The engine copies these to the client. (Removing hop-by-hop headers from the client response
+    // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
+    // once copied: the agent reads their Keep-Alive hint when it pools the socket.
+    this.upstreamHeaders = proxyRes.headers;
+    const headers = endToEnd(proxyRes.headers);
+    // What Node decided for our connection to the client; otherwise the engine echoes the client's header.
+    headers.connection = this.res.shouldKeepAlive ? 'keep-alive' : 'close';
+    proxyRes.headers = headers;
+    proxyRes.on('close', () => {
       if (!proxyRes.complete) this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
     });
     this.ctx.emit('proxyRes', proxyRes, this.req, this.res);
   }
 
-  onResponseCopied(): void {
-    // The connection to the client is Node's to manage (with its Keep-Alive hint), not the engine's echo.
-    this.res.removeHeader('connection');
+  onResponseCopied(proxyRes: IncomingMessage): void {
+    if (this.upstreamHeaders) proxyRes.headers = this.upstreamHeaders;
   }
 
   onError(error: Error): void {

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { InFlight, ProxyContext } from './context';
+import type { ProxyContext } from './context';
+import { InFlightList } from './in-flight';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { proxyHttp } from './http-path';
 import { resolveLogger } from './logger';
@@ -37,8 +38,8 @@ class ProxyCore implements ProxyContext, RouteFactory {
   readonly stats = new StatsBook();
   readonly agents = new UpstreamAgents();
   readonly defaults: ResolvedSettings;
-  readonly requests = new Set<InFlight>();
-  readonly tunnels = new Set<InFlight>();
+  readonly requests = new InFlightList();
+  readonly tunnels = new InFlightList();
   closing = false;
   private readonly resolver: RouteResolver;
   private closed: Promise<void> | undefined;
@@ -160,7 +161,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       this.closing = true;
       const deadline = setTimeout(() => {
         // Still running at the deadline: requests are aborted, tunnels that did not flush are destroyed.
-        for (const work of [...this.requests, ...this.tunnels]) work.shutdown();
+        for (const work of [...this.requests.toArray(), ...this.tunnels.toArray()]) work.shutdown();
       }, timeout);
       this.onDrained = () => {
         this.onDrained = undefined;
@@ -168,7 +169,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
         this.agents.destroy();
         resolve();
       };
-      for (const tunnel of [...this.tunnels]) tunnel.shutdown();
+      for (const tunnel of this.tunnels.toArray()) tunnel.shutdown();
       this.released();
     });
     return this.closed;

@@ -5,11 +5,17 @@ import { ProxyError } from './errors';
 function watchSocket(proxyReq: ClientRequest, socket: Socket, ms: number, secure: boolean): void {
   // A pooled keep-alive socket is already connected: nothing to time.
   if (!socket.connecting) return;
+  const connected = secure ? 'secureConnect' : 'connect';
   const timer = setTimeout(() => {
     proxyReq.destroy(new ProxyError('ECONNECTTIMEOUT', `not connected after ${ms} ms`));
   }, ms);
-  const clear = (): void => clearTimeout(timer);
-  socket.once(secure ? 'secureConnect' : 'connect', clear);
+  // Both listeners go as soon as either fires: the socket outlives this request in the pool.
+  const clear = (): void => {
+    clearTimeout(timer);
+    socket.removeListener(connected, clear);
+    socket.removeListener('close', clear);
+  };
+  socket.once(connected, clear);
   socket.once('close', clear);
 }
 

@@ -1,12 +1,13 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { InFlight, ProxyContext } from './context';
+import type { ProxyContext } from './context';
+import { InFlight } from './in-flight';
 import type { OutgoingRequest, TunnelHooks } from './engine';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
 import { applyToResponse, headerObject } from './header-policy';
-import { stripHopByHop } from './hop-by-hop';
+import { endToEnd } from './hop-by-hop';
 import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
@@ -35,7 +36,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
 }
 
 /** One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. */
-class Handshake implements TunnelHooks, InFlight {
+class Handshake extends InFlight implements TunnelHooks {
   private proxyReq: ClientRequest | undefined;
   private tunnel: Tunnel | undefined;
   /** Answered (101, refusal or error): later engine events are echoes. */
@@ -48,7 +49,9 @@ class Handshake implements TunnelHooks, InFlight {
     private readonly req: IncomingMessage,
     private readonly socket: Duplex,
     private readonly head: Buffer,
-  ) {}
+  ) {
+    super();
+  }
 
   start(): void {
     const { ctx, route, req, socket } = this;
@@ -75,8 +78,7 @@ class Handshake implements TunnelHooks, InFlight {
 
   /** The response policy over upstream headers, for the 101 and for a refusal. */
   private clientHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
-    const headers: OutgoingHttpHeaders = { ...upstream };
-    stripHopByHop(headers as IncomingHttpHeaders);
+    const headers: OutgoingHttpHeaders = endToEnd(upstream);
     this.applyResponsePolicy(headers);
     return headers;
   }

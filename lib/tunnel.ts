@@ -2,7 +2,8 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { CloseFrameWatcher } from './close-frame';
-import type { InFlight, ProxyContext } from './context';
+import type { ProxyContext } from './context';
+import { InFlight } from './in-flight';
 import { closeAfterFlush } from './raw-response';
 import type { Route } from './route';
 import type { TunnelCloseReason } from './types';
@@ -13,7 +14,7 @@ type Side = 'client' | 'upstream';
  * An open tunnel (the upstream answered 101). The engine pipes the bytes; this adds what it lacks:
  * the idle timeout, teardown of one side when the other goes, the reason, and the byte counts.
  */
-export class Tunnel implements InFlight {
+export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
   private error: Error | undefined;
   private openSockets = 2;
@@ -31,6 +32,7 @@ export class Tunnel implements InFlight {
     /** Tunnel bytes the upstream sent along with its 101, already read. */
     upstreamHeadLength: number,
   ) {
+    super();
     this.upstreamReadAtOpen = upstream.bytesRead - upstreamHeadLength;
     this.upstreamWrittenAtOpen = upstream.bytesWritten;
   }

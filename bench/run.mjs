@@ -1,0 +1,190 @@
+// `npm run bench [-- --quick] [-- --rounds N]`: the upstream, every front and the load generators
+// run as separate processes; fronts are measured round by round (A B C … A B C …) and the table
+// shows medians, plus ratios taken pair by pair within each round, then their median.
+import { fork, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { cpus, totalmem } from 'node:os';
+import { fileURLToPath } from 'node:url';
+
+const here = (file) => fileURLToPath(new URL(file, import.meta.url));
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const roundsArg = args.indexOf('--rounds');
+const ROUNDS = roundsArg === -1 ? (quick ? 1 : 3) : Number(args[roundsArg + 1]);
+const SECONDS = quick ? 1 : 2.5;
+const HELD_TUNNELS = quick ? 500 : 2_000;
+const FRONTS = ['viaduct-express', 'hpm-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
+const hasWrk = spawnSync('wrk', ['--version']).error === undefined;
+
+const children = new Set();
+function track(child) {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+process.once('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
+
+async function readyPort(child) {
+  let output = '';
+  for await (const chunk of child.stdout) {
+    output += chunk;
+    const match = /READY (\d+)/.exec(output);
+    if (match) return Number(match[1]);
+  }
+  throw new Error(`process exited before READY: ${output}`);
+}
+
+async function ask(child, message) {
+  child.send(message);
+  const [reply] = await once(child, 'message');
+  if (reply.ok === false) throw new Error(reply.error);
+  return reply;
+}
+
+const UNITS = { us: 1e-3, ms: 1, s: 1e3 };
+const SIZES = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
+
+async function wrk(url, connections) {
+  const child = track(spawn('wrk', ['-t1', `-c${connections}`, `-d${SECONDS}s`, '--latency', url]));
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  await once(child, 'exit');
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1]);
+  const [, p99, p99Unit] = /99%\s+([\d.]+)(us|ms|s)/.exec(output) ?? [];
+  const [, transfer, transferUnit] = /Transfer\/sec:\s+([\d.]+)(B|KB|MB|GB)/.exec(output) ?? [];
+  if (!rps) throw new Error(`wrk printed no result:\n${output}`);
+  return { rps, p99: Number(p99) * UNITS[p99Unit], mbps: (Number(transfer) * SIZES[transferUnit]) / 1024 ** 2 };
+}
+
+async function autocannon(url, connections) {
+  const cli = here('../node_modules/autocannon/autocannon.js');
+  const child = track(spawn(process.execPath, [cli, '-j', '-c', String(connections), '-d', String(SECONDS), url]));
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  await once(child, 'exit');
+  const result = JSON.parse(output);
+  return { rps: result.requests.average, p99: result.latency.p99, mbps: result.throughput.average / 1024 ** 2 };
+}
+
+const httpLoad = hasWrk ? wrk : autocannon;
+
+const METRICS = [
+  { key: 'rps', label: 'HTTP small: requests/s', better: 'higher', run: (front) => httpLoad(`${front.url}/small`, 32).then((r) => r.rps) },
+  { key: 'p99', label: 'HTTP small: p99 latency (ms)', better: 'lower', run: (front) => httpLoad(`${front.url}/small`, 32).then((r) => r.p99) },
+  { key: 'mbps', label: 'HTTP 1 MiB: MB/s', better: 'higher', run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps) },
+  {
+    key: 'echo',
+    label: 'WS echo over 32 tunnels: messages/s',
+    better: 'higher',
+    run: async (front, load) => (await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: SECONDS })).messages / SECONDS,
+  },
+  {
+    key: 'upgrades',
+    label: 'WS upgrades/s (open + close)',
+    better: 'higher',
+    run: async (front, load) => (await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: SECONDS })).upgrades / SECONDS,
+  },
+  {
+    key: 'heap',
+    label: `heap KiB per idle tunnel (${HELD_TUNNELS} open, after GC)`,
+    better: 'lower',
+    run: async (front, load) => {
+      const before = (await ask(front.process, { type: 'heap' })).bytes;
+      await ask(load, { type: 'hold', url: front.wsUrl, count: HELD_TUNNELS });
+      const after = (await ask(front.process, { type: 'heap' })).bytes;
+      await ask(load, { type: 'release' });
+      return (after - before) / HELD_TUNNELS / 1024;
+    },
+  },
+];
+
+// The p99 row reuses the requests/s run rather than loading the front twice.
+const MEASURED = METRICS.filter((metric) => metric.key !== 'p99');
+
+const RATIOS = [
+  ['viaduct-express', 'hpm-express'],
+  ['viaduct-express', 'http-proxy-express'],
+  ['viaduct-node', 'http-proxy-node'],
+];
+
+const TARGETS = [
+  { pair: ['viaduct-express', 'hpm-express'], key: 'rps', holds: (r) => r >= 1.5, text: '≥ 1.5×' },
+  { pair: ['viaduct-express', 'http-proxy-express'], key: 'rps', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
+  { pair: ['viaduct-node', 'http-proxy-node'], key: 'rps', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
+  { pair: ['viaduct-express', 'http-proxy-express'], key: 'p99', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+  { pair: ['viaduct-node', 'http-proxy-node'], key: 'p99', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+  { pair: ['viaduct-express', 'http-proxy-express'], key: 'echo', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
+  { pair: ['viaduct-node', 'http-proxy-node'], key: 'echo', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
+  { pair: ['viaduct-express', 'hpm-express'], key: 'upgrades', holds: (r) => r >= 1, text: '≥ 1×' },
+  { pair: ['viaduct-express', 'http-proxy-express'], key: 'heap', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+  { pair: ['viaduct-node', 'http-proxy-node'], key: 'heap', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+];
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+const format = (value) => (Math.abs(value) >= 100 ? value.toFixed(0) : value.toFixed(2));
+
+async function main() {
+  const started = Date.now();
+  const upstream = track(spawn(process.execPath, [here('upstream.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const upstreamPort = await readyPort(upstream);
+  const fronts = [];
+  for (const name of FRONTS) {
+    const child = track(fork(here('front.mjs'), [name, String(upstreamPort)], { execArgv: ['--expose-gc'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] }));
+    const port = await readyPort(child);
+    fronts.push({ name, process: child, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}` });
+  }
+  const load = track(fork(here('ws-load.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+
+  console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; ${ROUNDS} round(s) of ${SECONDS} s per measurement; warming up…`);
+  for (const front of fronts) await httpLoad(`${front.url}/small`, 32);
+
+  // results[metric][front] = one value per round; the p99 comes with the requests/s run.
+  const results = Object.fromEntries(METRICS.map((metric) => [metric.key, Object.fromEntries(FRONTS.map((name) => [name, []]))]));
+  for (let round = 1; round <= ROUNDS; round++) {
+    for (const metric of MEASURED) {
+      for (const front of fronts) {
+        if (metric.key === 'rps') {
+          const run = await httpLoad(`${front.url}/small`, 32);
+          results.rps[front.name].push(run.rps);
+          results.p99[front.name].push(run.p99);
+        } else {
+          results[metric.key][front.name].push(await metric.run(front, load));
+        }
+      }
+    }
+    console.error(`round ${round}/${ROUNDS} done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+  }
+
+  const ratio = (key, [a, b]) => median(results[key][a].map((value, round) => value / results[key][b][round]));
+  const lines = [];
+  lines.push(`| metric | ${FRONTS.join(' | ')} | ${RATIOS.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} |`);
+  lines.push(`|---|${FRONTS.map(() => '---:').join('|')}|${RATIOS.map(() => '---:').join('|')}|`);
+  for (const metric of METRICS) {
+    const medians = FRONTS.map((name) => format(median(results[metric.key][name])));
+    const ratios = RATIOS.map((pair) => `${ratio(metric.key, pair).toFixed(2)}×`);
+    lines.push(`| ${metric.label} | ${medians.join(' | ')} | ${ratios.join(' | ')} |`);
+  }
+  lines.push('');
+  lines.push('| target | ratio | met |');
+  lines.push('|---|---:|:---:|');
+  for (const target of TARGETS) {
+    const value = ratio(target.key, target.pair);
+    const label = METRICS.find((metric) => metric.key === target.key).label;
+    lines.push(`| ${label}: ${target.pair[0]} ÷ ${target.pair[1]} ${target.text} | ${value.toFixed(2)}× | ${target.holds(value) ? 'yes' : '**no**'} |`);
+  }
+  const cpu = cpus();
+  console.log(lines.join('\n'));
+  console.log(
+    `\nNode ${process.version}, ${cpu.length} × ${cpu[0]?.model.trim()}, ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; ` +
+      `${hasWrk ? 'wrk' : 'autocannon'}; ${ROUNDS} round(s) × ${SECONDS} s; ${((Date.now() - started) / 1000).toFixed(0)} s in all.`,
+  );
+  for (const child of children) child.kill();
+}
+
+await main();

@@ -1,0 +1,87 @@
+// The WebSocket load generator, in its own process (forked by bench/run.mjs, driven over IPC):
+//   { type: 'echo', url, sockets, seconds }  → { messages }   ping-pong on `sockets` tunnels
+//   { type: 'upgrades', url, concurrency, seconds } → { upgrades }   open + close loops
+//   { type: 'hold', url, count }             → { open }       opens `count` idle tunnels
+//   { type: 'release' }                      → { closed }     closes them
+import { once } from 'node:events';
+import { WebSocket } from 'ws';
+
+const MESSAGE = Buffer.alloc(64, 'm');
+let held = [];
+
+function open(url) {
+  const ws = new WebSocket(url, { perMessageDeflate: false });
+  return new Promise((resolve, reject) => {
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+  });
+}
+
+async function closeAll(sockets) {
+  await Promise.all(
+    sockets.map((ws) => {
+      if (ws.readyState === WebSocket.CLOSED) return undefined;
+      const closed = once(ws, 'close');
+      ws.close();
+      return closed;
+    }),
+  );
+}
+
+async function echo({ url, sockets, seconds }) {
+  const tunnels = await Promise.all(Array.from({ length: sockets }, () => open(url)));
+  let messages = 0;
+  let running = true;
+  for (const ws of tunnels) {
+    ws.on('message', () => {
+      messages++;
+      if (running) ws.send(MESSAGE);
+    });
+    ws.send(MESSAGE);
+  }
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  running = false;
+  const counted = messages;
+  await closeAll(tunnels);
+  return { messages: counted };
+}
+
+async function upgrades({ url, concurrency, seconds }) {
+  const deadline = Date.now() + seconds * 1000;
+  let count = 0;
+  const loop = async () => {
+    while (Date.now() < deadline) {
+      const ws = await open(url);
+      const closed = once(ws, 'close');
+      ws.close();
+      await closed;
+      count++;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  return { upgrades: count };
+}
+
+async function hold({ url, count }) {
+  // In batches, so the front's accept queue and the upstream keep up.
+  for (let i = 0; i < count; i += 100) {
+    held.push(...(await Promise.all(Array.from({ length: Math.min(100, count - i) }, () => open(url)))));
+  }
+  return { open: held.length };
+}
+
+async function release() {
+  const sockets = held;
+  held = [];
+  await closeAll(sockets);
+  return { closed: sockets.length };
+}
+
+const commands = { echo, upgrades, hold, release };
+process.on('message', async (message) => {
+  try {
+    process.send({ ok: true, ...(await commands[message.type](message)) });
+  } catch (error) {
+    process.send({ ok: false, error: String(error?.stack ?? error) });
+  }
+});
