@@ -11,6 +11,8 @@
  *   decided by the caller.
  * - On an upgrade it writes a refusal to the client with the upstream's hop-by-hop headers and a
  *   `Transfer-Encoding: chunked` it does not honour. Refusals are handed to the caller instead.
+ * - Its tunnel is `pipe()` both ways plus listeners of its own: about twenty closures per tunnel,
+ *   and no idle timeout. The caller writes the 101 and relays the bytes itself (`tunnel.ts`).
  * - For an `https` upstream the TLS server name is taken from the client's `Host`; it is set to
  *   the target's host name here.
  */
@@ -28,7 +30,7 @@ export interface EngineOptions {
   ca: string | Buffer | Array<string | Buffer> | undefined;
   /** Agent for HTTP requests. */
   webAgent: Agent | false;
-  /** Agent for upgrade requests: `false` opens a fresh connection for each tunnel. */
+  /** Agent for upgrade requests. */
   wsAgent: Agent | false;
   cookieDomainRewrite: CookieRewrite | undefined;
   cookiePathRewrite: CookieRewrite | undefined;
@@ -57,10 +59,8 @@ export interface WebHooks {
 export interface TunnelHooks {
   /** The upstream request was created; headers are not sent yet. */
   onProxyReq(proxyReq: ClientRequest): void;
-  /** The upstream answered 101; its headers may be changed before the 101 is written to the client. */
-  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex): void;
-  /** The 101 is written and the bytes are piped both ways; `upstreamHead` came with the 101. */
-  onTunnel(upstreamSocket: Duplex, upstreamHead: Buffer): void;
+  /** The upstream answered 101: nothing is written to the client, no byte is relayed yet. `upstreamHead` came with the 101. */
+  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer): void;
   /** The upstream answered anything but 101; nothing has been written to the client. */
   onRefused(proxyRes: IncomingMessage): void;
   onError(error: Error): void;
@@ -201,10 +201,8 @@ export class Engine {
       return;
     }
     proxyReq.removeAllListeners('response');
+    proxyReq.removeAllListeners('upgrade');
     proxyReq.on('response', (proxyRes: IncomingMessage) => hooks.onRefused(proxyRes));
-    proxyReq.prependListener('upgrade', (proxyRes: IncomingMessage, upstreamSocket: Duplex) => hooks.onUpgrade(proxyRes, upstreamSocket));
-    // After http-proxy's own listener: a 'data' listener added earlier would make the socket flow
-    // before it pipes, and the bytes that came with the 101 would bypass the pipe.
-    proxyReq.on('upgrade', (_proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => hooks.onTunnel(upstreamSocket, upstreamHead));
+    proxyReq.on('upgrade', (proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => hooks.onUpgrade(proxyRes, upstreamSocket, upstreamHead));
   }
 }

@@ -10,15 +10,21 @@ import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from 
 import { isTarget, resolveTarget, type ResolvedTarget } from './target';
 import type { RouteStats, RouteValue } from './types';
 
-/** Keep-alive agents shared by every route of one proxy, destroyed by `close()`. */
+/** Agents shared by every route of one proxy, destroyed by `close()`. */
 export class UpstreamAgents {
   // Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
   readonly http = new HttpAgent({ keepAlive: true, timeout: 4_000 });
   readonly https = new HttpsAgent({ keepAlive: true, timeout: 4_000 });
+  // Each handshake on a connection of its own, never a pooled one the upstream may be closing.
+  // Shared, because `agent: false` would make Node build an agent for every tunnel and keep it as long.
+  readonly tunnelHttp = new HttpAgent({ keepAlive: false });
+  readonly tunnelHttps = new HttpsAgent({ keepAlive: false });
 
   destroy(): void {
     this.http.destroy();
     this.https.destroy();
+    this.tunnelHttp.destroy();
+    this.tunnelHttps.destroy();
   }
 }
 
@@ -76,7 +82,7 @@ export class Route implements PathRule, RequestHeaderSettings {
       secure: settings.secure,
       ca: settings.ca,
       webAgent: settings.agent ?? (target.secure ? agents.https : agents.http),
-      wsAgent: settings.agent ?? false,
+      wsAgent: settings.agent ?? (target.secure ? agents.tunnelHttps : agents.tunnelHttp),
       cookieDomainRewrite: settings.cookieDomainRewrite,
       cookiePathRewrite: settings.cookiePathRewrite,
       autoRewrite: settings.autoRewrite,

@@ -38,10 +38,10 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
 /** One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. */
 class Handshake extends InFlight implements TunnelHooks {
   private proxyReq: ClientRequest | undefined;
-  private tunnel: Tunnel | undefined;
   /** Answered (101, refusal or error): later engine events are echoes. */
   private settled = false;
   private holdsSlot = false;
+  private readonly onClose = (): void => this.onClientClose();
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -63,7 +63,7 @@ class Handshake extends InFlight implements TunnelHooks {
     route.tunnelSlots++;
     this.holdsSlot = true;
     ctx.tunnels.add(this);
-    socket.once('close', () => this.onClientClose());
+    socket.once('close', this.onClose);
     route.engine.ws(req, socket, this.head, outgoing, this);
   }
 
@@ -89,7 +89,7 @@ class Handshake extends InFlight implements TunnelHooks {
     });
   }
 
-  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex): void {
+  onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer): void {
     if (this.settled) {
       upstreamSocket.destroy();
       return;
@@ -97,17 +97,15 @@ class Handshake extends InFlight implements TunnelHooks {
     const headers = this.clientHeaders(proxyRes.headers);
     headers.connection = 'Upgrade';
     headers.upgrade = proxyRes.headers.upgrade;
-    // The engine writes the 101 from these, right after this returns.
+    // Listeners of 'proxyRes' may still change what the 101 carries.
     proxyRes.headers = headers as IncomingHttpHeaders;
     this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
-  }
-
-  onTunnel(upstreamSocket: Duplex, upstreamHead: Buffer): void {
-    if (this.settled) return;
     // The tunnel takes over the slot and joins the in-flight set before the handshake leaves it.
     this.holdsSlot = false;
-    this.tunnel = new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket, upstreamHead.length);
-    this.tunnel.open();
+    new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket).open(
+      responseHead(101, 'Switching Protocols', proxyRes.headers),
+      upstreamHead,
+    );
     this.settle();
   }
 
@@ -133,8 +131,7 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 
   onError(error: Error): void {
-    if (this.tunnel) this.tunnel.fail(error);
-    else if (!this.settled) this.reject(toProxyError(error));
+    if (!this.settled) this.reject(toProxyError(error));
     else this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}" after it was answered: ${error.message}`);
   }
 
@@ -161,6 +158,7 @@ class Handshake extends InFlight implements TunnelHooks {
 
   private settle(): void {
     this.settled = true;
+    this.socket.removeListener('close', this.onClose);
     if (this.holdsSlot) {
       this.holdsSlot = false;
       this.route.tunnelSlots--;

@@ -10,18 +10,22 @@ import type { TunnelCloseReason } from './types';
 
 type Side = 'client' | 'upstream';
 
+// A socket error destroys the socket; 'close' follows and finds it in `socket.errored`. Until then
+// the error must not be uncaught.
+const readOnClose = (): void => {};
+
 /**
- * An open tunnel (the upstream answered 101). The engine pipes the bytes; this adds what it lacks:
- * the idle timeout, teardown of one side when the other goes, the reason, and the byte counts.
+ * An open tunnel (the upstream answered 101): relays the bytes both ways with backpressure, closes
+ * after the idle timeout, tears one side down when the other goes, and reports why and how much.
+ * One listener per event and socket: an idle tunnel costs little memory, a chunk little work.
  */
 export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
   private error: Error | undefined;
   private openSockets = 2;
   private readonly openedAt = Date.now();
-  private readonly upstreamReadAtOpen: number;
-  private readonly upstreamWrittenAtOpen: number;
-  private readonly watchers: Array<[Duplex, (chunk: Buffer) => void]> = [];
+  private upstreamReadAtOpen = 0;
+  private upstreamWrittenAtOpen = 0;
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -29,63 +33,63 @@ export class Tunnel extends InFlight {
     private readonly req: IncomingMessage,
     private readonly client: Duplex,
     private readonly upstream: Socket,
-    /** Tunnel bytes the upstream sent along with its 101, already read. */
-    upstreamHeadLength: number,
   ) {
     super();
-    this.upstreamReadAtOpen = upstream.bytesRead - upstreamHeadLength;
-    this.upstreamWrittenAtOpen = upstream.bytesWritten;
   }
 
-  open(): void {
+  /** Writes the 101 `head`, then relays: first `upstreamHead`, the bytes that came with the upstream's 101. */
+  open(head: string, upstreamHead: Buffer): void {
     const { ctx, route, client, upstream } = this;
+    this.upstreamReadAtOpen = upstream.bytesRead - upstreamHead.length;
+    this.upstreamWrittenAtOpen = upstream.bytesWritten;
     ctx.tunnels.add(this);
     ctx.stats.tunnelOpened(route.stats);
-    // Activity in either direction touches the client socket (a read or a write), so one timer covers both.
-    (client as Socket).setTimeout(route.readTimeout);
-    client.on('timeout', () => this.end('idle'));
-    this.watch('client', client);
-    this.watch('upstream', upstream);
-    client.on('end', () => this.noteCause('client'));
-    upstream.on('end', () => this.noteCause('upstream'));
-    client.on('error', (error: Error) => this.fail(error));
-    upstream.on('error', (error: Error) => this.fail(error));
+    upstream.setNoDelay(true);
+    // Every byte either way is read or written on the upstream socket, so its timer alone sees
+    // idleness; it replaces the handshake's read timer.
+    upstream.setTimeout(route.readTimeout);
+    upstream.on('timeout', () => this.end('idle'));
+    client.on('error', readOnClose);
+    upstream.on('error', readOnClose);
     client.on('close', () => this.onSocketClose('client'));
     upstream.on('close', () => this.onSocketClose('upstream'));
+    const fromUpstream = this.relay('upstream', upstream, client);
+    this.relay('client', client, upstream);
+    client.write(head);
+    if (upstreamHead.length > 0) fromUpstream(upstreamHead);
     ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${route.targetLabel})`);
     ctx.emit('open', { route: route.key, req: this.req, clientSocket: client, upstreamSocket: upstream });
   }
 
-  private watch(side: Side, socket: Duplex): void {
-    const watcher = new CloseFrameWatcher();
-    const onData = (chunk: Buffer): void => {
-      if (watcher.feed(chunk)) {
-        this.noteCause(side);
-        this.unwatch();
+  /** Relays `source` to `destination`; returns the function that forwards one chunk. */
+  private relay(side: Side, source: Duplex, destination: Duplex): (chunk: Buffer) => void {
+    const frames = new CloseFrameWatcher();
+    const forward = (chunk: Buffer): void => {
+      // The first close frame either way says who ended the conversation; later frames do not matter.
+      if (this.reason === undefined && frames.feed(chunk)) this.reason = side;
+      if (!destination.write(chunk)) {
+        source.pause();
+        destination.once('drain', () => source.resume());
       }
     };
-    socket.on('data', onData);
-    this.watchers.push([socket, onData]);
-  }
-
-  private unwatch(): void {
-    for (const [socket, onData] of this.watchers) socket.removeListener('data', onData);
-    this.watchers.length = 0;
-  }
-
-  /** The first side to close the conversation (close frame, FIN or close) is why the tunnel ended. */
-  private noteCause(side: Side): void {
-    this.reason ??= side;
+    source.on('data', forward);
+    source.on('end', () => {
+      this.reason ??= side;
+      destination.end();
+    });
+    return forward;
   }
 
   private onSocketClose(side: Side): void {
-    this.noteCause(side);
+    const socket = side === 'client' ? this.client : this.upstream;
+    if (socket.errored) this.fail(socket.errored);
+    this.reason ??= side;
     (side === 'client' ? this.upstream : this.client).destroy();
     if (--this.openSockets === 0) this.finish();
   }
 
   /** A socket error on either side ends the tunnel. */
-  fail(error: Error): void {
+  private fail(error: Error): void {
     if (this.error === undefined && this.reason === undefined) {
       this.ctx.logger.warn(`viaduct: tunnel on route "${this.route.key}" failed: ${error.message}`);
       this.ctx.emit('error', error, this.req, this.client);
@@ -113,7 +117,6 @@ export class Tunnel extends InFlight {
 
   private finish(): void {
     const { ctx, route } = this;
-    this.unwatch();
     ctx.tunnels.delete(this);
     route.tunnelSlots--;
     ctx.stats.tunnelClosed(route.stats);
