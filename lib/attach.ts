@@ -42,6 +42,16 @@ function statusOf(error: unknown): number {
 }
 
 /**
+ * The tunnel keeps `req` (its events carry it), and with it whatever the framework hung on it for
+ * the dispatch: the stand-in response, the router's `next` and through them the whole chain's state.
+ */
+function forgetDispatch(req: IncomingMessage): void {
+  const decorated = req as IncomingMessage & { res?: unknown; next?: unknown };
+  if (decorated.res !== undefined) decorated.res = undefined;
+  if (decorated.next !== undefined) decorated.next = undefined;
+}
+
+/**
  * Sends an upgrade through the app as if it were a request. A proxy in the chain claims the
  * socket; a response a middleware writes goes to the socket, which is then closed; an upgrade
  * that runs off the end of the chain is unmatched.
@@ -78,7 +88,7 @@ function dispatchThroughApp(app: UpgradeApp, req: IncomingMessage, socket: Duple
     }
   };
 
-  markDispatched(req, { socket, head });
+  markDispatched(req, { socket, head, claimed: () => forgetDispatch(req) });
   try {
     const result = app(req, res, done);
     if (result instanceof Promise) result.catch(done);

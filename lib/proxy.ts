@@ -14,7 +14,7 @@ import { StatsBook } from './stats';
 import { writeRawResponse } from './raw-response';
 import { proxyUpgrade } from './tunnel-path';
 import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from './types';
-import { claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from './upgrade-claims';
+import { claimDispatched, claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from './upgrade-claims';
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target', 'routes', 'router', 'logger']);
 const NO_HEAD = Buffer.alloc(0);
@@ -114,7 +114,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       else this.failWithoutRoute(new ProxyError('ENOROUTE'), req, res);
     } else if (!upgrade) {
       proxyHttp(this, route, req, res);
-    } else if (claimSocket(upgrade.socket)) {
+    } else if (claimDispatched(req, upgrade)) {
       proxyUpgrade(this, route, req, upgrade.socket, upgrade.head);
     }
   }

@@ -28,6 +28,8 @@ export function isClaimed(socket: Duplex): boolean {
 export interface DispatchedUpgrade {
   readonly socket: Duplex;
   readonly head: Buffer;
+  /** Called once a proxy claimed the socket: the dispatch is over. */
+  readonly claimed: () => void;
 }
 
 const dispatched = new WeakMap<IncomingMessage, DispatchedUpgrade>();
@@ -39,4 +41,12 @@ export function markDispatched(req: IncomingMessage, upgrade: DispatchedUpgrade)
 /** The upgrade a request stands for when `attach()` dispatches it through an app, else `undefined`. */
 export function dispatchedUpgrade(req: IncomingMessage): DispatchedUpgrade | undefined {
   return req.headers.upgrade === undefined ? undefined : dispatched.get(req);
+}
+
+/** Claims a dispatched upgrade's socket for one route; false when a route already took it. */
+export function claimDispatched(req: IncomingMessage, upgrade: DispatchedUpgrade): boolean {
+  if (!claimSocket(upgrade.socket)) return false;
+  dispatched.delete(req);
+  upgrade.claimed();
+  return true;
 }
