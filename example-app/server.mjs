@@ -5,9 +5,11 @@
 //   npm start                      embedded upstreams on free loopback ports, app on 127.0.0.1:3000
 //   PORT=8080 npm start            another port (0 picks a free one)
 //   API_TARGET=http://127.0.0.1:4000 CHAT_TARGET=http://127.0.0.1:5000 npm start   real upstreams
+//   SESSION_SECRET=… npm start     sessions valid in every instance started with the same secret
+//   node example-app/cluster.mjs   the same app in several worker processes on one port
 import http from 'node:http';
 import { once } from 'node:events';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import express from 'express';
 import { createProxy, attach } from 'viaduct';
@@ -23,30 +25,54 @@ function cookieOf(req, name) {
   return undefined;
 }
 
-/** Starts the example; resolves with its URL and a `close()` that shuts everything down gracefully. */
-export async function startExample({ port = 3000, host = '127.0.0.1', apiTarget, chatTarget } = {}) {
+// A session is a random id signed with a secret, so that any process holding the secret accepts it
+// (several workers or instances behind one port share no memory). There is no logout in this demo.
+function sessionToken(secret, id = randomBytes(16).toString('hex')) {
+  return `${id}.${createHmac('sha256', secret).update(id).digest('base64url')}`;
+}
+function isSession(secret, token) {
+  if (token === undefined) return false;
+  const expected = Buffer.from(sessionToken(secret, token.split('.')[0]));
+  const given = Buffer.from(token);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+/**
+ * Starts the example; resolves with its URL and a `close()` that shuts everything down gracefully.
+ * `responseHeaders` are added to every response (the app's own, both proxies', the `101` of a
+ * WebSocket); `sessionSecret` signs the session cookie (default: random, valid in this process only).
+ */
+export async function startExample({
+  port = 3000,
+  host = '127.0.0.1',
+  apiTarget,
+  chatTarget,
+  responseHeaders = {},
+  sessionSecret = randomBytes(32),
+} = {}) {
   const embedded = [];
   if (!apiTarget) embedded.push(await startApiUpstream());
   const api = apiTarget ?? embedded.at(-1).url;
   if (!chatTarget) embedded.push(await startChatUpstream());
   const chat = chatTarget ?? embedded.at(-1).url;
 
-  const apiProxy = createProxy({ target: api, headers: { response: { 'x-powered-by': null } } });
-  const chatProxy = createProxy({ target: chat, timeouts: { read: 300_000 } });
+  const apiProxy = createProxy({ target: api, headers: { response: { 'x-powered-by': null, ...responseHeaders } } });
+  const chatProxy = createProxy({ target: chat, timeouts: { read: 300_000 }, headers: { response: responseHeaders } });
 
-  const sessions = new Set();
   const requireSession = (req, res, next) => {
-    if (sessions.has(cookieOf(req, SESSION_COOKIE))) return next();
+    if (isSession(sessionSecret, cookieOf(req, SESSION_COOKIE))) return next();
     res.status(401).type('text').send('Open a session first: POST /session\n');
   };
 
   const app = express();
   app.disable('x-powered-by');
+  app.use((req, res, next) => {
+    res.set(responseHeaders);
+    next();
+  });
   app.use(express.static(fileURLToPath(new URL('./public/', import.meta.url))));
   app.post('/session', (req, res) => {
-    const id = randomBytes(16).toString('hex');
-    sessions.add(id);
-    res.cookie(SESSION_COOKIE, id, { httpOnly: true, sameSite: 'strict', path: '/' }).json({ ok: true });
+    res.cookie(SESSION_COOKIE, sessionToken(sessionSecret), { httpOnly: true, sameSite: 'strict', path: '/' }).json({ ok: true });
   });
   app.get('/stats', (req, res) => res.json({ api: apiProxy.stats(), chat: chatProxy.stats() }));
   app.use('/api', apiProxy);
@@ -82,6 +108,7 @@ if (isMain) {
     host: process.env.HOST ?? '127.0.0.1',
     apiTarget: process.env.API_TARGET,
     chatTarget: process.env.CHAT_TARGET,
+    sessionSecret: process.env.SESSION_SECRET,
   });
   console.log(`viaduct example: ${example.url}`);
   console.log(`  /api  → ${example.upstreams.api}`);
