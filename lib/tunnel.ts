@@ -23,6 +23,7 @@ export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
   private error: Error | undefined;
   private openSockets = 2;
+  private shutdownStarted = false;
   private readonly openedAt = Date.now();
   private upstreamReadAtOpen = 0;
   private upstreamWrittenAtOpen = 0;
@@ -111,8 +112,15 @@ export class Tunnel extends InFlight {
     }
   }
 
+  /** The first call closes both sides once their data is flushed; a second (at `close()`'s deadline) destroys them. */
   shutdown(): void {
-    this.end('shutdown');
+    if (this.shutdownStarted) {
+      this.client.destroy();
+      this.upstream.destroy();
+    } else {
+      this.shutdownStarted = true;
+      this.end('shutdown');
+    }
   }
 
   private finish(): void {
