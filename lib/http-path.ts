@@ -14,6 +14,9 @@ import { watchConnect } from './timeouts';
 
 const NO_BODY = Buffer.alloc(0);
 
+/** Connections told `Connection: close` by an error response: what Node parsed behind it is not forwarded. */
+const closingConnections = new WeakSet<object>();
+
 /** Decides what to send upstream, or the error that stops the request first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
   const path = forwardedPath(req.url ?? '/', route, req);
@@ -146,7 +149,10 @@ class HttpExchange extends InFlight implements WebHooks {
     }
     const { contentType, body } = errorBody(error, req.headers.accept);
     // An unread request body or a shutdown: do not keep the connection for another request.
-    if (!req.complete || error.code === 'ESHUTDOWN') res.shouldKeepAlive = false;
+    if (!req.complete || error.code === 'ESHUTDOWN') {
+      res.shouldKeepAlive = false;
+      closingConnections.add(req.socket);
+    }
     res.statusCode = error.status;
     res.setHeader('content-type', contentType);
     res.setHeader('content-length', Buffer.byteLength(body));
@@ -168,5 +174,11 @@ class HttpExchange extends InFlight implements WebHooks {
 }
 
 export function proxyHttp(ctx: ProxyContext, route: Route, req: IncomingMessage, res: ServerResponse): void {
+  // A request pipelined behind one we refused and said `Connection: close` to (RFC 9112 §9.6): its
+  // framing may be what we refused, and Node closes the connection before it could be answered.
+  if (closingConnections.has(req.socket)) {
+    ctx.logger.debug(`viaduct: ${req.method} ${req.url}: pipelined behind a refused request, not forwarded`);
+    return;
+  }
   new HttpExchange(ctx, route, req, res).start();
 }

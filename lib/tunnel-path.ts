@@ -14,11 +14,19 @@ import type { Route } from './route';
 import { watchConnect } from './timeouts';
 import { Tunnel } from './tunnel';
 
+/**
+ * An RFC 6455 opening handshake: HTTP/1.1 GET with a key and no body. Node hands body bytes to the
+ * upgrade as tunnel data, so an upgrade that announces a body is refused rather than reframed.
+ */
 function isWebSocketHandshake(req: IncomingMessage): boolean {
+  const { headers } = req;
   return (
     req.method === 'GET' &&
-    req.headers.upgrade?.trim().toLowerCase() === 'websocket' &&
-    typeof req.headers['sec-websocket-key'] === 'string'
+    req.httpVersion === '1.1' &&
+    headers.upgrade?.trim().toLowerCase() === 'websocket' &&
+    typeof headers['sec-websocket-key'] === 'string' &&
+    headers['transfer-encoding'] === undefined &&
+    (headers['content-length'] === undefined || headers['content-length'] === '0')
   );
 }
 
