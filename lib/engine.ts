@@ -2,10 +2,12 @@
  * The only module that calls `http-proxy`. It has had no release since 2020, so a maintained
  * drop-in should be able to replace it here alone; its defects are worked around here too:
  *
- * - It builds the upstream path with `url.parse` and `urlJoin` (which collapses `//` in the query
- *   too), and its headers option can add headers but not remove them. The path and headers we
- *   computed are shown to it as `req.url` / `req.headers` for the synchronous span of the call in
- *   which it reads them, then put back: the caller's request is never left changed.
+ * - It builds the upstream path with `urlJoin`, which collapses `//` in the query too and turns a
+ *   `http:/` anywhere in the path into `http://`. The request options it fills in (its `ssl`
+ *   option) are given a `path` it cannot overwrite: the caller's, byte for byte.
+ * - Its headers option can add headers but not remove them. The headers we computed are shown to
+ *   it as `req.headers` for the synchronous span of the call in which it reads them, then put back:
+ *   the caller's request is never left changed.
  * - Its `deleteLength` pass turns a chunked DELETE/OPTIONS body into `Content-Length: 0` followed by
  *   the body bytes, which the upstream reads as a second request. The pass is removed; framing is
  *   decided by the caller.
@@ -39,7 +41,7 @@ export interface EngineOptions {
 
 /** What to send upstream, decided by the caller. */
 export interface OutgoingRequest {
-  /** Path and query, sent byte for byte except that repeated slashes in the path are merged. */
+  /** Path and query, sent byte for byte. */
   path: string;
   headers: OutgoingHttpHeaders;
   /** A body to send instead of streaming the request (one already read by a body parser). */
@@ -77,9 +79,8 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
-/** Shows http-proxy our path and headers as `req.url` / `req.headers` until `restore()`. */
+/** Shows http-proxy our headers as `req.headers` until `restore()`. */
 class RequestView {
-  private readonly url: string | undefined;
   private readonly headers: IncomingMessage['headers'];
   private restored = false;
 
@@ -87,18 +88,31 @@ class RequestView {
     private readonly req: IncomingMessage,
     outgoing: OutgoingRequest,
   ) {
-    this.url = req.url;
     this.headers = req.headers;
-    req.url = outgoing.path;
     req.headers = outgoing.headers as IncomingMessage['headers'];
   }
 
   restore(): void {
     if (this.restored) return;
     this.restored = true;
-    this.req.url = this.url;
     this.req.headers = this.headers;
   }
+}
+
+const EXACT_PATH = Symbol('viaduct.path');
+type RequestOptions = { [EXACT_PATH]: string; servername?: string };
+const exactPath: PropertyDescriptor = {
+  enumerable: true,
+  get(this: RequestOptions) {
+    return this[EXACT_PATH];
+  },
+  set() {},
+};
+
+/** The object http-proxy fills in and passes to `http.request`: its `path` stays ours. */
+function requestOptions(path: string, servername: string | undefined): RequestOptions {
+  const options: RequestOptions = servername ? { [EXACT_PATH]: path, servername } : { [EXACT_PATH]: path };
+  return Object.defineProperty(options, 'path', exactPath);
 }
 
 export class Engine {
@@ -158,15 +172,13 @@ export class Engine {
     return proxyReq;
   }
 
-  private callOptions(hooks: WebHooks | TunnelHooks, extra?: HttpProxy.ServerOptions): CallOptions {
-    // setupOutgoing writes the outgoing request into `ssl`, so it cannot be shared between calls.
-    const options: CallOptions = { ...extra, [HOOKS]: hooks };
-    if (this.servername) options.ssl = { servername: this.servername };
-    return options;
+  private callOptions(hooks: WebHooks | TunnelHooks, path: string, extra?: HttpProxy.ServerOptions): CallOptions {
+    // setupOutgoing writes the outgoing request into `ssl`.
+    return { ...extra, [HOOKS]: hooks, ssl: requestOptions(path, this.servername) };
   }
 
   web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
-    const options = this.callOptions(hooks, outgoing.body ? { buffer: Readable.from([outgoing.body], { objectMode: false }) } : undefined);
+    const options = this.callOptions(hooks, outgoing.path, outgoing.body ? { buffer: Readable.from([outgoing.body], { objectMode: false }) } : undefined);
     const view = new RequestView(req, outgoing);
     let failure: unknown;
     try {
@@ -180,7 +192,7 @@ export class Engine {
   }
 
   ws(req: IncomingMessage, socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
-    const options = this.callOptions(hooks, { agent: this.wsAgent });
+    const options = this.callOptions(hooks, outgoing.path, { agent: this.wsAgent });
     this.upgradeView = new RequestView(req, outgoing);
     let failure: unknown;
     try {

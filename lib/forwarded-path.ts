@@ -77,5 +77,15 @@ export function forwardedPath(url: string, rule: PathRule, req: IncomingMessage)
       if (isUnsafePath(path)) return undefined;
     }
   }
-  return rule.basePath + path;
+  return mergeSlashes(rule.basePath + path);
+}
+
+/** Repeated slashes in the path (not the query) merged into one, as nginx's `merge_slashes` does. */
+function mergeSlashes(url: string): string {
+  const double = url.indexOf('//');
+  if (double === -1) return url;
+  const queryAt = url.indexOf('?');
+  if (queryAt !== -1 && queryAt < double) return url;
+  const end = queryAt === -1 ? url.length : queryAt;
+  return url.slice(0, end).replace(/\/{2,}/g, '/') + url.slice(end);
 }

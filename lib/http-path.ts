@@ -104,6 +104,8 @@ class HttpExchange extends InFlight implements WebHooks {
 
   onResponseCopied(proxyRes: IncomingMessage): void {
     if (this.upstreamHeaders) proxyRes.headers = this.upstreamHeaders;
+    // To an HTTP/1.0 client the engine echoes its own Connection header, whatever was decided.
+    if (this.req.httpVersion === '1.0') this.res.setHeader('connection', this.res.shouldKeepAlive ? 'keep-alive' : 'close');
   }
 
   onError(error: Error): void {
