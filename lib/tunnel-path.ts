@@ -49,7 +49,8 @@ class Handshake extends InFlight implements TunnelHooks {
   /** Answered (101, refusal or error): later engine events are echoes. */
   private settled = false;
   private holdsSlot = false;
-  private readonly onClose = (): void => this.onClientClose();
+  /** For 'close', and for 'end': upgrade sockets allow half-open, and a FIN before the 101 means the client is gone. */
+  private readonly onClientGone = (): void => this.onClientClose();
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -64,14 +65,15 @@ class Handshake extends InFlight implements TunnelHooks {
   start(): void {
     const { ctx, route, req, socket } = this;
     // Gone while a router or a middleware was deciding: its 'close' has passed, nothing would follow it.
-    if (socket.destroyed || !socket.writable) return this.onClientClose();
+    if (socket.destroyed || !socket.writable || socket.readableEnded) return this.onClientClose();
     if (ctx.closing) return this.reject(new ProxyError('ESHUTDOWN'));
     const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.reject(outgoing);
     route.tunnelSlots++;
     this.holdsSlot = true;
     ctx.tunnels.add(this);
-    socket.once('close', this.onClose);
+    socket.once('close', this.onClientGone);
+    socket.once('end', this.onClientGone);
     route.engine.ws(req, socket, this.head, outgoing, this);
   }
 
@@ -147,6 +149,7 @@ class Handshake extends InFlight implements TunnelHooks {
     if (this.settled) return;
     this.settle();
     this.ctx.stats.tunnelRejected(this.route.stats);
+    this.socket.destroy();
     this.proxyReq?.destroy();
     this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`);
   }
@@ -166,7 +169,8 @@ class Handshake extends InFlight implements TunnelHooks {
 
   private settle(): void {
     this.settled = true;
-    this.socket.removeListener('close', this.onClose);
+    this.socket.removeListener('close', this.onClientGone);
+    this.socket.removeListener('end', this.onClientGone);
     if (this.holdsSlot) {
       this.holdsSlot = false;
       this.route.tunnelSlots--;

@@ -665,6 +665,44 @@ describe('close reasons, byte counts and events', () => {
     assert.equal(proxy.stats().tunnels.active, 0);
   });
 
+  for (const how of ['end', 'destroy']) {
+    test(`a client that leaves (socket.${how}()) before the upstream answers: nothing stays open`, BOUND, async () => {
+      const up = await startUpstream();
+      const arrived = deferred();
+      const answer = deferred();
+      // The upstream answers the handshake only once the client is gone.
+      up.server.removeAllListeners('upgrade');
+      up.server.on('upgrade', (req, socket, head) => {
+        arrived.resolve(req);
+        answer.promise.then(() => up.wss.handleUpgrade(req, socket, head, (ws) => up.wss.emit('connection', ws, req)));
+      });
+      const proxy = createProxy({ target: up.url, logger: quietLogger() });
+      const closes = [];
+      proxy.on('close', (event) => closes.push(event));
+      const front = await startFront('node', proxy);
+      const client = net.connect(front.port, '127.0.0.1');
+      client.on('error', () => {});
+      const clientClosed = nextEvent(client, 'close');
+      client.resume();
+      client.write(handshake('/leaving'));
+      const upstreamReq = await within(arrived.promise, 1_000, 'the handshake reaches the upstream');
+      const upstreamClosed = nextEvent(upstreamReq.socket, 'close');
+      client[how]();
+      answer.resolve();
+      await within(clientClosed, 1_000, 'the client socket is closed');
+      await within(upstreamClosed, 1_000, 'the upstream connection is closed');
+      // Either the handshake was abandoned, or the tunnel opened and ended at once for the client's FIN.
+      const { tunnels } = proxy.stats();
+      if (tunnels.total > 0) {
+        if (closes.length === 0) await within(nextEvent(proxy, 'close'), 1_000, 'the tunnel ends');
+        assert.equal(closes[0].reason, 'client');
+      } else {
+        assert.equal(tunnels.rejected, 1);
+      }
+      assert.equal(proxy.stats().tunnels.active, 0);
+    });
+  }
+
   for (const how of ['destroy', 'resetAndDestroy']) {
     test(`a client that vanishes mid-tunnel (socket.${how}()) → the upstream side is closed, active returns to 0`, BOUND, async () => {
       const { up, proxy, front } = await setup();
