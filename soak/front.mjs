@@ -1,0 +1,155 @@
+// The soak front, in its own process: `node --expose-gc soak/front.mjs <httpUpstreamPort> <wsUpstreamPort>`.
+// Express 5 + viaduct: `/api` → the HTTP upstream, `/ws` → the WebSocket upstream (both stripped),
+// upgrades bound with `attach(server, app)`. Talks to the driver over the IPC channel only:
+//   → { type: 'ready', port }                       once listening
+//   → { type: 'fatal', error }                      an uncaught exception / unhandled rejection (then exit 70)
+//   ← { type: 'probe', id, heap }  → { type: 'probe', id, … }   the state the driver checks
+//   ← { type: 'close', id }        → { type: 'closed', id, ms } after proxy.close() and server.close()
+//   ← { type: 'snapshot', id, file } → { type: 'snapshot', id, file } a heap snapshot after GC
+import http from 'node:http';
+import { getHeapCodeStatistics, getHeapSpaceStatistics, writeHeapSnapshot } from 'node:v8';
+import express from 'express';
+import { createProxy, attach } from 'viaduct';
+
+const [httpPort, wsPort] = process.argv.slice(2).map(Number);
+const started = Date.now();
+
+function fatal(kind) {
+  return (error) => {
+    const text = `${kind}: ${error instanceof Error ? error.stack : String(error)}`;
+    // Reported, never swallowed: the process ends with a non-zero code either way.
+    process.exitCode = 70;
+    if (process.connected) process.send({ type: 'fatal', error: text }, () => process.exit(70));
+    else process.exit(70);
+    setTimeout(() => process.exit(70), 1_000).unref();
+  };
+}
+process.on('uncaughtException', fatal('uncaughtException'));
+process.on('unhandledRejection', fatal('unhandledRejection'));
+
+// A logger that counts lines by level, and keeps a bounded tally of what they said (numbers folded).
+const logCounts = { debug: 0, info: 0, warn: 0, error: 0 };
+const logKinds = new Map();
+const MAX_KINDS = 40;
+function logLine(level) {
+  return (message) => {
+    logCounts[level]++;
+    if (level === 'debug') return;
+    const kind = `${level}: ${String(message).replace(/ for [A-Z]+ \S+/, ' for …').replace(/\d+/g, 'N').slice(0, 140)}`;
+    if (logKinds.has(kind)) logKinds.set(kind, logKinds.get(kind) + 1);
+    else if (logKinds.size < MAX_KINDS) logKinds.set(kind, 1);
+  };
+}
+const logger = { debug: logLine('debug'), info: logLine('info'), warn: logLine('warn'), error: logLine('error') };
+
+const proxy = createProxy({
+  routes: {
+    '/api': { target: `http://127.0.0.1:${httpPort}`, stripPrefix: true },
+    '/ws': { target: `http://127.0.0.1:${wsPort}`, stripPrefix: true },
+  },
+  // The defaults' read timeout (60 s) is beyond the driver's settle bound: nothing is left to it.
+  timeouts: { connect: 5_000, read: 60_000 },
+  logger,
+});
+
+// What the proxy reported through its events.
+const errorCodes = {};
+const tunnelReasons = {};
+let tunnelsOpened = 0;
+proxy.on('error', (error) => {
+  const code = error?.code ?? 'unknown';
+  errorCodes[code] = (errorCodes[code] ?? 0) + 1;
+});
+proxy.on('open', () => tunnelsOpened++);
+/** Tunnels closed for a reason the soak never causes (idle: it has no silent tunnel; shutdown). */
+const oddCloses = [];
+proxy.on('close', (info) => {
+  tunnelReasons[info.reason] = (tunnelReasons[info.reason] ?? 0) + 1;
+  if (!['client', 'upstream', 'error'].includes(info.reason) && oddCloses.length < 10) {
+    const { reason, duration, bytesFromClient, bytesFromUpstream } = info;
+    oddCloses.push({ reason, duration, bytesFromClient, bytesFromUpstream, at: Date.now() - started });
+  }
+});
+
+const app = express();
+app.use(proxy);
+const server = http.createServer(app);
+attach(server, app);
+
+function listenerCounts(emitter) {
+  const counts = {};
+  for (const name of emitter.eventNames()) counts[String(name)] = emitter.listenerCount(name);
+  return counts;
+}
+
+function resourceCounts() {
+  const counts = {};
+  for (const name of process.getActiveResourcesInfo()) counts[name] = (counts[name] ?? 0) + 1;
+  return counts;
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+/** Heap used after full collections (three, with turns of the event loop between for finalizers). */
+async function heapAfterGc() {
+  let least;
+  for (let i = 0; i < 3; i++) {
+    globalThis.gc();
+    await tick();
+    const heapUsed = process.memoryUsage().heapUsed;
+    if (least === undefined || heapUsed < least.heapUsed) {
+      const spaces = Object.fromEntries(getHeapSpaceStatistics().map((space) => [space.space_name, space.space_used_size]));
+      least = { heapUsed, spaces, code: getHeapCodeStatistics() };
+    }
+  }
+  return least;
+}
+
+async function probe(message) {
+  const connections = await new Promise((resolve) => server.getConnections((error, count) => resolve(error ? -1 : count)));
+  return {
+    type: 'probe',
+    id: message.id,
+    pid: process.pid,
+    connections,
+    resources: resourceCounts(),
+    stats: proxy.stats(),
+    listeners: { server: listenerCounts(server), proxy: listenerCounts(proxy) },
+    heap: message.heap ? await heapAfterGc() : undefined,
+    logs: { ...logCounts },
+    logKinds: Object.fromEntries(logKinds),
+    errorCodes: { ...errorCodes },
+    tunnelReasons: { ...tunnelReasons },
+    tunnelsOpened,
+    oddCloses: [...oddCloses],
+  };
+}
+
+async function close(message) {
+  const started = Date.now();
+  await proxy.close({ timeout: 5_000 });
+  server.closeAllConnections?.();
+  await new Promise((resolve) => server.close(resolve));
+  return { type: 'closed', id: message.id, ms: Date.now() - started };
+}
+
+/** For diagnosis (`run.mjs --snapshots DIR`): a heap snapshot after GC. */
+async function snapshot(message) {
+  await heapAfterGc();
+  return { type: 'snapshot', id: message.id, file: writeHeapSnapshot(message.file) };
+}
+
+const HANDLERS = { probe, close, snapshot };
+
+process.on('message', (message) => {
+  const handler = HANDLERS[message?.type];
+  if (!handler) return;
+  handler(message).then(
+    (reply) => process.connected && process.send(reply),
+    (error) => process.connected && process.send({ type: 'failed', id: message.id, error: String(error?.stack ?? error) }),
+  );
+});
+// The driver goes away: so does this process.
+process.on('disconnect', () => process.exit(process.exitCode ?? 0));
+
+server.listen(0, '127.0.0.1', () => process.send({ type: 'ready', port: server.address().port }));
