@@ -10,7 +10,7 @@ import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
 import { handshake, handshakeThenReset, openSocket, rawExchange, roundTrip, statusOf } from './helpers/clients.mjs';
-import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
+import { assertOnlyLiveTunnel, deferred } from './helpers/waiting.mjs';
 
 after(closeAll);
 
@@ -390,14 +390,7 @@ describe('client resets during dispatch', () => {
       // The process is alive and the server still tunnels.
       const { ws, greeting } = await openSocket(`${front.wsUrl}/after`);
       assert.equal(greeting, 'hello:/after');
-      // Whatever reached the upstream for the abandoned upgrade is closed; only the live tunnel is open.
-      const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
-      await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
-      assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
-      const closed = nextEvent(proxy, 'close');
-      ws.close();
-      await closed;
-      assert.equal(proxy.stats().tunnels.active, 0);
+      await assertOnlyLiveTunnel(proxy, upstreamSockets, ws);
     });
   }
 });

@@ -9,7 +9,7 @@ import net from 'node:net';
 import fc from 'fast-check';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startUpstream } from './helpers/servers.mjs';
-import { handshake, parseResponse } from './helpers/clients.mjs';
+import { handshake, parseResponse, request } from './helpers/clients.mjs';
 import { within } from './helpers/waiting.mjs';
 
 const WAIT = 5_000; // bound on every exchange
@@ -80,17 +80,7 @@ const nextProbe = () => `p${++probes}`;
 
 /** An HTTP GET to the front with `path` sent as is (never normalised) and these headers. */
 function get(path, headers = {}) {
-  const exchange = new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: frontPort, path, headers, agent: false }, (res) => {
-      const chunks = [];
-      res.on('data', (chunk) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-  return within(exchange, WAIT, `GET ${JSON.stringify(path)}`);
+  return within(request(`http://127.0.0.1:${frontPort}`, { path, headers }), WAIT, `GET ${JSON.stringify(path)}`);
 }
 
 /** A WebSocket handshake for `path` on a raw connection; resolves with the parsed response head. */

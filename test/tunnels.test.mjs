@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { createProxy } from 'viaduct';
 import { closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
 import { handshake, handshakeThenReset, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
-import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
+import { assertOnlyLiveTunnel, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
@@ -656,13 +656,7 @@ describe('close reasons, byte counts and events', () => {
 
     // A later tunnel on the same proxy opens; the abandoned one must not be open beside it.
     const { ws } = await openTunnel(front, up, '/after');
-    const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
-    await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
-    assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
-    const closed = nextEvent(proxy, 'close');
-    ws.close();
-    await closed;
-    assert.equal(proxy.stats().tunnels.active, 0);
+    await assertOnlyLiveTunnel(proxy, upstreamSockets, ws);
   });
 
   for (const how of ['end', 'destroy']) {

@@ -5,10 +5,13 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
 
-/** A request on a fresh connection; resolves with status, headers and the whole body. */
-export function request(url, { method = 'GET', headers = {}, body, agent = false } = {}) {
+/**
+ * A request on a fresh connection; resolves with status, headers and the whole body. `path`, when
+ * given, is sent as is (a URL's path would be normalised first).
+ */
+export function request(url, { method = 'GET', headers = {}, body, agent = false, path } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers, agent }, (res) => {
+    const req = http.request(url, { method, headers, agent, ...(path !== undefined && { path }) }, (res) => {
       const chunks = [];
       res.on('data', (chunk) => chunks.push(chunk));
       res.on('end', () => {

@@ -1,5 +1,6 @@
 // Waiting in the tests: bounds on waits, promises settled from outside, the next emission of an event.
 import { once } from 'node:events';
+import assert from 'node:assert/strict';
 
 /** Rejects when `promise` has not settled within `ms`: a bound on a wait, never a sleep. */
 export function within(promise, ms, what) {
@@ -32,4 +33,19 @@ export function nextEvent(emitter, event) {
 /** Resolves once every WebSocket in `sockets` is closed. */
 export function allClosed(sockets) {
   return Promise.all(sockets.map((s) => (s.readyState === s.CLOSED ? undefined : once(s, 'close'))));
+}
+
+/**
+ * After an upgrade to `/held` was abandoned mid-dispatch: whatever of it reached the upstream
+ * (`upstreamSockets`, entries `{ url, ws }`) is closed, the live tunnel `ws` is the only one
+ * counted, and closing it brings the count back to 0.
+ */
+export async function assertOnlyLiveTunnel(proxy, upstreamSockets, ws) {
+  const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
+  await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
+  assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
+  const closed = nextEvent(proxy, 'close');
+  ws.close();
+  await closed;
+  assert.equal(proxy.stats().tunnels.active, 0);
 }
