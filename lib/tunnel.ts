@@ -49,7 +49,7 @@ export class Tunnel extends InFlight {
     // Every byte either way is read or written on the upstream socket, so its timer alone sees
     // idleness; it replaces the handshake's read timer.
     upstream.setTimeout(route.readTimeout);
-    upstream.on('timeout', () => this.end('idle'));
+    upstream.on('timeout', () => this.onIdle());
     client.on('error', readOnClose);
     upstream.on('error', readOnClose);
     client.on('close', () => this.onSocketClose('client'));
@@ -97,30 +97,26 @@ export class Tunnel extends InFlight {
     }
     this.reason ??= 'error';
     this.error ??= error;
-    this.client.destroy();
-    this.upstream.destroy();
+    this.destroyBoth();
   }
 
-  private end(reason: 'idle' | 'shutdown'): void {
-    this.reason ??= reason;
-    if (reason === 'idle') {
-      this.client.destroy();
-      this.upstream.destroy();
-    } else {
-      closeAfterFlush(this.client);
-      closeAfterFlush(this.upstream);
-    }
+  private onIdle(): void {
+    this.reason ??= 'idle';
+    this.destroyBoth();
   }
 
   /** The first call closes both sides once their data is flushed; a second (at `close()`'s deadline) destroys them. */
   shutdown(): void {
-    if (this.shutdownStarted) {
-      this.client.destroy();
-      this.upstream.destroy();
-    } else {
-      this.shutdownStarted = true;
-      this.end('shutdown');
-    }
+    if (this.shutdownStarted) return this.destroyBoth();
+    this.shutdownStarted = true;
+    this.reason ??= 'shutdown';
+    closeAfterFlush(this.client);
+    closeAfterFlush(this.upstream);
+  }
+
+  private destroyBoth(): void {
+    this.client.destroy();
+    this.upstream.destroy();
   }
 
   private finish(): void {
