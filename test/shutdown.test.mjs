@@ -466,6 +466,21 @@ describe('close() on an idle proxy', () => {
   });
 });
 
+/** Resolves with what `socket` received up to the end of a message head; from then on it reads nothing. */
+function headThenPause(socket) {
+  return new Promise((resolve) => {
+    let head = '';
+    const onData = (chunk) => {
+      head += chunk.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      socket.removeListener('data', onData);
+      socket.pause();
+      resolve(head);
+    };
+    socket.on('data', onData);
+  });
+}
+
 // close() ends each tunnel with a flushing end(); at the deadline "tunnels that did not flush are
 // destroyed" (lib/proxy.ts). A tunnel with unsent bytes towards both peers, neither of which reads,
 // can only end by being destroyed there.
@@ -473,18 +488,11 @@ describe('close({ timeout }) and a tunnel that cannot flush', () => {
   test('neither peer reads: at the timeout the tunnel is destroyed and close() resolves', { timeout: 10_000 }, async () => {
     // An upstream that answers 101, then stops reading and sends a flood.
     const upstreamSide = deferred();
-    const server = net.createServer((socket) => {
+    const server = net.createServer(async (socket) => {
       socket.on('error', () => {});
-      let head = '';
-      const onData = (chunk) => {
-        head += chunk.toString('latin1');
-        if (!head.includes('\r\n\r\n')) return;
-        socket.removeListener('data', onData);
-        socket.pause();
-        socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n');
-        upstreamSide.resolve(socket);
-      };
-      socket.on('data', onData);
+      await headThenPause(socket);
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n');
+      upstreamSide.resolve(socket);
     });
     const upPort = await listen(server);
     const proxy = createProxy({ target: `http://127.0.0.1:${upPort}`, logger: quietLogger() });
@@ -495,18 +503,9 @@ describe('close({ timeout }) and a tunnel that cannot flush', () => {
     const client = net.connect(front.port, '127.0.0.1');
     client.on('error', () => {});
     const clientClosed = new Promise((resolve) => client.once('close', resolve));
-    const switched = deferred();
-    let received = '';
-    const onData = (chunk) => {
-      received += chunk.toString('latin1');
-      if (!received.includes('\r\n\r\n')) return;
-      client.removeListener('data', onData);
-      client.pause();
-      switched.resolve(received);
-    };
-    client.on('data', onData);
+    const switched = headThenPause(client);
     client.write(handshake('/flood'));
-    assert.equal(statusOf(await within(switched.promise, 2_000, 'the 101')), 101);
+    assert.equal(statusOf(await within(switched, 2_000, 'the 101')), 101);
     const upstream = await upstreamSide.promise;
     const [{ clientSocket, upstreamSocket }] = await opened;
 
