@@ -143,6 +143,14 @@ function responsesIn(raw) {
   return responses;
 }
 
+/** The one response in `raw`, checked to have `status`; fails when there are more, or none. */
+function onlyResponse(raw, status) {
+  const responses = responsesIn(raw);
+  assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
+  assert.equal(responses[0].status, status);
+  return responses[0];
+}
+
 /**
  * A front of `kind` over a proxy whose default target is a well-behaved upstream (HTTP echo and
  * WebSocket echo) behind a recording tap. Errors the proxy emits are collected.
@@ -389,10 +397,7 @@ for (const kind of KINDS) {
         assert.equal(warm.status, 200);
         const mark = s.tap.bytes().length;
         const raw = await exchange(s.front, c.bytes);
-        const responses = responsesIn(raw);
-        assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-        const [res] = responses;
-        assert.equal(res.status, c.status);
+        const res = onlyResponse(raw, c.status);
         assert.equal(res.headers.connection, 'close');
         assert.equal(res.body, c.body);
         assert.deepEqual(s.errors, [c.code]);
@@ -442,10 +447,7 @@ for (const kind of KINDS) {
       test(`${name} → the proxy's 400 (EBADUPGRADE), closed, nothing upstream`, BOUND, async () => {
         const s = await setup(kind);
         const raw = await exchange(s.front, bytes());
-        const responses = responsesIn(raw);
-        assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-        const [res] = responses;
-        assert.equal(res.status, 400);
+        const res = onlyResponse(raw, 400);
         assert.equal(res.headers.connection, 'close');
         assert.equal(res.body, '400 Bad Request: Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.\n');
         assert.deepEqual(s.errors, ['EBADUPGRADE']);
@@ -460,10 +462,7 @@ for (const kind of KINDS) {
       test(`${name} → forwarded once; the upstream's 400 is passed on, closed; the pipelined request is not forwarded`, BOUND, async () => {
         const s = await setup(kind);
         const raw = await exchange(s.front, handshake('/chat', { 'sec-websocket-version': version }) + SMUGGLED);
-        const responses = responsesIn(raw);
-        assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-        const [res] = responses;
-        assert.equal(res.status, 400);
+        const res = onlyResponse(raw, 400);
         assert.equal(res.headers.connection, 'close');
         assert.equal(res.body, 'Missing or invalid Sec-WebSocket-Version header');
         assert.deepEqual(s.errors, []);
@@ -527,10 +526,8 @@ for (const kind of KINDS) {
         };
         const s = await setup(kind, { before: [deny] });
         const raw = await exchange(s.front, handshake('/chat', { 'x-deny': '1' }) + SMUGGLED);
-        const responses = responsesIn(raw);
-        assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-        assert.equal(responses[0].status, 401);
-        assert.equal(responses[0].body, 'denied\n');
+        const res = onlyResponse(raw, 401);
+        assert.equal(res.body, 'denied\n');
         assertUpstreamUntouched(s);
         await assertServes(s);
       });
@@ -551,11 +548,9 @@ for (const kind of KINDS) {
       const refusing = await refusingUpstream(FORBIDDEN);
       const s = await setup(kind, { routes: { '/refused': refusing.url } });
       const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
-      const responses = responsesIn(raw);
-      assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-      assert.equal(responses[0].status, 403);
-      assert.equal(responses[0].body, 'nope\n');
-      assert.equal(responses[0].headers.connection, 'close');
+      const res = onlyResponse(raw, 403);
+      assert.equal(res.body, 'nope\n');
+      assert.equal(res.headers.connection, 'close');
       assert.equal(refusing.heads.length, 1, 'one request head, and nothing after it');
       assert.deepEqual(requestLines(refusing.heads[0]), ['GET /refused/chat HTTP/1.1\r\n']);
       assert.ok(refusing.heads[0].endsWith('\r\n\r\n'), 'nothing behind the head');
@@ -568,10 +563,8 @@ for (const kind of KINDS) {
       const raw403 = await recordingUpstream(FORBIDDEN);
       const s = await setup(kind, { routes: { '/refused': raw403.url } });
       const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
-      const responses = responsesIn(raw);
-      assert.equal(responses.length, 1, `one answer only, got ${JSON.stringify(raw)}`);
-      assert.equal(responses[0].status, 403);
-      assert.equal(responses[0].body, 'nope\n');
+      const res = onlyResponse(raw, 403);
+      assert.equal(res.body, 'nope\n');
       assert.equal(raw403.connections.length, 1);
       const [conn] = raw403.connections;
       await within(conn.closed, 2000, 'the proxy closing the refused upstream connection');
