@@ -3,6 +3,7 @@ import type { ProxyError } from './errors';
 import type { InFlightList } from './in-flight';
 import type { Route } from './route';
 import type { StatsBook } from './stats';
+import type { Sweep } from './sweep';
 import type { ClientSide, Logger, ProxyEvents } from './types';
 
 /** What the HTTP and tunnel paths need from the proxy that owns them. */
@@ -14,6 +15,8 @@ export interface ProxyContext {
   readonly requests: InFlightList;
   /** Handshakes under way and open tunnels. */
   readonly tunnels: InFlightList;
+  /** Checks the requests' read timeouts while it runs: started by a request that sent upstream. */
+  readonly sweep: Sweep;
   /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;
   /** Logs a proxy-made error and emits it on `error`. */

@@ -45,6 +45,10 @@ class HttpExchange extends InFlight implements WebHooks {
   private clientGone = false;
   /** The upstream's response headers as received, while the engine sees the client's version. */
   private upstreamHeaders: IncomingHttpHeaders | undefined;
+  private proxyRes: IncomingMessage | undefined;
+  /** Bytes the upstream socket had moved both ways when the sweep last saw them change (-1: not seen yet), and when. */
+  private progressBytes = -1;
+  private progressAt = 0;
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -82,12 +86,13 @@ class HttpExchange extends InFlight implements WebHooks {
       return;
     }
     watchConnect(proxyReq, this.route.connectTimeout, this.route.secure);
-    proxyReq.setTimeout(this.route.readTimeout, () => this.onReadTimeout());
+    this.ctx.sweep.start();
     this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
   }
 
   onProxyRes(proxyRes: IncomingMessage): void {
     this.responded = true;
+    this.proxyRes = proxyRes;
     // The engine copies these to the client. (Removing hop-by-hop headers from the client response
     // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
     // once copied: the agent reads their Keep-Alive hint when it pools the socket.
@@ -116,8 +121,20 @@ class HttpExchange extends InFlight implements WebHooks {
     this.abandon(toProxyError(error));
   }
 
-  private onReadTimeout(): void {
-    this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.readTimeout} ms`));
+  /**
+   * The read timeout: from the connect until the upstream's response is complete, its socket moved
+   * no byte either way for `readTimeout` (a socket timer counts the same activity).
+   */
+  override checkDeadline(now: number): void {
+    const socket = this.proxyReq?.socket;
+    if (!socket || socket.connecting || socket.destroyed || this.settled || this.clientGone || this.proxyRes?.complete) return;
+    const bytes = socket.bytesRead + socket.bytesWritten;
+    if (bytes !== this.progressBytes) {
+      this.progressBytes = bytes;
+      this.progressAt = now;
+    } else if (now - this.progressAt >= this.route.readTimeout) {
+      this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.readTimeout} ms`));
+    }
   }
 
   /** An error answer while nothing reached the client yet, else a cut connection. */

@@ -13,6 +13,9 @@ export abstract class InFlight {
 
   /** Ends the work now: 503 when nothing was answered yet, else the connection is cut or closed. */
   abstract shutdown(): void;
+
+  /** Called by the proxy's sweep while the work is in flight, for work with a deadline. */
+  checkDeadline?(now: number): void;
 }
 
 /** An intrusive doubly-linked list of {@link InFlight} work: O(1) add and delete, nothing allocated. */
@@ -42,6 +45,15 @@ export class InFlightList {
     work.inFlight = false;
     this.size--;
     return true;
+  }
+
+  /** Visits every entry; `visit` may remove the entry it is given. */
+  forEach(visit: (work: InFlight) => void): void {
+    for (let work = this.head; work; ) {
+      const next: InFlight | undefined = work.nextInFlight;
+      visit(work);
+      work = next;
+    }
   }
 
   /** A copy, safe to iterate while the work leaves the list. */

@@ -6,15 +6,17 @@ import { InFlightList } from './in-flight';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { proxyHttp } from './http-path';
 import { resolveLogger } from './logger';
-import { UpstreamAgents, buildRoute, type Route, type RouteFactory } from './route';
+import { buildRoute, type Route, type RouteFactory } from './route';
 import { RouteTable } from './route-table';
 import { RouteResolver, isPending, type Resolution } from './router';
 import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
 import { StatsBook } from './stats';
 import { writeRawResponse } from './raw-response';
+import { Sweep } from './sweep';
 import { proxyUpgrade } from './tunnel-path';
 import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from './types';
 import { claimDispatched, claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from './upgrade-claims';
+import { UpstreamAgents } from './upstream-agents';
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target', 'routes', 'router', 'logger']);
 const NO_HEAD = Buffer.alloc(0);
@@ -40,6 +42,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
   readonly defaults: ResolvedSettings;
   readonly requests = new InFlightList();
   readonly tunnels = new InFlightList();
+  readonly sweep = new Sweep((now) => this.checkDeadlines(now));
   closing = false;
   private readonly resolver: RouteResolver;
   private closed: Promise<void> | undefined;
@@ -81,6 +84,13 @@ class ProxyCore implements ProxyContext, RouteFactory {
     if (error.status >= 500) this.logger.error(line);
     else this.logger.warn(line);
     this.emit('error', error, req, client);
+  }
+
+  /** The sweep's visit: read timeouts of requests, idle limits of pooled sockets. */
+  private checkDeadlines(now: number): boolean {
+    this.requests.forEach((request) => request.checkDeadline?.(now));
+    const pooled = this.agents.retireIdle(now);
+    return pooled || this.requests.size > 0;
   }
 
   released(): void {
@@ -166,6 +176,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       this.onDrained = () => {
         this.onDrained = undefined;
         clearTimeout(deadline);
+        this.sweep.stop();
         this.agents.destroy();
         resolve();
       };

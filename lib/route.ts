@@ -1,5 +1,3 @@
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
 import { Engine } from './engine';
 import type { PathRewriter, PathRule } from './forwarded-path';
 import type { ForwardedMode } from './forwarding';
@@ -7,26 +5,10 @@ import type { HeaderPolicy } from './header-policy';
 import type { OriginCheck } from './origin';
 import type { RequestHeaderSettings } from './request-headers';
 import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
+import type { Sweep } from './sweep';
 import { isTarget, resolveTarget, type ResolvedTarget } from './target';
 import type { RouteStats, RouteValue } from './types';
-
-/** Agents shared by every route of one proxy, destroyed by `close()`. */
-export class UpstreamAgents {
-  // Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
-  readonly http = new HttpAgent({ keepAlive: true, timeout: 4_000 });
-  readonly https = new HttpsAgent({ keepAlive: true, timeout: 4_000 });
-  // Each handshake on a connection of its own, never a pooled one the upstream may be closing.
-  // Shared, because `agent: false` would make Node build an agent for every tunnel and keep it as long.
-  readonly tunnelHttp = new HttpAgent({ keepAlive: false });
-  readonly tunnelHttps = new HttpsAgent({ keepAlive: false });
-
-  destroy(): void {
-    this.http.destroy();
-    this.https.destroy();
-    this.tunnelHttp.destroy();
-    this.tunnelHttps.destroy();
-  }
-}
+import type { UpstreamAgents } from './upstream-agents';
 
 const ROUTE_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target']);
 
@@ -93,15 +75,21 @@ export class Route implements PathRule, RequestHeaderSettings {
 export interface RouteFactory {
   readonly defaults: ResolvedSettings;
   readonly agents: UpstreamAgents;
+  /** Keeps the routes' read timeouts. */
+  readonly sweep: Sweep;
   statsFor(key: string): RouteStats;
 }
 
 /** Compiles a table value, `target` or router result into a {@link Route}. */
 export function buildRoute(factory: RouteFactory, key: string, prefix: string, value: RouteValue, where: string): Route {
+  let route: Route;
   if (isTarget(value)) {
-    return new Route(key, prefix, resolveTarget(value, where), factory.defaults, factory.agents, factory.statsFor(key));
+    route = new Route(key, prefix, resolveTarget(value, where), factory.defaults, factory.agents, factory.statsFor(key));
+  } else {
+    checkKeys(value, ROUTE_KEYS, where);
+    const settings = resolveSettings(value, factory.defaults, where);
+    route = new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
   }
-  checkKeys(value, ROUTE_KEYS, where);
-  const settings = resolveSettings(value, factory.defaults, where);
-  return new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
+  factory.sweep.cover(route.readTimeout);
+  return route;
 }

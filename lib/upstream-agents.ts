@@ -1,0 +1,70 @@
+import { Agent as HttpAgent, type ClientRequest } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import type { Socket } from 'node:net';
+
+// Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
+const IDLE_LIMIT = 4_000;
+const KEEP_ALIVE_HINT = /^\s*timeout=(\d+)/i;
+
+/** When each pooled socket must be retired: set each time it goes back to the pool. */
+const retireAt = new WeakMap<Socket, number>();
+
+/** 4 s, or a second less than the upstream's `Keep-Alive: timeout=N` when that is shorter; 0: not reusable. */
+function idleLimit(socket: Socket): number {
+  // Node's agent reads the hint the same way: from the response of the request that held the socket.
+  const hint = (socket as Socket & { _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } } })._httpMessage?.res?.headers['keep-alive'];
+  const seconds = typeof hint === 'string' ? KEEP_ALIVE_HINT.exec(hint)?.[1] : undefined;
+  return seconds === undefined ? IDLE_LIMIT : Math.min(IDLE_LIMIT, Number(seconds) * 1000 - 1000);
+}
+
+/**
+ * Replaces the agent's `timeout` option, which arms a socket timer each time a socket goes back to
+ * the pool: the socket's retirement time is noted instead, and {@link UpstreamAgents.retireIdle} acts on it.
+ */
+function keepSocketAlive(this: HttpAgent & { keepAliveMsecs: number }, socket: Socket): boolean {
+  const limit = idleLimit(socket);
+  if (limit <= 0) return false;
+  socket.setKeepAlive(true, this.keepAliveMsecs);
+  socket.unref();
+  retireAt.set(socket, Date.now() + limit);
+  return true;
+}
+
+function pooled<A extends HttpAgent>(agent: A): A {
+  Object.assign(agent, { keepSocketAlive });
+  return agent;
+}
+
+function retireFrom(agent: HttpAgent, now: number): boolean {
+  let pooledLeft = false;
+  for (const sockets of Object.values(agent.freeSockets)) {
+    for (const socket of sockets ?? []) {
+      if ((retireAt.get(socket) ?? 0) <= now) socket.destroy();
+      else pooledLeft = true;
+    }
+  }
+  return pooledLeft;
+}
+
+/** Agents shared by every route of one proxy, destroyed by `close()`. */
+export class UpstreamAgents {
+  readonly http = pooled(new HttpAgent({ keepAlive: true }));
+  readonly https = pooled(new HttpsAgent({ keepAlive: true }));
+  // Each handshake on a connection of its own, never a pooled one the upstream may be closing.
+  // Shared, because `agent: false` would make Node build an agent for every tunnel and keep it as long.
+  readonly tunnelHttp = new HttpAgent({ keepAlive: false });
+  readonly tunnelHttps = new HttpsAgent({ keepAlive: false });
+
+  /** Closes pooled sockets past their idle limit; false when no pooled socket is left to watch. */
+  retireIdle(now: number): boolean {
+    const httpLeft = retireFrom(this.http, now);
+    return retireFrom(this.https, now) || httpLeft;
+  }
+
+  destroy(): void {
+    this.http.destroy();
+    this.https.destroy();
+    this.tunnelHttp.destroy();
+    this.tunnelHttps.destroy();
+  }
+}
