@@ -21,7 +21,8 @@ function watchSocket(proxyReq: ClientRequest, socket: Socket, ms: number, secure
 
 /**
  * Destroys the upstream request with `ECONNECTTIMEOUT` when its TCP (and TLS) connection is not
- * established within `ms`. The read timeout is `proxyReq.setTimeout`, which starts once connected.
+ * established within `ms`. The read timeout starts once connected: the proxy's sweep keeps it on the
+ * HTTP path, `proxyReq.setTimeout` during an upgrade handshake.
  */
 export function watchConnect(proxyReq: ClientRequest, ms: number, secure: boolean): void {
   if (proxyReq.socket) watchSocket(proxyReq, proxyReq.socket, ms, secure);

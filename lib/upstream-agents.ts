@@ -4,7 +4,8 @@ import type { Socket } from 'node:net';
 
 // Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
 const IDLE_LIMIT = 4_000;
-const KEEP_ALIVE_HINT = /^\s*timeout=(\d+)/i;
+// `timeout=N` wherever it is in the list: `max=100, timeout=5` is as valid as `timeout=5, max=100`.
+const KEEP_ALIVE_HINT = /(?:^|[\s,])timeout=(\d+)/i;
 
 /** When each pooled socket must be retired: set each time it goes back to the pool. */
 const retireAt = new WeakMap<Socket, number>();
