@@ -72,8 +72,18 @@ type Pass = (...args: unknown[]) => unknown;
 type ProxyServer = HttpProxy & { webPasses: Pass[] };
 
 // http-proxy copies per-call options with Object.keys, so the hooks travel under a string key.
-const HOOKS = 'viaductHooks';
-type CallOptions = HttpProxy.ServerOptions & { [HOOKS]: WebHooks | TunnelHooks };
+type CallOptions = HttpProxy.ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
+
+/** An upstream request of `web`, with its hooks: shared listeners find them there, no closure per request. */
+type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
+
+function beforeCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
+  this.viaductHooks.onProxyRes(proxyRes);
+}
+
+function afterCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
+  this.viaductHooks.onResponseCopied(proxyRes);
+}
 
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
@@ -132,32 +142,30 @@ export class Engine {
       cookieDomainRewrite: options.cookieDomainRewrite,
       cookiePathRewrite: options.cookiePathRewrite,
       autoRewrite: options.autoRewrite,
-      // The caller computes the whole path; http-proxy must neither re-parse nor prepend to it.
+      // The caller computes the whole path (see `requestOptions`); http-proxy must neither re-parse
+      // nor prepend to it, and need not join it: its own result would be ignored anyway.
       toProxy: true,
       prependPath: false,
+      ignorePath: true,
     } as HttpProxy.ServerOptions;
     // http-proxy copies its options on every call: unset ones need not be copied.
     const setOptions = Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined));
     this.server = HttpProxy.createProxyServer(setOptions) as ProxyServer;
     this.server.webPasses = this.server.webPasses.filter((pass) => pass.name !== 'deleteLength');
     this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
-      const hooks = (callOptions as CallOptions)[HOOKS] as WebHooks;
-      // http-proxy's own listener copies the response status and headers to the client response
-      // (it also echoes the client's Connection header there); the hooks run around it.
-      const copyToClient = proxyReq.listeners('response')[0] as (proxyRes: IncomingMessage) => void;
-      proxyReq.removeListener('response', copyToClient);
-      proxyReq.on('response', (proxyRes: IncomingMessage) => {
-        hooks.onProxyRes(proxyRes);
-        copyToClient.call(proxyReq, proxyRes);
-        hooks.onResponseCopied(proxyRes);
-      });
+      const hooks = (callOptions as CallOptions).viaductHooks as WebHooks;
+      // http-proxy's own 'response' listener copies the response status and headers to the client
+      // response (it also echoes the client's Connection header there); the hooks run around it.
+      (proxyReq as HookedRequest).viaductHooks = hooks;
+      proxyReq.prependListener('response', beforeCopy);
+      proxyReq.on('response', afterCopy);
       hooks.onProxyReq(proxyReq);
     });
     this.server.on('proxyReqWs', (proxyReq, _req, _socket, callOptions) => {
       this.createdUpgradeRequest = proxyReq;
       // The request is built: listeners must see the client's request, not our view of it.
       this.upgradeView?.restore();
-      (callOptions as CallOptions)[HOOKS].onProxyReq(proxyReq);
+      (callOptions as CallOptions).viaductHooks.onProxyReq(proxyReq);
     });
   }
 
@@ -168,13 +176,12 @@ export class Engine {
     return proxyReq;
   }
 
-  private callOptions(hooks: WebHooks | TunnelHooks, path: string, extra?: HttpProxy.ServerOptions): CallOptions {
-    // setupOutgoing writes the outgoing request into `ssl`.
-    return { ...extra, [HOOKS]: hooks, ssl: requestOptions(path, this.servername) };
-  }
-
   web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
-    const options = this.callOptions(hooks, outgoing.path, outgoing.body ? { buffer: Readable.from([outgoing.body], { objectMode: false }) } : undefined);
+    // setupOutgoing writes the outgoing request into `ssl`.
+    const ssl = requestOptions(outgoing.path, this.servername);
+    const options: CallOptions = outgoing.body
+      ? { viaductHooks: hooks, ssl, buffer: Readable.from([outgoing.body], { objectMode: false }) }
+      : { viaductHooks: hooks, ssl };
     const view = new RequestView(req, outgoing);
     let failure: unknown;
     try {
@@ -188,7 +195,7 @@ export class Engine {
   }
 
   ws(req: IncomingMessage, socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
-    const options = this.callOptions(hooks, outgoing.path, { agent: this.wsAgent });
+    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(outgoing.path, this.servername), agent: this.wsAgent };
     this.upgradeView = new RequestView(req, outgoing);
     let failure: unknown;
     try {

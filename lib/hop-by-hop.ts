@@ -1,18 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
 
-/** Headers that describe one connection, never the message: dropped in both directions. */
-const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'proxy-authorization',
-  'proxy-authenticate',
-]);
-
 // Connection tokens that are options, not header names: the common values, answered without splitting.
 const CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['close', 'keep-alive', 'upgrade']);
 
@@ -20,6 +7,8 @@ const CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['close', 'keep-alive', 
 export function connectionListed(connection: string | string[] | undefined): ReadonlySet<string> | undefined {
   if (connection === undefined) return undefined;
   const value = String(connection);
+  // The usual values as sent: answered without trimming, lowering or splitting.
+  if (CONNECTION_OPTIONS.has(value)) return undefined;
   if (!value.includes(',') && CONNECTION_OPTIONS.has(value.trim().toLowerCase())) return undefined;
   let listed: Set<string> | undefined;
   for (const raw of value.split(',')) {
@@ -29,8 +18,26 @@ export function connectionListed(connection: string | string[] | undefined): Rea
   return listed;
 }
 
+/**
+ * Headers that describe one connection, never the message: dropped in both directions, with those
+ * `listed` in `Connection`. A `switch`, not a `Set`: names fresh from the parser would be hashed on
+ * every lookup, where the cases are mostly told apart by length.
+ */
 export function isHopByHop(name: string, listed: ReadonlySet<string> | undefined): boolean {
-  return HOP_BY_HOP.has(name) || (listed !== undefined && listed.has(name));
+  switch (name) {
+    case 'connection':
+    case 'keep-alive':
+    case 'proxy-connection':
+    case 'te':
+    case 'trailer':
+    case 'transfer-encoding':
+    case 'upgrade':
+    case 'proxy-authorization':
+    case 'proxy-authenticate':
+      return true;
+    default:
+      return listed !== undefined && listed.has(name);
+  }
 }
 
 /** A copy of parsed headers without the hop-by-hop ones and those their `Connection` lists. */

@@ -1,5 +1,5 @@
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
-import { FORWARDING_HEADERS, addForwarding, isTrusted, type ForwardedMode } from './forwarding';
+import { addForwarding, isForwardingHeader, isTrusted, type ForwardedMode } from './forwarding';
 import { applyToHeaders, type HeaderPolicy } from './header-policy';
 import { connectionListed, isHopByHop } from './hop-by-hop';
 
@@ -21,7 +21,7 @@ export function upstreamHeaders(req: IncomingMessage, settings: RequestHeaderSet
   const trusted = isTrusted(req, settings.trustProxy);
   const headers: OutgoingHttpHeaders = {};
   for (const name in incoming) {
-    if (isHopByHop(name, listed) || name === 'expect' || (!trusted && FORWARDING_HEADERS.has(name))) continue;
+    if (isHopByHop(name, listed) || name === 'expect' || (!trusted && isForwardingHeader(name))) continue;
     headers[name] = incoming[name];
   }
   // The body is re-framed on our hop: chunked when the client sent it without a length.
