@@ -1,6 +1,8 @@
-// `npm run bench [-- --quick] [-- --rounds N]`: the upstream, every front and the load generators
-// run as separate processes; fronts are measured round by round (A B C … A B C …) and the table
-// shows medians, plus ratios taken pair by pair within each round, then their median.
+// `npm run bench [-- --quick] [-- --rounds N]`: the upstream, every front and the load
+// generators run as separate processes; for each metric the fronts are measured round by round
+// (A B C … A B C …) and the table shows medians, plus ratios taken pair by pair within each round,
+// then their median. Many short rounds rather than a few long ones: on a shared machine the noise
+// comes in bursts of a second or two, and a median of many pairs shrugs off the pairs it hit.
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { cpus, totalmem } from 'node:os';
@@ -10,11 +12,16 @@ const here = (file) => fileURLToPath(new URL(file, import.meta.url));
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const roundsArg = args.indexOf('--rounds');
-const ROUNDS = roundsArg === -1 ? (quick ? 1 : 3) : Number(args[roundsArg + 1]);
+const ROUNDS_OVERRIDE = roundsArg === -1 ? undefined : Number(args[roundsArg + 1]);
 // Whole seconds: wrk takes no fractions.
-const SECONDS = quick ? 1 : 3;
+const SECONDS = 1;
+// The small-response runs are longer: each wrk run opens 32 fresh connections, and in a 1 s run
+// their first requests would be a good part of the slowest 1 % the p99 is made of.
+const HTTP_SMALL_SECONDS = quick ? 1 : 2;
+const WARM_UP_SECONDS = quick ? 1 : 3;
 const HELD_TUNNELS = quick ? 500 : 2_000;
-const FRONTS = ['viaduct-express', 'hpm-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
+// Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
+const FRONTS = ['hpm-express', 'viaduct-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
 const hasWrk = spawnSync('wrk', ['--version']).error === undefined;
 
 const children = new Set();
@@ -47,8 +54,8 @@ async function ask(child, message) {
 const UNITS = { us: 1e-3, ms: 1, s: 1e3 };
 const SIZES = { B: 1, KB: 1024, MB: 1024 ** 2, GB: 1024 ** 3 };
 
-async function wrk(url, connections) {
-  const child = track(spawn('wrk', ['-t1', `-c${connections}`, `-d${SECONDS}s`, '--latency', url]));
+async function wrk(url, connections, seconds = SECONDS) {
+  const child = track(spawn('wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', url]));
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   await once(child, 'exit');
@@ -59,9 +66,9 @@ async function wrk(url, connections) {
   return { rps, p99: Number(p99) * UNITS[p99Unit], mbps: (Number(transfer) * SIZES[transferUnit]) / 1024 ** 2 };
 }
 
-async function autocannon(url, connections) {
+async function autocannon(url, connections, seconds = SECONDS) {
   const cli = here('../node_modules/autocannon/autocannon.js');
-  const child = track(spawn(process.execPath, [cli, '-j', '-c', String(connections), '-d', String(SECONDS), url]));
+  const child = track(spawn(process.execPath, [cli, '-j', '-c', String(connections), '-d', String(seconds), url]));
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   await once(child, 'exit');
@@ -71,26 +78,28 @@ async function autocannon(url, connections) {
 
 const httpLoad = hasWrk ? wrk : autocannon;
 
+// `rounds`: in a full run (the p99 row comes from the requests/s runs). The heap per tunnel barely
+// moves between rounds, and holding 2,000 tunnels takes a while.
 const METRICS = [
-  { key: 'rps', label: 'HTTP small: requests/s', better: 'higher', run: (front) => httpLoad(`${front.url}/small`, 32).then((r) => r.rps) },
-  { key: 'p99', label: 'HTTP small: p99 latency (ms)', better: 'lower', run: (front) => httpLoad(`${front.url}/small`, 32).then((r) => r.p99) },
-  { key: 'mbps', label: 'HTTP 1 MiB: MB/s', better: 'higher', run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps) },
+  { key: 'rps', label: 'HTTP small: requests/s', rounds: 9 },
+  { key: 'p99', label: 'HTTP small: p99 latency (ms)', rounds: 9 },
+  { key: 'mbps', label: 'HTTP 1 MiB: MB/s', rounds: 5, run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps) },
   {
     key: 'echo',
     label: 'WS echo over 32 tunnels: messages/s',
-    better: 'higher',
+    rounds: 7,
     run: async (front, load) => (await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: SECONDS })).messages / SECONDS,
   },
   {
     key: 'upgrades',
     label: 'WS upgrades/s (open + close)',
-    better: 'higher',
+    rounds: 9,
     run: async (front, load) => (await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: SECONDS })).upgrades / SECONDS,
   },
   {
     key: 'heap',
     label: `heap KiB per idle tunnel (${HELD_TUNNELS} open, after GC)`,
-    better: 'lower',
+    rounds: 3,
     run: async (front, load) => {
       const before = (await ask(front.process, { type: 'heap' })).bytes;
       await ask(load, { type: 'hold', url: front.wsUrl, count: HELD_TUNNELS });
@@ -100,6 +109,11 @@ const METRICS = [
     },
   },
 ];
+
+/** Rounds of `metric` in this run: `--rounds N` gives every metric N, `--quick` one. */
+function roundsOf(metric) {
+  return ROUNDS_OVERRIDE ?? (quick ? 1 : metric.rounds);
+}
 
 // The p99 row reuses the requests/s run rather than loading the front twice.
 const MEASURED = METRICS.filter((metric) => metric.key !== 'p99');
@@ -142,16 +156,17 @@ async function main() {
   }
   const load = track(fork(here('ws-load.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
 
-  console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; ${ROUNDS} round(s) of ${SECONDS} s per measurement; warming up…`);
-  for (const front of fronts) await httpLoad(`${front.url}/small`, 32);
+  console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
+  for (const front of fronts) await httpLoad(`${front.url}/small`, 32, WARM_UP_SECONDS);
 
   // results[metric][front] = one value per round; the p99 comes with the requests/s run.
   const results = Object.fromEntries(METRICS.map((metric) => [metric.key, Object.fromEntries(FRONTS.map((name) => [name, []]))]));
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const metric of MEASURED) {
+  for (const metric of MEASURED) {
+    const rounds = roundsOf(metric);
+    for (let round = 1; round <= rounds; round++) {
       for (const front of fronts) {
         if (metric.key === 'rps') {
-          const run = await httpLoad(`${front.url}/small`, 32);
+          const run = await httpLoad(`${front.url}/small`, 32, HTTP_SMALL_SECONDS);
           results.rps[front.name].push(run.rps);
           results.p99[front.name].push(run.p99);
         } else {
@@ -159,7 +174,7 @@ async function main() {
         }
       }
     }
-    console.error(`round ${round}/${ROUNDS} done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+    console.error(`${metric.label}: ${rounds} round(s) done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
   }
 
   const ratio = (key, [a, b]) => median(results[key][a].map((value, round) => value / results[key][b][round]));
@@ -183,7 +198,8 @@ async function main() {
   console.log(lines.join('\n'));
   console.log(
     `\nNode ${process.version}, ${cpu.length} × ${cpu[0]?.model.trim()}, ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; ` +
-      `${hasWrk ? 'wrk' : 'autocannon'}; ${ROUNDS} round(s) × ${SECONDS} s; ${((Date.now() - started) / 1000).toFixed(0)} s in all.`,
+      `${hasWrk ? 'wrk' : 'autocannon'}; ${HTTP_SMALL_SECONDS} s per small-response run, ${SECONDS} s per other measurement; rounds: ${MEASURED.map((metric) => `${metric.key} ${roundsOf(metric)}`).join(', ')}; ` +
+      `${((Date.now() - started) / 1000).toFixed(0)} s in all.`,
   );
   for (const child of children) child.kill();
 }
