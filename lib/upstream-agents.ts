@@ -2,8 +2,11 @@ import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import type { Socket } from 'node:net';
 
-// Below Node's 5 s server keep-alive default, so an idle socket is dropped here before the upstream drops it.
-const IDLE_LIMIT = 4_000;
+// Without a hint from the upstream: below Node's 5 s server keep-alive default, so an idle socket is
+// dropped here before the upstream drops it.
+const DEFAULT_IDLE_LIMIT = 4_000;
+// However long the upstream says it keeps a connection, an idle socket is not held longer than nginx's default.
+const LONGEST_IDLE_LIMIT = 60_000;
 // `timeout=N` wherever it is in the list: `max=100, timeout=5` is as valid as `timeout=5, max=100`.
 const KEEP_ALIVE_HINT = /(?:^|[\s,])timeout=(\d+)/i;
 
@@ -11,12 +14,16 @@ const KEEP_ALIVE_HINT = /(?:^|[\s,])timeout=(\d+)/i;
 const retireAt = Symbol('viaduct.retireAt');
 type PooledSocket = Socket & { [retireAt]?: number };
 
-/** 4 s, or a second less than the upstream's `Keep-Alive: timeout=N` when that is shorter; 0: not reusable. */
+/**
+ * A second less than the upstream's `Keep-Alive: timeout=N` (at most 60 s; 0 for N ≤ 1: not
+ * reusable), else 4 s. Honouring a longer hint matters: an upstream that keeps connections for 30 s
+ * would otherwise see every burst of traffic after 4 s of quiet open a fresh set of connections.
+ */
 function idleLimit(socket: Socket): number {
   // Node's agent reads the hint the same way: from the response of the request that held the socket.
   const hint = (socket as Socket & { _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } } })._httpMessage?.res?.headers['keep-alive'];
   const seconds = typeof hint === 'string' ? KEEP_ALIVE_HINT.exec(hint)?.[1] : undefined;
-  return seconds === undefined ? IDLE_LIMIT : Math.min(IDLE_LIMIT, Number(seconds) * 1000 - 1000);
+  return seconds === undefined ? DEFAULT_IDLE_LIMIT : Math.min(LONGEST_IDLE_LIMIT, Number(seconds) * 1000 - 1000);
 }
 
 /**

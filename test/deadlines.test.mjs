@@ -1,8 +1,9 @@
 // Deadlines kept by the proxy's sweep (lib/sweep.ts): the HTTP read timeout counts activity in
 // both directions (a slow response or a slow upload is not a silent upstream) and is met late by at
 // most two periods, never early, the period following the shortest route; pooled upstream sockets
-// are retired after 4 s idle, sooner when the upstream's `Keep-Alive: timeout=N` says so, and not
-// pooled at all for N ≤ 1; the sweep's timer runs only while there is something to watch.
+// are retired a second before the upstream's `Keep-Alive: timeout=N` runs out (sooner or later than
+// the 4 s kept without a hint), and not pooled at all for N ≤ 1; the sweep's timer runs only while
+// there is something to watch.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
@@ -256,6 +257,19 @@ describe('pooled upstream sockets', () => {
     const endedAt = performance.now();
     const idle = (await within(connections[0].closed, 3000, 'the pooled socket closed')) - endedAt;
     assert.ok(idle >= 900 && idle < 1700, `closed ${idle.toFixed(0)} ms after the response, expected 1000 to 1500`);
+    assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+  });
+
+  test('Keep-Alive: timeout=6 from the upstream: the pooled socket is kept past the 4 s default, until 5 s', { timeout: 10_000 }, async () => {
+    const up = await startUpstream();
+    up.server.keepAliveTimeout = 6000; // Node answers `Keep-Alive: timeout=6`
+    const connections = trackConnections(up.server);
+    const { front } = await proxied({ target: up.url });
+    assert.equal((await within(request(`${front.url}/once`), 2000, 'the response')).status, 200);
+    const endedAt = performance.now();
+    const idle = (await within(connections[0].closed, 7000, 'the pooled socket closed')) - endedAt;
+    // 6 s − 1 s, late by at most two 250 ms periods; the upstream itself would close at 6 s.
+    assert.ok(idle >= 4900 && idle < 5700, `closed ${idle.toFixed(0)} ms after the response, expected 5000 to 5500`);
     assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
   });
 
