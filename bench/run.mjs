@@ -5,6 +5,7 @@
 // comes in bursts of a second or two, and a median of many pairs shrugs off the pairs it hit.
 import { fork, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { cpus, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
@@ -18,6 +19,9 @@ const SECONDS = 1;
 // The small-response runs are longer: each wrk run opens 32 fresh connections, and in a 1 s run
 // their first requests would be a good part of the slowest 1 % the p99 is made of.
 const HTTP_SMALL_SECONDS = quick ? 1 : 2;
+// A front keeps a core for 20–40 ms after its load stops (closing 32 connections, a last GC): the
+// first requests of the next front's run would pay for it, and its p99 with them.
+const SETTLE_MS = 250;
 const WARM_UP_SECONDS = quick ? 1 : 3;
 const HELD_TUNNELS = quick ? 500 : 2_000;
 // Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
@@ -166,6 +170,7 @@ async function main() {
     for (let round = 1; round <= rounds; round++) {
       for (const front of fronts) {
         if (metric.key === 'rps') {
+          await sleep(SETTLE_MS);
           const run = await httpLoad(`${front.url}/small`, 32, HTTP_SMALL_SECONDS);
           results.rps[front.name].push(run.rps);
           results.p99[front.name].push(run.p99);
