@@ -104,6 +104,21 @@ async function proxied(options) {
   return { proxy, front, errors };
 }
 
+/**
+ * One request through a fresh proxy to `target`, then its pooled upstream connection must be closed
+ * by the proxy (the upstream saw the proxy end it) between `min` and `max` ms after the response.
+ */
+async function assertRetiredAfter(target, connections, min, max) {
+  const { front } = await proxied({ target });
+  const res = await within(request(`${front.url}/once`), 2000, 'the response');
+  const endedAt = performance.now();
+  assert.equal(res.status, 200);
+  assert.equal(connections.length, 1);
+  const idle = (await within(connections[0].closed, max + 1000, 'the pooled socket closed')) - endedAt;
+  assert.ok(idle >= min && idle < max, `closed ${idle.toFixed(0)} ms after the response, expected ${min} to ${max}`);
+  assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+}
+
 const SWEEP_MODULE = /[\\/]sweep\.js:\d+/;
 
 /**
@@ -209,17 +224,8 @@ describe('pooled upstream sockets', () => {
   test("Keep-Alive: timeout=2 from the upstream: the proxy closes the pooled socket about 1 s after the response, before the upstream would", async () => {
     const up = await startUpstream();
     up.server.keepAliveTimeout = 2000; // Node answers `Keep-Alive: timeout=2`
-    const connections = trackConnections(up.server);
-    const { front } = await proxied({ target: up.url });
-    const res = await within(request(`${front.url}/once`), 2000, 'the response');
-    const endedAt = performance.now();
-    assert.equal(res.status, 200);
-    assert.equal(connections.length, 1);
-    const closedAt = await within(connections[0].closed, 3000, 'the pooled socket closed');
-    const idle = closedAt - endedAt;
     // 2 s − 1 s, late by at most two 250 ms periods; the upstream itself would close at 2 s.
-    assert.ok(idle >= 900 && idle < 1700, `closed ${idle.toFixed(0)} ms after the response, expected 1000 to 1500`);
-    assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+    await assertRetiredAfter(up.url, trackConnections(up.server), 900, 1700);
   });
 
   test('Keep-Alive: timeout=1 from the upstream: the socket is not pooled, the next request opens a new connection', async () => {
@@ -251,41 +257,19 @@ describe('pooled upstream sockets', () => {
       return false;
     });
     up.server.keepAliveTimeout = 10_000; // the upstream would keep the connection open
-    const connections = trackConnections(up.server);
-    const { front } = await proxied({ target: up.url });
-    assert.equal((await within(request(`${front.url}/once`), 2000, 'the response')).status, 200);
-    const endedAt = performance.now();
-    const idle = (await within(connections[0].closed, 3000, 'the pooled socket closed')) - endedAt;
-    assert.ok(idle >= 900 && idle < 1700, `closed ${idle.toFixed(0)} ms after the response, expected 1000 to 1500`);
-    assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+    await assertRetiredAfter(up.url, trackConnections(up.server), 900, 1700);
   });
 
   test('Keep-Alive: timeout=6 from the upstream: the pooled socket is kept past the 4 s default, until 5 s', { timeout: 10_000 }, async () => {
     const up = await startUpstream();
-    up.server.keepAliveTimeout = 6000; // Node answers `Keep-Alive: timeout=6`
-    const connections = trackConnections(up.server);
-    const { front } = await proxied({ target: up.url });
-    assert.equal((await within(request(`${front.url}/once`), 2000, 'the response')).status, 200);
-    const endedAt = performance.now();
-    const idle = (await within(connections[0].closed, 7000, 'the pooled socket closed')) - endedAt;
-    // 6 s − 1 s, late by at most two 250 ms periods; the upstream itself would close at 6 s.
-    assert.ok(idle >= 4900 && idle < 5700, `closed ${idle.toFixed(0)} ms after the response, expected 5000 to 5500`);
-    assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+    up.server.keepAliveTimeout = 6000; // Node answers `Keep-Alive: timeout=6`; it would close at 6 s
+    await assertRetiredAfter(up.url, trackConnections(up.server), 4900, 5700);
   });
 
   test('no Keep-Alive hint from the upstream: the pooled socket is closed after 4 s idle', { timeout: 10_000 }, async () => {
     const up = await hintlessUpstream();
-    const { front } = await proxied({ target: up.url });
-    const res = await within(request(`${front.url}/once`), 2000, 'the response');
-    const endedAt = performance.now();
-    assert.equal(res.status, 200);
-    assert.equal(res.text, 'ok');
-    assert.equal(up.connections.length, 1);
-    const closedAt = await within(up.connections[0].closed, 6000, 'the pooled socket closed');
-    const idle = closedAt - endedAt;
     // 4 s, late by at most two 250 ms periods.
-    assert.ok(idle >= 3900 && idle < 4700, `closed ${idle.toFixed(0)} ms after the response, expected 4000 to 4500`);
-    assert.ok(up.connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
+    await assertRetiredAfter(up.url, up.connections, 3900, 4700);
   });
 });
 
