@@ -175,10 +175,8 @@ describe('read timeout (timeouts.read) on the sweep', () => {
   test('a request body uploaded a byte every 80 ms for 800 ms outlives read: 300: bytes written upstream count as activity', async () => {
     const up = await startUpstream();
     const { front, errors } = await proxied({ target: up.url, timeouts: { read: 300 } });
-    const started = performance.now();
     const req = http.request(`${front.url}/slow-upload`, { method: 'POST', agent: false, headers: { 'content-type': 'text/plain' } });
-    const [, res] = await within(Promise.all([trickle(req), responseOf(req)]), 3000, 'the answer to the slow upload');
-    const ms = performance.now() - started;
+    const { res, ms } = await timed(async () => (await within(Promise.all([trickle(req), responseOf(req)]), 3000, 'the answer to the slow upload'))[1]);
     assert.equal(res.status, 200, `got ${res.status}: ${res.text}`);
     // The upstream answers once it has read the whole body, echoing it.
     const seen = JSON.parse(res.text);
