@@ -6,8 +6,8 @@
  *   `http:/` anywhere in the path into `http://`. The request options it fills in (its `ssl`
  *   option) are given a `path` it cannot overwrite: the caller's, byte for byte.
  * - Its headers option can add headers but not remove them. The headers we computed are shown to
- *   it as `req.headers` for the synchronous span of the call in which it reads them, then put back:
- *   the caller's request is never left changed.
+ *   it as `req.headers`: by `web` for the synchronous span of the call in which it reads them, then
+ *   put back, so that the caller's request is never left changed; by `ws` on a stand-in request.
  * - Its `deleteLength` pass turns a chunked DELETE/OPTIONS body into `Content-Length: 0` followed by
  *   the body bytes, which the upstream reads as a second request. The pass is removed; framing is
  *   decided by the caller.
@@ -92,7 +92,6 @@ function asError(error: unknown): Error {
 /** Shows http-proxy our headers as `req.headers` until `restore()`. */
 class RequestView {
   private readonly headers: IncomingMessage['headers'];
-  private restored = false;
 
   constructor(
     private readonly req: IncomingMessage,
@@ -103,11 +102,28 @@ class RequestView {
   }
 
   restore(): void {
-    if (this.restored) return;
-    this.restored = true;
     this.req.headers = this.headers;
   }
 }
+
+/**
+ * What `ws` is given as the client's request: http-proxy reads only the method and our headers from
+ * it, and `proxyReqWs` brings our path back with it. A stand-in rather than the request itself,
+ * which stays unchanged; it also has one hidden class, where a request an Express app dispatched
+ * has one of its own (Express changes its prototype), so that every property read of it would
+ * miss V8's caches.
+ */
+class UpgradeRequestView {
+  readonly method = 'GET';
+
+  constructor(
+    readonly url: string,
+    readonly headers: OutgoingHttpHeaders,
+  ) {}
+}
+
+/** What `http.request` refuses in a path (Node's own check). */
+const UNESCAPED_PATH = /[^\u0021-\u00ff]/;
 
 type RequestOptions = { readonly path: string; servername?: string };
 
@@ -126,8 +142,6 @@ export class Engine {
   private readonly servername: string | undefined;
   private readonly wsAgent: Agent | false;
   private createdUpgradeRequest: ClientRequest | undefined;
-  /** The view of the `ws` call under way: http-proxy reports the upstream request inside it. */
-  private upgradeView: RequestView | undefined;
 
   constructor(options: EngineOptions) {
     const hostname = options.target.hostname ?? '';
@@ -161,10 +175,10 @@ export class Engine {
       proxyReq.on('response', afterCopy);
       hooks.onProxyReq(proxyReq);
     });
-    this.server.on('proxyReqWs', (proxyReq, _req, _socket, callOptions) => {
+    this.server.on('proxyReqWs', (proxyReq, request, _socket, callOptions) => {
       this.createdUpgradeRequest = proxyReq;
-      // The request is built: listeners must see the client's request, not our view of it.
-      this.upgradeView?.restore();
+      // Not written yet: http-proxy ends the request after this event.
+      proxyReq.path = (request as unknown as UpgradeRequestView).url;
       (callOptions as CallOptions).viaductHooks.onProxyReq(proxyReq);
     });
   }
@@ -194,20 +208,20 @@ export class Engine {
     if (failure !== undefined) hooks.onError(asError(failure));
   }
 
-  ws(req: IncomingMessage, socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
-    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(outgoing.path, this.servername), agent: this.wsAgent };
-    this.upgradeView = new RequestView(req, outgoing);
-    let failure: unknown;
-    try {
-      this.server.ws(req, socket, head, options, (error) => hooks.onError(error));
-    } catch (error) {
-      failure = error;
-    } finally {
-      this.upgradeView.restore();
-      this.upgradeView = undefined;
+  ws(socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
+    // `http.request` checks the path it is given; this one is set after it, so it is checked here.
+    if (UNESCAPED_PATH.test(outgoing.path)) {
+      hooks.onError(Object.assign(new TypeError('Request path contains unescaped characters'), { code: 'ERR_UNESCAPED_CHARACTERS' }));
+      return;
     }
-    if (failure !== undefined) {
-      hooks.onError(asError(failure));
+    // The path http-proxy puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
+    const ssl = this.servername ? { servername: this.servername } : {};
+    const options: CallOptions = { viaductHooks: hooks, ssl, agent: this.wsAgent };
+    try {
+      const request = new UpgradeRequestView(outgoing.path, outgoing.headers) as unknown as IncomingMessage;
+      this.server.ws(request, socket, head, options, (error) => hooks.onError(error));
+    } catch (error) {
+      hooks.onError(asError(error));
       return;
     }
     const proxyReq = this.takeUpgradeRequest();

@@ -74,7 +74,7 @@ class Handshake extends InFlight implements TunnelHooks {
     ctx.tunnels.add(this);
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
-    route.engine.ws(req, socket, this.head, outgoing, this);
+    route.engine.ws(socket, this.head, outgoing, this);
   }
 
   onProxyReq(proxyReq: ClientRequest): void {

@@ -355,6 +355,19 @@ describe('refusals by the proxy', () => {
     ws.close();
   });
 
+  test('a pathRewrite whose result has a CR, LF or space: 500 for the upgrade as for HTTP, and nothing reaches the upstream', BOUND, async () => {
+    for (const bad of ['/a\r\nX-Injected: 1', '/a b', '/a\u0100']) {
+      const up = await startUpstream();
+      const proxy = createProxy({ target: up.url, logger: quietLogger(), pathRewrite: () => bad });
+      const front = await startFront('node', proxy);
+      const raw = await rawExchange(front.port, handshake('/x'));
+      assert.equal(statusOf(raw), 500, JSON.stringify(bad));
+      assert.equal((await request(`${front.url}/x`)).status, 500, JSON.stringify(bad));
+      assert.equal(up.handshakes.length, 0);
+      assert.equal(up.seen.length, 0);
+    }
+  });
+
   const originCases = [
     { kind: 'a string (compared case-insensitively)', rule: 'https://App.Example', allowed: 'https://app.example', other: 'https://app.example.evil' },
     { kind: 'a RegExp', rule: /^https:\/\/([a-z]+\.)?app\.example$/, allowed: 'https://eu.app.example', other: 'https://app.example.evil' },
