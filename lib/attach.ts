@@ -51,14 +51,36 @@ function forgetDispatch(req: IncomingMessage): void {
   if (decorated.next !== undefined) decorated.next = undefined;
 }
 
+/** An Express app: it changes the prototype of each request and response it is given. */
+function isExpressApp(app: UpgradeApp): boolean {
+  return typeof (app as { request?: unknown }).request === 'object' && typeof (app as { response?: unknown }).response === 'object';
+}
+
+/**
+ * Once Express changed their prototypes, V8 gives the request and the response a hidden class of
+ * their own, copied whole for every property added after. The properties Express's router adds
+ * (it reads them as absent or `undefined`) are added here, while the classes are still shared,
+ * so that Express only changes their values.
+ */
+function addExpressProperties(req: IncomingMessage, res: ServerResponse): void {
+  const request = req as IncomingMessage & Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params', unknown>;
+  request.next = undefined;
+  request.baseUrl = undefined;
+  request.originalUrl = undefined;
+  request._parsedUrl = undefined;
+  request.params = undefined;
+  (res as ServerResponse & { locals?: unknown }).locals = undefined;
+}
+
 /**
  * Sends an upgrade through the app as if it were a request. A proxy in the chain claims the
  * socket; a response a middleware writes goes to the socket, which is then closed; an upgrade
  * that runs off the end of the chain is unmatched.
  */
-function dispatchThroughApp(app: UpgradeApp, req: IncomingMessage, socket: Duplex, head: Buffer, othersMayAnswer: boolean, logger: Logger): void {
+function dispatchThroughApp(app: UpgradeApp, express: boolean, req: IncomingMessage, socket: Duplex, head: Buffer, othersMayAnswer: boolean, logger: Logger): void {
   const res = new ServerResponse(req);
   res.shouldKeepAlive = false;
+  if (express) addExpressProperties(req, res);
   let concluded = false;
   // The outcome is the first of: a proxy claims the socket, a middleware ends the response, the chain ends.
   const conclude = (): boolean => !isClaimed(socket) && !concluded && (concluded = true);
@@ -88,7 +110,7 @@ function dispatchThroughApp(app: UpgradeApp, req: IncomingMessage, socket: Duple
     }
   };
 
-  markDispatched(req, { socket, head, claimed: () => forgetDispatch(req) });
+  markDispatched(res, { socket, head, claimed: () => forgetDispatch(req) });
   try {
     const result = app(req, res, done);
     if (result instanceof Promise) result.catch(done);
@@ -107,6 +129,7 @@ export function attach(server: UpgradeEmitter, handler: Proxy | UpgradeApp, opti
   const mode = options.unmatched ?? 'auto';
   if (!MODES.includes(mode)) throw new TypeError(`viaduct: attach: unmatched is 'auto', 'reject' or 'ignore', not "${String(mode)}"`);
   const logger = options.logger === undefined ? defaultLogger : resolveLogger(options.logger);
+  const express = !isProxy(handler) && isExpressApp(handler);
 
   const listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     guardSocket(socket);
@@ -114,7 +137,7 @@ export function attach(server: UpgradeEmitter, handler: Proxy | UpgradeApp, opti
     if (isProxy(handler)) {
       if (!handler.upgrade(req, socket, head) && !othersMayAnswer && !isClaimed(socket)) rejectWith(socket, 404);
     } else {
-      dispatchThroughApp(handler, req, socket, head, othersMayAnswer, logger);
+      dispatchThroughApp(handler, express, req, socket, head, othersMayAnswer, logger);
     }
   };
   server.on('upgrade', listener);

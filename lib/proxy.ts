@@ -103,7 +103,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
   }
 
   handle(req: IncomingMessage, res: ServerResponse, next: Next | undefined): void {
-    const upgrade = dispatchedUpgrade(req);
+    const upgrade = dispatchedUpgrade(req, res);
     const client = upgrade ? upgrade.socket : res;
     const resolution = this.resolve(req);
     if (isPending(resolution)) {
@@ -124,7 +124,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       else this.failWithoutRoute(new ProxyError('ENOROUTE'), req, res);
     } else if (!upgrade) {
       proxyHttp(this, route, req, res);
-    } else if (claimDispatched(req, upgrade)) {
+    } else if (claimDispatched(res, upgrade)) {
       proxyUpgrade(this, route, req, upgrade.socket, upgrade.head);
     }
   }

@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 
 const claimed = new WeakSet<Duplex>();
@@ -32,21 +32,26 @@ export interface DispatchedUpgrade {
   readonly claimed: () => void;
 }
 
-const dispatched = new WeakMap<IncomingMessage, DispatchedUpgrade>();
+// On the stand-in response rather than in a WeakMap keyed by the request: set before the app
+// runs, it is a plain property write, where a WeakMap would grow and shrink with every upgrade.
+const UPGRADE = Symbol('viaduct.dispatchedUpgrade');
 
-export function markDispatched(req: IncomingMessage, upgrade: DispatchedUpgrade): void {
-  dispatched.set(req, upgrade);
+type StandInResponse = ServerResponse & { [UPGRADE]?: DispatchedUpgrade | undefined };
+
+/** Marks the stand-in response `attach()` passes through an app with the upgrade it stands for. */
+export function markDispatched(res: ServerResponse, upgrade: DispatchedUpgrade): void {
+  (res as StandInResponse)[UPGRADE] = upgrade;
 }
 
 /** The upgrade a request stands for when `attach()` dispatches it through an app, else `undefined`. */
-export function dispatchedUpgrade(req: IncomingMessage): DispatchedUpgrade | undefined {
-  return req.headers.upgrade === undefined ? undefined : dispatched.get(req);
+export function dispatchedUpgrade(req: IncomingMessage, res: ServerResponse): DispatchedUpgrade | undefined {
+  return req.headers.upgrade === undefined ? undefined : (res as StandInResponse)[UPGRADE];
 }
 
 /** Claims a dispatched upgrade's socket for one route; false when a route already took it. */
-export function claimDispatched(req: IncomingMessage, upgrade: DispatchedUpgrade): boolean {
+export function claimDispatched(res: ServerResponse, upgrade: DispatchedUpgrade): boolean {
   if (!claimSocket(upgrade.socket)) return false;
-  dispatched.delete(req);
+  (res as StandInResponse)[UPGRADE] = undefined;
   upgrade.claimed();
   return true;
 }

@@ -9,7 +9,7 @@ import express4 from 'express4';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, handshakeThenReset, openSocket, rawExchange, roundTrip, statusOf } from './helpers/clients.mjs';
+import { handshake, handshakeThenReset, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 import { assertOnlyLiveTunnel, deferred } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -160,6 +160,44 @@ describe('middleware in front applies to upgrades', () => {
       const refused = await openSocket(`${front.wsUrl}/v1/chat`);
       assert.equal(refused.refused?.status, 429);
       assert.equal(up.handshakes.length, 0);
+    });
+  }
+});
+
+describe('what middleware sees of an upgrade', () => {
+  /** What a middleware mounted at /v1 reads of the request and response it is given. */
+  function observer(seen) {
+    return (req, res, next) => {
+      seen.push({
+        url: req.url,
+        baseUrl: req.baseUrl,
+        originalUrl: req.originalUrl,
+        params: req.params,
+        query: req.query,
+        locals: res.locals === undefined ? 'none' : Object.keys(res.locals),
+        own: ['next', 'baseUrl', 'originalUrl', '_parsedUrl', 'params'].filter((name) => Object.hasOwn(req, name)),
+      });
+      next();
+    };
+  }
+
+  for (const kind of ['express5', 'express4', 'connect']) {
+    test(`${kind}: the same request properties and res.locals as for HTTP on the same path`, BOUND, async () => {
+      const up = await startUpstream();
+      const proxy = createProxy({ target: up.url, logger: quietLogger() });
+      const seen = [];
+      const front = await appFront(kind, proxy, { mount: '/v1', before: [observer(seen)] });
+      assert.equal((await request(`${front.url}/v1/chat/x?room=1`)).status, 200);
+      const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/x?room=1`);
+      assert.equal(greeting, 'hello:/chat/x?room=1');
+      ws.close();
+      assert.equal(seen.length, 2);
+      const [http, upgrade] = seen;
+      assert.deepEqual(upgrade, http);
+      assert.equal(http.url, '/chat/x?room=1');
+      // Connect has no baseUrl, params or next: none is added to its requests.
+      if (kind === 'connect') assert.deepEqual(http.own, ['originalUrl', '_parsedUrl']);
+      else assert.equal(http.baseUrl, '/v1');
     });
   }
 });
