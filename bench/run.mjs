@@ -22,7 +22,9 @@ const HTTP_SMALL_SECONDS = quick ? 1 : 2;
 // A front keeps a core for 20–40 ms after its load stops (closing 32 connections, a last GC): the
 // first requests of the next front's run would pay for it, and its p99 with them.
 const SETTLE_MS = 250;
-const WARM_UP_SECONDS = quick ? 1 : 3;
+// Each front runs every kind of load before it is measured, so that no round pays for V8 compiling
+// a front's upgrade or tunnel code: an upgrade runs through more code in some fronts than others.
+const WARM_UP = quick ? { http: 1, upgrades: 1, echo: 1 } : { http: 2, upgrades: 2, echo: 1 };
 const HELD_TUNNELS = quick ? 500 : 2_000;
 // Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
 const FRONTS = ['hpm-express', 'viaduct-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
@@ -161,7 +163,11 @@ async function main() {
   const load = track(fork(here('ws-load.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
 
   console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
-  for (const front of fronts) await httpLoad(`${front.url}/small`, 32, WARM_UP_SECONDS);
+  for (const front of fronts) {
+    await httpLoad(`${front.url}/small`, 32, WARM_UP.http);
+    await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: WARM_UP.upgrades });
+    await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: WARM_UP.echo });
+  }
 
   // results[metric][front] = one value per round; the p99 comes with the requests/s run.
   const results = Object.fromEntries(METRICS.map((metric) => [metric.key, Object.fromEntries(FRONTS.map((name) => [name, []]))]));
