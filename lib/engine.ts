@@ -3,8 +3,9 @@
  * drop-in should be able to replace it here alone; its defects are worked around here too:
  *
  * - It builds the upstream path with `urlJoin`, which collapses `//` in the query too and turns a
- *   `http:/` anywhere in the path into `http://`. The request options it fills in (its `ssl`
- *   option) are given a `path` it cannot overwrite: the caller's, byte for byte.
+ *   `http:/` anywhere in the path into `http://`. The caller's path is sent byte for byte: for
+ *   `web`, the request options it fills in (its `ssl` option) hold a `path` it cannot overwrite;
+ *   for `ws`, the path is set on the upstream request before it is written.
  * - Its headers option can add headers but not remove them. The headers we computed are shown to
  *   it as `req.headers`: by `web` for the synchronous span of the call in which it reads them, then
  *   put back, so that the caller's request is never left changed; by `ws` on a stand-in request.
