@@ -58,18 +58,30 @@ function isExpressApp(app: UpgradeApp): boolean {
 
 /**
  * Once Express changed their prototypes, V8 gives the request and the response a hidden class of
- * their own, copied whole for every property added after. The properties Express's router adds
- * (it reads them as absent or `undefined`) are added here, while the classes are still shared,
- * so that Express only changes their values.
+ * their own, copied whole for every property added after; the copies are old-generation objects
+ * that keep each upgrade's objects alive through young-generation GCs. The properties Express's
+ * router adds (it reads them as absent or `undefined`) are added before the dispatch, while the
+ * classes are still shared, so that Express only changes their values.
  */
-function addExpressProperties(req: IncomingMessage, res: ServerResponse): void {
-  const request = req as IncomingMessage & Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params', unknown>;
-  request.next = undefined;
-  request.baseUrl = undefined;
-  request.originalUrl = undefined;
-  request._parsedUrl = undefined;
-  request.params = undefined;
-  (res as ServerResponse & { locals?: unknown }).locals = undefined;
+class ExpressProperties {
+  /** The router's own symbols (router 2's `router.tracing.matchedRoute`), learnt from the first upgrade a proxy took. */
+  private routerSymbols: symbol[] | undefined;
+
+  addTo(req: IncomingMessage, res: ServerResponse): void {
+    const request = req as IncomingMessage & Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params' | symbol, unknown>;
+    request.next = undefined;
+    request.baseUrl = undefined;
+    request.originalUrl = undefined;
+    request._parsedUrl = undefined;
+    request.params = undefined;
+    for (const symbol of this.routerSymbols ?? []) request[symbol] = undefined;
+    (res as ServerResponse & { locals?: unknown }).locals = undefined;
+  }
+
+  /** Notes the router's symbols on a request Express dispatched to a proxy. */
+  learnFrom(req: IncomingMessage): void {
+    this.routerSymbols ??= Object.getOwnPropertySymbols(req).filter((symbol) => symbol.description?.startsWith('router.') === true);
+  }
 }
 
 /**
@@ -77,10 +89,10 @@ function addExpressProperties(req: IncomingMessage, res: ServerResponse): void {
  * socket; a response a middleware writes goes to the socket, which is then closed; an upgrade
  * that runs off the end of the chain is unmatched.
  */
-function dispatchThroughApp(app: UpgradeApp, express: boolean, req: IncomingMessage, socket: Duplex, head: Buffer, othersMayAnswer: boolean, logger: Logger): void {
+function dispatchThroughApp(app: UpgradeApp, express: ExpressProperties | undefined, req: IncomingMessage, socket: Duplex, head: Buffer, othersMayAnswer: boolean, logger: Logger): void {
   const res = new ServerResponse(req);
   res.shouldKeepAlive = false;
-  if (express) addExpressProperties(req, res);
+  express?.addTo(req, res);
   let concluded = false;
   // The outcome is the first of: a proxy claims the socket, a middleware ends the response, the chain ends.
   const conclude = (): boolean => !isClaimed(socket) && !concluded && (concluded = true);
@@ -110,7 +122,11 @@ function dispatchThroughApp(app: UpgradeApp, express: boolean, req: IncomingMess
     }
   };
 
-  markDispatched(res, { socket, head, claimed: () => forgetDispatch(req) });
+  const claimed = (): void => {
+    express?.learnFrom(req);
+    forgetDispatch(req);
+  };
+  markDispatched(res, { socket, head, claimed });
   try {
     const result = app(req, res, done);
     if (result instanceof Promise) result.catch(done);
@@ -129,7 +145,7 @@ export function attach(server: UpgradeEmitter, handler: Proxy | UpgradeApp, opti
   const mode = options.unmatched ?? 'auto';
   if (!MODES.includes(mode)) throw new TypeError(`viaduct: attach: unmatched is 'auto', 'reject' or 'ignore', not "${String(mode)}"`);
   const logger = options.logger === undefined ? defaultLogger : resolveLogger(options.logger);
-  const express = !isProxy(handler) && isExpressApp(handler);
+  const express = !isProxy(handler) && isExpressApp(handler) ? new ExpressProperties() : undefined;
 
   const listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     guardSocket(socket);
