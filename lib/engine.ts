@@ -126,16 +126,19 @@ class UpgradeRequestView {
 /** What `http.request` refuses in a path (Node's own check). */
 const UNESCAPED_PATH = /[^\u0021-\u00ff]/;
 
-type RequestOptions = { readonly path: string; servername?: string };
+type RequestOptions = { servername?: string };
+
+/** The object http-proxy fills in and passes to `http.request` (its `ssl` option). */
+function requestOptions(servername: string | undefined): RequestOptions {
+  return servername ? { servername } : {};
+}
 
 /**
- * The object http-proxy fills in and passes to `http.request`. Its `path` is read-only: http-proxy's
- * assignment (sloppy-mode code) leaves it as it is. A data property, not an accessor, so that
- * `http.request` copies the options on V8's fast path.
+ * Gives `options` a read-only `path`: http-proxy's assignment (sloppy-mode code) leaves it as it
+ * is. A data property, not an accessor, so that `http.request` copies the options on V8's fast path.
  */
-function requestOptions(path: string, servername: string | undefined): RequestOptions {
-  const options = servername ? { servername } : {};
-  return Object.defineProperty(options, 'path', { value: path, enumerable: true, writable: false }) as RequestOptions;
+function withFixedPath(options: RequestOptions, path: string): RequestOptions & { readonly path: string } {
+  return Object.defineProperty(options, 'path', { value: path, enumerable: true, writable: false }) as RequestOptions & { readonly path: string };
 }
 
 export class Engine {
@@ -157,7 +160,7 @@ export class Engine {
       cookieDomainRewrite: options.cookieDomainRewrite,
       cookiePathRewrite: options.cookiePathRewrite,
       autoRewrite: options.autoRewrite,
-      // The caller computes the whole path (see `requestOptions`); http-proxy must neither re-parse
+      // The caller computes the whole path (see `withFixedPath`); http-proxy must neither re-parse
       // nor prepend to it, and need not join it: its own result would be ignored anyway.
       toProxy: true,
       prependPath: false,
@@ -193,7 +196,7 @@ export class Engine {
 
   web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
     // setupOutgoing writes the outgoing request into `ssl`.
-    const ssl = requestOptions(outgoing.path, this.servername);
+    const ssl = withFixedPath(requestOptions(this.servername), outgoing.path);
     const options: CallOptions = outgoing.body
       ? { viaductHooks: hooks, ssl, buffer: Readable.from([outgoing.body], { objectMode: false }) }
       : { viaductHooks: hooks, ssl };
@@ -216,8 +219,7 @@ export class Engine {
       return;
     }
     // The path http-proxy puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
-    const ssl = this.servername ? { servername: this.servername } : {};
-    const options: CallOptions = { viaductHooks: hooks, ssl, agent: this.wsAgent };
+    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), agent: this.wsAgent };
     try {
       const request = new UpgradeRequestView(outgoing.path, outgoing.headers) as unknown as IncomingMessage;
       this.server.ws(request, socket, head, options, (error) => hooks.onError(error));
