@@ -13,7 +13,8 @@ export function isBodyConsumed(req: IncomingMessage): boolean {
   return (req as ParsedRequest)._body === true || req.readableEnded;
 }
 
-function announcesBody(req: IncomingMessage): boolean {
+/** The request's headers say a body follows (HTTP/1.1 framing: a request without them has none). */
+export function announcesBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }

@@ -3,9 +3,9 @@
  * drop-in should be able to replace it here alone; its defects are worked around here too:
  *
  * - It builds the upstream path with `urlJoin`, which collapses `//` in the query too and turns a
- *   `http:/` anywhere in the path into `http://`. The caller's path is sent byte for byte: for
- *   `web`, the request options it fills in (its `ssl` option) hold a `path` it cannot overwrite;
- *   for `ws`, the path is set on the upstream request before it is written.
+ *   `http:/` anywhere in the path into `http://`. The caller's path is sent byte for byte: it is set
+ *   on the upstream request before anything is written (for `web` by the body source it pipes from,
+ *   for `ws` in `proxyReqWs`), and checked here as `http.request` would have checked it.
  * - Its headers option can add headers but not remove them. The headers we computed are shown to
  *   it as `req.headers`: by `web` for the synchronous span of the call in which it reads them, then
  *   put back, so that the caller's request is never left changed; by `ws` on a stand-in request.
@@ -22,7 +22,7 @@
 import HttpProxy = require('http-proxy');
 import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
-import { Readable, type Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import type { EngineUrl } from './target';
 import type { CookieRewrite } from './types';
 
@@ -45,7 +45,7 @@ export interface OutgoingRequest {
   /** Path and query, sent byte for byte. */
   path: string;
   headers: OutgoingHttpHeaders;
-  /** A body to send instead of streaming the request (one already read by a body parser). */
+  /** A body to send instead of streaming the request: one a body parser already read, or empty when there is none. */
   body?: Buffer;
 }
 
@@ -126,19 +126,41 @@ class UpgradeRequestView {
 /** What `http.request` refuses in a path (Node's own check). */
 const UNESCAPED_PATH = /[^\u0021-\u00ff]/;
 
-type RequestOptions = { servername?: string };
+/** The error `http.request` throws for such a path; ours is set after it, so it is checked here. */
+function unescapedPathError(path: string): Error | undefined {
+  if (!UNESCAPED_PATH.test(path)) return undefined;
+  return Object.assign(new TypeError('Request path contains unescaped characters'), { code: 'ERR_UNESCAPED_CHARACTERS' });
+}
 
 /** The object http-proxy fills in and passes to `http.request` (its `ssl` option). */
-function requestOptions(servername: string | undefined): RequestOptions {
+function requestOptions(servername: string | undefined): { servername?: string } {
   return servername ? { servername } : {};
 }
 
+function endRequest(this: ClientRequest): void {
+  this.end();
+}
+
 /**
- * Gives `options` a read-only `path`: http-proxy's assignment (sloppy-mode code) leaves it as it
- * is. A data property, not an accessor, so that `http.request` copies the options on V8's fast path.
+ * What `web` pipes into the upstream request (http-proxy's `buffer` option), called synchronously
+ * right after the request is created: it sets our path before anything is written, then streams
+ * the client's body. A body already in hand, or none, is sent once the request has its socket,
+ * after the `proxyReq` listeners could still set headers: with no stream pipe set up for it.
  */
-function withFixedPath(options: RequestOptions, path: string): RequestOptions & { readonly path: string } {
-  return Object.defineProperty(options, 'path', { value: path, enumerable: true, writable: false }) as RequestOptions & { readonly path: string };
+class UpstreamBodySource {
+  constructor(
+    private readonly req: IncomingMessage,
+    private readonly outgoing: OutgoingRequest,
+  ) {}
+
+  pipe(proxyReq: ClientRequest): ClientRequest {
+    proxyReq.path = this.outgoing.path;
+    const { body } = this.outgoing;
+    if (body === undefined) return this.req.pipe(proxyReq);
+    // 'socket' comes once; http-proxy's own listener, which emits `proxyReq`, was added first.
+    if (body.length === 0) return proxyReq.on('socket', endRequest);
+    return proxyReq.on('socket', () => proxyReq.end(body));
+  }
 }
 
 export class Engine {
@@ -160,8 +182,8 @@ export class Engine {
       cookieDomainRewrite: options.cookieDomainRewrite,
       cookiePathRewrite: options.cookiePathRewrite,
       autoRewrite: options.autoRewrite,
-      // The caller computes the whole path (see `withFixedPath`); http-proxy must neither re-parse
-      // nor prepend to it, and need not join it: its own result would be ignored anyway.
+      // The caller computes the whole path and sets it on the upstream request; http-proxy must
+      // neither re-parse nor prepend to it, and need not join it: its own result is replaced.
       toProxy: true,
       prependPath: false,
       ignorePath: true,
@@ -195,11 +217,10 @@ export class Engine {
   }
 
   web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
-    // setupOutgoing writes the outgoing request into `ssl`.
-    const ssl = withFixedPath(requestOptions(this.servername), outgoing.path);
-    const options: CallOptions = outgoing.body
-      ? { viaductHooks: hooks, ssl, buffer: Readable.from([outgoing.body], { objectMode: false }) }
-      : { viaductHooks: hooks, ssl };
+    const pathError = unescapedPathError(outgoing.path);
+    if (pathError) return hooks.onError(pathError);
+    const buffer = new UpstreamBodySource(req, outgoing) as unknown as Readable;
+    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), buffer };
     const view = new RequestView(req, outgoing);
     let failure: unknown;
     try {
@@ -213,11 +234,8 @@ export class Engine {
   }
 
   ws(socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
-    // `http.request` checks the path it is given; this one is set after it, so it is checked here.
-    if (UNESCAPED_PATH.test(outgoing.path)) {
-      hooks.onError(Object.assign(new TypeError('Request path contains unescaped characters'), { code: 'ERR_UNESCAPED_CHARACTERS' }));
-      return;
-    }
+    const pathError = unescapedPathError(outgoing.path);
+    if (pathError) return hooks.onError(pathError);
     // The path http-proxy puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
     const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), agent: this.wsAgent };
     try {

@@ -1,6 +1,6 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
-import { consumedBody } from './body';
+import { announcesBody, consumedBody } from './body';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
 import type { OutgoingRequest, WebHooks } from './engine';
@@ -25,7 +25,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
   const headers = upstreamHeaders(req, route, false);
   const consumed = consumedBody(req);
-  if (consumed === undefined) return { path, headers };
+  if (consumed === undefined) return announcesBody(req) ? { path, headers } : { path, headers, body: NO_BODY };
   if (consumed.kind === 'lost') return new ProxyError('EBODYLOST', consumed.reason);
   if (consumed.kind === 'empty') return { path, headers, body: NO_BODY };
   headers['content-length'] = String(consumed.body.length);

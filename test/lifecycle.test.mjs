@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
+import express from 'express';
 import { createProxy, ProxyError } from 'viaduct';
 import { closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
 import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
@@ -352,6 +353,34 @@ describe('events', () => {
     // DESIGN §3: req.url is never mutated; README: req.url and req.headers are never changed.
     assert.equal(calls[1].url, '/api/chat?room=1', 'the listener sees the upgrade request as the client sent it');
     assert.equal(calls[1].forwardedFor, undefined, 'the listener sees the upgrade headers the client sent');
+  });
+
+  test('a proxyReq listener sees the forwarded path and its header reaches the upstream, with no body, a streamed body and a re-sent one', async () => {
+    const up = await startUpstream();
+    const proxy = createProxy({ routes: { '/api': { target: up.url, stripPrefix: true } }, logger: quietLogger() });
+    const paths = [];
+    proxy.on('proxyReq', (proxyReq) => {
+      paths.push(proxyReq.path);
+      proxyReq.setHeader('x-from-listener', 'yes');
+    });
+    // express.json() reads only JSON bodies: the text/plain one is streamed, the JSON one re-sent from req.body.
+    const front = await startFront('express5', proxy, { before: [express.json()] });
+    const json = { a: [1, 2] };
+    const sent = [
+      { method: 'GET', path: '/api/none?q=a//b' },
+      { method: 'POST', path: '/api/streamed', headers: { 'content-type': 'text/plain' }, body: 'plain text' },
+      { method: 'PUT', path: '/api/resent', headers: { 'content-type': 'application/json' }, body: JSON.stringify(json, null, 2) },
+    ];
+    for (const { method, path, headers, body } of sent) {
+      const res = await request(`${front.url}${path}`, { method, headers, body });
+      assert.equal(res.status, 200, res.text);
+    }
+    assert.deepEqual(paths, ['/none?q=a//b', '/streamed', '/resent']);
+    assert.deepEqual(up.seen.map(({ method, url, headers, body }) => [method, url, headers['x-from-listener'], headers['content-length'], body.toString()]), [
+      ['GET', '/none?q=a//b', 'yes', undefined, ''],
+      ['POST', '/streamed', 'yes', '10', 'plain text'],
+      ['PUT', '/resent', 'yes', String(JSON.stringify(json).length), JSON.stringify(json)],
+    ]);
   });
 
   test('proxyRes fires on both paths before the client gets anything; a header it sets reaches the client', async () => {
