@@ -1,6 +1,6 @@
 // `npm run bench [-- --quick] [-- --rounds N]`: the upstream, every front and the load
 // generators run as separate processes; for each metric the fronts are measured round by round
-// (A B C … A B C …) and the table shows medians, plus ratios taken pair by pair within each round,
+// (A B C, C B A, …) and the table shows medians, plus ratios taken pair by pair within each round,
 // then their median. Many short rounds rather than a few long ones: on a shared machine the noise
 // comes in bursts of a second or two, and a median of many pairs shrugs off the pairs it hit.
 import { fork, spawn, spawnSync } from 'node:child_process';
@@ -175,7 +175,8 @@ async function main() {
   for (const metric of MEASURED) {
     const rounds = roundsOf(metric);
     for (let round = 1; round <= rounds; round++) {
-      for (const front of fronts) {
+      // Every other round backwards (A B C, C B A, …): each front of a pair runs first as often as second.
+      for (const front of round % 2 === 1 ? fronts : fronts.toReversed()) {
         if (metric.key === 'rps') {
           await sleep(SETTLE_MS);
           const run = await httpLoad(`${front.url}/small`, 32, HTTP_SMALL_SECONDS);
