@@ -14,6 +14,8 @@
  *   decided by the caller.
  * - On an upgrade it writes a refusal to the client with the upstream's hop-by-hop headers and a
  *   `Transfer-Encoding: chunked` it does not honour. Refusals are handed to the caller instead.
+ * - It `pipe()`s the response body to the client: for a small response, setting up and tearing
+ *   down the pipe costs more than the copy. The response's `pipe` is replaced by a lighter relay.
  * - Its tunnel is `pipe()` both ways plus listeners of its own: about twenty closures per tunnel,
  *   and no idle timeout. The caller writes the 101 and relays the bytes itself (`tunnel.ts`).
  * - For an `https` upstream the TLS server name is taken from the client's `Host`; it is set to
@@ -78,8 +80,25 @@ type CallOptions = HttpProxy.ServerOptions & { viaductHooks: WebHooks | TunnelHo
 /** An upstream request of `web`, with its hooks: shared listeners find them there, no closure per request. */
 type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
 
+/**
+ * Stands in for `proxyRes.pipe` in http-proxy's one call, `proxyRes.pipe(res)`: the same relay with
+ * backpressure, for two listeners where `pipe` sets up and tears down eight on every response.
+ */
+function relayBody<T extends NodeJS.WritableStream>(this: IncomingMessage, destination: T): T {
+  const source = this;
+  source.on('data', (chunk: Buffer) => {
+    if (!destination.write(chunk)) {
+      source.pause();
+      destination.once('drain', () => source.resume());
+    }
+  });
+  source.on('end', () => destination.end());
+  return destination;
+}
+
 function beforeCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
   this.viaductHooks.onProxyRes(proxyRes);
+  proxyRes.pipe = relayBody;
 }
 
 function afterCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
