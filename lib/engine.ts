@@ -25,6 +25,7 @@ import HttpProxy = require('http-proxy');
 import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
+import { writeOrPause } from './backpressure';
 import type { EngineUrl } from './target';
 import type { CookieRewrite } from './types';
 
@@ -86,12 +87,7 @@ type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
  */
 function relayBody<T extends NodeJS.WritableStream>(this: IncomingMessage, destination: T): T {
   const source = this;
-  source.on('data', (chunk: Buffer) => {
-    if (!destination.write(chunk)) {
-      source.pause();
-      destination.once('drain', () => source.resume());
-    }
-  });
+  source.on('data', (chunk: Buffer) => writeOrPause(source, destination, chunk));
   source.on('end', () => destination.end());
   return destination;
 }

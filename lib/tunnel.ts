@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { writeOrPause } from './backpressure';
 import { CloseFrameWatcher } from './close-frame';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
@@ -68,10 +69,7 @@ export class Tunnel extends InFlight {
     const forward = (chunk: Buffer): void => {
       // The first close frame either way says who ended the conversation; later frames do not matter.
       if (this.reason === undefined && frames.feed(chunk)) this.reason = side;
-      if (!destination.write(chunk)) {
-        source.pause();
-        destination.once('drain', () => source.resume());
-      }
+      writeOrPause(source, destination, chunk);
     };
     source.on('data', forward);
     source.on('end', () => {
