@@ -190,7 +190,8 @@ async function main() {
     console.error(`${metric.label}: ${rounds} round(s) done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
   }
 
-  const ratio = (key, [a, b]) => median(results[key][a].map((value, round) => value / results[key][b][round]));
+  const perRound = (key, [a, b]) => results[key][a].map((value, round) => value / results[key][b][round]);
+  const ratio = (key, pair) => median(perRound(key, pair));
   const lines = [];
   lines.push(`| metric | ${FRONTS.join(' | ')} | ${RATIOS.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} |`);
   lines.push(`|---|${FRONTS.map(() => '---:').join('|')}|${RATIOS.map(() => '---:').join('|')}|`);
@@ -200,12 +201,15 @@ async function main() {
     lines.push(`| ${metric.label} | ${medians.join(' | ')} | ${ratios.join(' | ')} |`);
   }
   lines.push('');
-  lines.push('| target | ratio | met |');
-  lines.push('|---|---:|:---:|');
+  // How many rounds' own ratio meets the target: how far a median that meets it could be luck.
+  lines.push('| target | ratio | rounds meeting it | met |');
+  lines.push('|---|---:|---:|:---:|');
   for (const target of TARGETS) {
-    const value = ratio(target.key, target.pair);
+    const rounds = perRound(target.key, target.pair);
+    const value = median(rounds);
     const label = METRICS.find((metric) => metric.key === target.key).label;
-    lines.push(`| ${label}: ${target.pair[0]} ÷ ${target.pair[1]} ${target.text} | ${value.toFixed(2)}× | ${target.holds(value) ? 'yes' : '**no**'} |`);
+    const meeting = `${rounds.filter(target.holds).length} of ${rounds.length}`;
+    lines.push(`| ${label}: ${target.pair[0]} ÷ ${target.pair[1]} ${target.text} | ${value.toFixed(2)}× | ${meeting} | ${target.holds(value) ? 'yes' : '**no**'} |`);
   }
   const cpu = cpus();
   console.log(lines.join('\n'));
