@@ -27,6 +27,7 @@ import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { writeOrPause } from './backpressure';
 import type { EngineUrl } from './target';
+import type { ConnectionSource } from './upstream-agents';
 import type { CookieRewrite } from './types';
 
 export interface EngineOptions {
@@ -37,7 +38,7 @@ export interface EngineOptions {
   /** Agent for HTTP requests. */
   webAgent: Agent | false;
   /** Agent for upgrade requests. */
-  wsAgent: Agent | false;
+  wsAgent: Agent | ConnectionSource | false;
   cookieDomainRewrite: CookieRewrite | undefined;
   cookiePathRewrite: CookieRewrite | undefined;
   autoRewrite: boolean | undefined;
@@ -181,7 +182,7 @@ class UpstreamBodySource {
 export class Engine {
   private readonly server: ProxyServer;
   private readonly servername: string | undefined;
-  private readonly wsAgent: Agent | false;
+  private readonly wsAgent: Agent | ConnectionSource | false;
   private createdUpgradeRequest: ClientRequest | undefined;
 
   constructor(options: EngineOptions) {

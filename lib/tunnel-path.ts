@@ -133,8 +133,12 @@ class Handshake extends InFlight implements TunnelHooks {
     headers.connection = 'close';
     const socket = this.socket;
     socket.write(responseHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, headers));
+    // A handshake's connection is not reused, whatever the answer allows: Node would hand it back
+    // to an agent's pool, and the plain-HTTP handshakes have no agent that would close it.
+    const upstream = proxyRes.socket;
     proxyRes.pipe(socket, { end: false });
     proxyRes.once('close', () => {
+      upstream.destroy();
       if (proxyRes.complete) closeAfterFlush(socket);
       else socket.destroy();
     });

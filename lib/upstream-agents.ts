@@ -1,6 +1,6 @@
 import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { Socket } from 'node:net';
+import { createConnection, type Socket, type TcpNetConnectOpts } from 'node:net';
 
 // Without a hint from the upstream: below Node's 5 s server keep-alive default, so an idle socket is
 // dropped here before the upstream drops it.
@@ -55,13 +55,36 @@ function retireFrom(agent: HttpAgent, now: number): boolean {
   return pooledLeft;
 }
 
+/** What `http.request` takes as its `agent`: whatever gives the request its socket. */
+export interface ConnectionSource {
+  addRequest(req: ClientRequest, options: TcpNetConnectOpts & { socketPath?: string }): void;
+}
+
+/**
+ * A connection of its own for each plain-HTTP upgrade handshake, which is what an `http.Agent`
+ * with keep-alive off gives too, after its pool's bookkeeping: a name and socket lists per request,
+ * four listeners per socket that the upgrade removes again; about 6 % of an upgrade's CPU in the
+ * front (BENCHMARKS.md). `onSocket` is how agents hand a request its socket (Node's own, `agent-base`).
+ */
+const handshakeConnections: ConnectionSource = {
+  addRequest(req, options) {
+    // `options` is the request's own copy, changed in place: a spread copy of it cost an upgrade
+    // about 100 µs (BENCHMARKS.md). Its `path` is the request's, which would make `net` connect to
+    // a Unix socket of that name.
+    (options as { path?: string }).path = options.socketPath;
+    options.noDelay = true;
+    (req as ClientRequest & { onSocket(socket: Socket): void }).onSocket(createConnection(options));
+  },
+};
+
 /** Agents shared by every route of one proxy, destroyed by `close()`. */
 export class UpstreamAgents {
   readonly http = pooled(new HttpAgent({ keepAlive: true }));
   readonly https = pooled(new HttpsAgent({ keepAlive: true }));
   // Each handshake on a connection of its own, never a pooled one the upstream may be closing.
-  // Shared, because `agent: false` would make Node build an agent for every tunnel and keep it as long.
-  readonly tunnelHttp = new HttpAgent({ keepAlive: false });
+  readonly tunnelHttp = handshakeConnections;
+  // An agent for TLS, which resumes sessions. Shared, because `agent: false` would make Node build
+  // an agent for every tunnel and keep it as long.
   readonly tunnelHttps = new HttpsAgent({ keepAlive: false });
 
   /** Closes pooled sockets past their idle limit; false when no pooled socket is left to watch. */
@@ -73,7 +96,6 @@ export class UpstreamAgents {
   destroy(): void {
     this.http.destroy();
     this.https.destroy();
-    this.tunnelHttp.destroy();
     this.tunnelHttps.destroy();
   }
 }
