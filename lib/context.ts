@@ -13,9 +13,11 @@ export interface ProxyContext {
   /** True once `close()` was called: new work gets 503. */
   readonly closing: boolean;
   readonly requests: InFlightList;
-  /** Handshakes under way and open tunnels. */
+  /** Upgrade handshakes under way. */
+  readonly handshakes: InFlightList;
+  /** Open tunnels. */
   readonly tunnels: InFlightList;
-  /** Checks the requests' read timeouts while it runs: started by a request that sent upstream. */
+  /** Checks the deadlines of requests and handshakes while it runs: started by one that went upstream. */
   readonly sweep: Sweep;
   /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;

@@ -41,6 +41,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
   readonly agents = new UpstreamAgents();
   readonly defaults: ResolvedSettings;
   readonly requests = new InFlightList();
+  readonly handshakes = new InFlightList();
   readonly tunnels = new InFlightList();
   readonly sweep = new Sweep((now) => this.checkDeadlines(now));
   closing = false;
@@ -86,15 +87,16 @@ class ProxyCore implements ProxyContext, RouteFactory {
     this.emit('error', error, req, client);
   }
 
-  /** The sweep's visit: read timeouts of requests, idle limits of pooled sockets. */
+  /** The sweep's visit: read timeouts of requests, deadlines of handshakes, idle limits of pooled sockets. */
   private checkDeadlines(now: number): boolean {
     this.requests.forEach((request) => request.checkDeadline?.(now));
+    this.handshakes.forEach((handshake) => handshake.checkDeadline?.(now));
     const pooled = this.agents.retireIdle(now);
-    return pooled || this.requests.size > 0;
+    return pooled || this.requests.size > 0 || this.handshakes.size > 0;
   }
 
   released(): void {
-    if (this.closing && this.requests.size === 0 && this.tunnels.size === 0) this.onDrained?.();
+    if (this.closing && this.requests.size === 0 && this.handshakes.size === 0 && this.tunnels.size === 0) this.onDrained?.();
   }
 
   /** The route of a request; a router that throws gives an `EINTERNAL` error instead. */
@@ -171,7 +173,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       this.closing = true;
       const deadline = setTimeout(() => {
         // Still running at the deadline: requests are aborted, tunnels that did not flush are destroyed.
-        for (const work of [...this.requests.toArray(), ...this.tunnels.toArray()]) work.shutdown();
+        for (const work of [...this.requests.toArray(), ...this.handshakes.toArray(), ...this.tunnels.toArray()]) work.shutdown();
       }, timeout);
       this.onDrained = () => {
         this.onDrained = undefined;
@@ -180,7 +182,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
         this.agents.destroy();
         resolve();
       };
-      for (const tunnel of this.tunnels.toArray()) tunnel.shutdown();
+      for (const work of [...this.handshakes.toArray(), ...this.tunnels.toArray()]) work.shutdown();
       this.released();
     });
     return this.closed;

@@ -90,6 +90,6 @@ export function buildRoute(factory: RouteFactory, key: string, prefix: string, v
     const settings = resolveSettings(value, factory.defaults, where);
     route = new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
   }
-  factory.sweep.cover(route.readTimeout);
+  factory.sweep.cover(Math.min(route.readTimeout, route.connectTimeout));
   return route;
 }

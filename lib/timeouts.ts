@@ -20,9 +20,10 @@ function watchSocket(proxyReq: ClientRequest, socket: Socket, ms: number, secure
 }
 
 /**
- * Destroys the upstream request with `ECONNECTTIMEOUT` when its TCP (and TLS) connection is not
- * established within `ms`. The read timeout starts once connected: the proxy's sweep keeps it on the
- * HTTP path, `proxyReq.setTimeout` during an upgrade handshake.
+ * Destroys the upstream request of an HTTP request with `ECONNECTTIMEOUT` when its TCP (and TLS)
+ * connection is not established within `ms`; the read timeout starts once connected and is kept by
+ * the proxy's sweep. A timer only for a fresh connection: most requests get a pooled one. (An
+ * upgrade always opens a fresh one, so both of its deadlines are on the sweep.)
  */
 export function watchConnect(proxyReq: ClientRequest, ms: number, secure: boolean): void {
   if (proxyReq.socket) watchSocket(proxyReq, proxyReq.socket, ms, secure);

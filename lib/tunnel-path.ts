@@ -11,7 +11,6 @@ import { endToEnd } from './hop-by-hop';
 import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
-import { watchConnect } from './timeouts';
 import { Tunnel } from './tunnel';
 
 /**
@@ -43,14 +42,28 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   return { path, headers: upstreamHeaders(req, route, true) };
 }
 
-/** One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. */
+/**
+ * One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. Its
+ * connect and read deadlines are checked by the proxy's sweep, as HTTP read timeouts are: two
+ * timers and their listeners per upgrade were a twentieth of its CPU in the front (BENCHMARKS.md).
+ */
 class Handshake extends InFlight implements TunnelHooks {
   private proxyReq: ClientRequest | undefined;
   /** Answered (101, refusal or error): later engine events are echoes. */
   private settled = false;
   private holdsSlot = false;
+  private readonly startedAt = Date.now();
+  /** When the upstream connection (with TLS, its handshake) was up; 0 until then. The read deadline counts from it. */
+  private connectedAt = 0;
   /** For 'close', and for 'end': upgrade sockets allow half-open, and a FIN before the 101 means the client is gone. */
   private readonly onClientGone = (): void => this.onClientClose();
+  private readonly onUpstreamSocket = (upstream: Socket): void => {
+    if (!upstream.connecting) this.connectedAt = Date.now();
+    else upstream.once(this.route.secure ? 'secureConnect' : 'connect', this.onConnected);
+  };
+  private readonly onConnected = (): void => {
+    this.connectedAt = Date.now();
+  };
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -71,7 +84,8 @@ class Handshake extends InFlight implements TunnelHooks {
     if (outgoing instanceof ProxyError) return this.reject(outgoing);
     route.tunnelSlots++;
     this.holdsSlot = true;
-    ctx.tunnels.add(this);
+    ctx.handshakes.add(this);
+    ctx.sweep.start();
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
     route.engine.ws(socket, this.head, outgoing, this);
@@ -79,11 +93,19 @@ class Handshake extends InFlight implements TunnelHooks {
 
   onProxyReq(proxyReq: ClientRequest): void {
     this.proxyReq = proxyReq;
-    watchConnect(proxyReq, this.route.connectTimeout, this.route.secure);
-    proxyReq.setTimeout(this.route.readTimeout, () => {
-      if (!this.settled) this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${this.route.readTimeout} ms`));
-    });
+    // 'socket' comes once per request: `on` spares the wrapper `once` would add.
+    proxyReq.on('socket', this.onUpstreamSocket);
     this.ctx.emit('proxyReq', proxyReq, this.req, this.socket);
+  }
+
+  /** No connection within the connect timeout, or no answer within the read timeout after it. */
+  override checkDeadline(now: number): void {
+    const { route } = this;
+    if (this.connectedAt === 0) {
+      if (now - this.startedAt >= route.connectTimeout) this.reject(new ProxyError('ECONNECTTIMEOUT', `not connected after ${route.connectTimeout} ms`));
+    } else if (now - this.connectedAt >= route.readTimeout) {
+      this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.readTimeout} ms`));
+    }
   }
 
   /** The response policy over upstream headers, for the 101 and for a refusal. */
@@ -110,7 +132,7 @@ class Handshake extends InFlight implements TunnelHooks {
     // Listeners of 'proxyRes' may still change what the 101 carries.
     proxyRes.headers = headers as IncomingHttpHeaders;
     this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
-    // The tunnel takes over the slot and joins the in-flight set before the handshake leaves it.
+    // The tunnel takes over the slot, and is in flight before the handshake leaves: close() never sees neither.
     this.holdsSlot = false;
     new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket).open(
       responseHead(101, 'Switching Protocols', proxyRes.headers),
@@ -179,7 +201,7 @@ class Handshake extends InFlight implements TunnelHooks {
       this.holdsSlot = false;
       this.route.tunnelSlots--;
     }
-    if (this.ctx.tunnels.delete(this)) this.ctx.released();
+    if (this.ctx.handshakes.delete(this)) this.ctx.released();
   }
 
   shutdown(): void {
