@@ -1,9 +1,10 @@
-// Deadlines kept by the proxy's sweep (lib/sweep.ts): the HTTP read timeout counts activity in
-// both directions (a slow response or a slow upload is not a silent upstream) and is met late by at
-// most two periods, never early, the period following the shortest route; pooled upstream sockets
-// are retired a second before the upstream's `Keep-Alive: timeout=N` runs out (sooner or later than
-// the 4 s kept without a hint), and not pooled at all for N ≤ 1; the sweep's timer runs only while
-// there is something to watch.
+// Deadlines kept by the proxy's sweep (lib/sweep.ts): an upgrade handshake's connect and read
+// timeouts arm no timer of their own; the HTTP read timeout counts activity in both directions (a
+// slow response or a slow upload is not a silent upstream) and is met late by at most two periods,
+// never early, the period following the shortest route; pooled upstream sockets are retired a
+// second before the upstream's `Keep-Alive: timeout=N` runs out (sooner or later than the 4 s kept
+// without a hint), and not pooled at all for N ≤ 1; the sweep's timer runs only while there is
+// something to watch.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
@@ -13,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { request } from './helpers/clients.mjs';
+import { handshake, rawExchange, request, statusOf } from './helpers/clients.mjs';
 import { within } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -120,14 +121,21 @@ async function assertRetiredAfter(target, connections, min, max) {
 }
 
 const SWEEP_MODULE = /[\\/]sweep\.js:\d+/;
+const VIADUCT_MODULE = /[\\/]dist[\\/][\w-]+\.js:\d+/;
+
+/** Timers created by the sweep module. */
+const bySweep = (stack) => SWEEP_MODULE.test(stack);
+/** Timers created by viaduct's code, or by Node on its behalf, other than the sweep's. */
+const byViaductNotSweep = (stack) => VIADUCT_MODULE.test(stack) && !SWEEP_MODULE.test(stack);
 
 /**
- * The timers created by the sweep module from now on and not cleared yet, told by the stack that
- * created them. Watched through async_hooks: the sweep's timer is unref'd, and
- * `process.getActiveResourcesInfo()` lists only ref'd timers, so it would never show there.
+ * The timers created from now on, and not cleared yet, whose creating stack `createdBy` accepts.
+ * Watched through async_hooks: the sweep's timer is unref'd, and `process.getActiveResourcesInfo()`
+ * lists only ref'd timers, so it would never show there.
  */
-function watchSweepTimers() {
+function watchTimers(createdBy) {
   const live = new Map();
+  let created = 0;
   let waiters = [];
   const hook = createHook({
     init(asyncId, type, _triggerAsyncId, resource) {
@@ -137,7 +145,9 @@ function watchSweepTimers() {
       const site = {};
       Error.captureStackTrace(site);
       Error.stackTraceLimit = limit;
-      if (SWEEP_MODULE.test(site.stack)) live.set(asyncId, resource);
+      if (!createdBy(site.stack)) return;
+      created++;
+      live.set(asyncId, resource);
     },
     destroy(asyncId) {
       if (!live.delete(asyncId) || live.size > 0) return;
@@ -147,12 +157,26 @@ function watchSweepTimers() {
   });
   hook.enable();
   return {
-    /** The live sweep timers. */
+    /** The live timers. */
     timers: () => [...live.values()],
-    /** Resolves once no sweep timer is live. */
+    /** How many were created since the watch began. */
+    created: () => created,
+    /** Resolves once none is live. */
     allCleared: () => (live.size === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve))),
     disable: () => hook.disable(),
   };
+}
+
+/** An upstream that takes WebSocket handshakes and never answers them. */
+async function silentUpgradeUpstream() {
+  const server = http.createServer();
+  const handshakes = [];
+  server.on('upgrade', (req, socket) => {
+    socket.on('error', () => {});
+    handshakes.push(req.url);
+  });
+  const port = await listen(server);
+  return { url: `http://127.0.0.1:${port}`, handshakes };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -272,8 +296,32 @@ describe('pooled upstream sockets', () => {
 });
 
 describe('the sweep', () => {
+  test('an upgrade the upstream never answers: 504 EREADTIMEOUT no earlier than read: 300, at most two periods late; viaduct armed no timer for it but the sweep\'s, which stops after', async () => {
+    const up = await silentUpgradeUpstream();
+    const { front, errors } = await proxied({ target: up.url, timeouts: { read: 300 } });
+    const sweep = watchTimers(bySweep);
+    const others = watchTimers(byViaductNotSweep);
+    try {
+      const { res: raw, ms } = await timed(() => within(rawExchange(front.port, handshake('/chat')), 3000, 'the 504 and close'));
+      assert.equal(statusOf(raw), 504, raw);
+      assert.deepEqual(up.handshakes, ['/chat']);
+      // A 37 ms period: 300 to 374 ms after the connection, plus 150 ms for the loopback and a busy event loop.
+      assert.ok(ms >= 290 && ms < 525, `504 after ${ms.toFixed(0)} ms, expected 300 to 374`);
+      assert.deepEqual(
+        errors.map((e) => [e.status, e.code]),
+        [[504, 'EREADTIMEOUT']],
+      );
+      assert.equal(sweep.created(), 1, 'the handshake started the sweep');
+      assert.equal(others.created(), 0, 'no connect or read timer of the handshake\'s own');
+      await within(sweep.allCleared(), 500, 'the sweep stopped once the handshake was answered');
+    } finally {
+      sweep.disable();
+      others.disable();
+    }
+  });
+
   test("one unref'd timer, running only while there is something to watch: stopped once the pooled socket is retired, and by close()", async () => {
-    const sweep = watchSweepTimers();
+    const sweep = watchTimers(bySweep);
     try {
       // Retired after a short 1 s: the upstream says `Keep-Alive: timeout=2`.
       const brief = await startUpstream();
