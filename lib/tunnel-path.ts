@@ -132,7 +132,8 @@ class Handshake extends InFlight implements TunnelHooks {
     // Listeners of 'proxyRes' may still change what the 101 carries.
     proxyRes.headers = headers as IncomingHttpHeaders;
     this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
-    // The tunnel takes over the slot, and is in flight before the handshake leaves: close() never sees neither.
+    // The tunnel takes over the slot, and is in flight before the handshake leaves, so that close()
+    // never finds both lists empty in between.
     this.holdsSlot = false;
     new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket).open(
       responseHead(101, 'Switching Protocols', proxyRes.headers),
