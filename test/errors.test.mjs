@@ -8,7 +8,7 @@ import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { closeAll, deadPort, quietLogger, startFront, startSilentUpstream, startUpstream } from './helpers/servers.mjs';
 import { handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
@@ -32,24 +32,6 @@ function get(port, path, headers = {}) {
     req.on('error', reject);
     req.end();
   });
-}
-
-/**
- * An upstream that accepts HTTP requests and upgrades and never answers either. Each is kept
- * with a promise of its close, taken when it arrived.
- */
-async function startSilentUpstream() {
-  const requests = [];
-  const upgrades = [];
-  const server = http.createServer((req, res) => requests.push({ req, res, closed: nextEvent(res, 'close') }));
-  server.on('upgrade', (req, socket) => {
-    // Node's server leaves an upgraded socket half-open when the peer ends it; a real server closes it.
-    socket.on('end', () => socket.destroy());
-    socket.on('error', () => {});
-    upgrades.push({ socket, closed: nextEvent(socket, 'close') });
-  });
-  const port = await listen(server);
-  return { server, port, url: `http://127.0.0.1:${port}`, requests, upgrades };
 }
 
 /** One more ordinary request, and one more WebSocket, through the front: it keeps serving. */

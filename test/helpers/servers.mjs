@@ -8,6 +8,7 @@ import express5 from 'express';
 import express4 from 'express4';
 import { WebSocketServer } from 'ws';
 import { attach } from 'viaduct';
+import { nextEvent } from './waiting.mjs';
 
 const open = new Set();
 
@@ -72,6 +73,24 @@ export async function refusingUpstream(response) {
   });
   const port = await listen(server);
   return { url: `http://127.0.0.1:${port}`, port, heads };
+}
+
+/**
+ * An upstream that accepts HTTP requests and upgrades and never answers either. Each is kept
+ * with a promise of its close, taken when it arrived.
+ */
+export async function startSilentUpstream() {
+  const requests = [];
+  const upgrades = [];
+  const server = http.createServer((req, res) => requests.push({ req, res, closed: nextEvent(res, 'close') }));
+  server.on('upgrade', (req, socket) => {
+    // Node's server leaves an upgraded socket half-open when the peer ends it; a real server closes it.
+    socket.on('end', () => socket.destroy());
+    socket.on('error', () => {});
+    upgrades.push({ socket, closed: nextEvent(socket, 'close') });
+  });
+  const port = await listen(server);
+  return { server, port, url: `http://127.0.0.1:${port}`, requests, upgrades };
 }
 
 function readBody(req) {
