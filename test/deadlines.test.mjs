@@ -91,11 +91,6 @@ async function hintlessUpstream() {
   return { url: `http://127.0.0.1:${port}`, connections };
 }
 
-/** An HTTP upstream that reads each request and never answers. */
-function silentUpstream() {
-  return startUpstream(() => new Promise(() => {}));
-}
-
 /** A proxy on a node:http front, with the proxy's `error` events kept in `errors`. */
 async function proxied(options) {
   const proxy = createProxy({ logger: quietLogger(), ...options });
@@ -199,11 +194,11 @@ describe('read timeout (timeouts.read) on the sweep', () => {
   });
 
   test('a silent upstream: 504 EREADTIMEOUT no earlier than read: 400, at most two periods (2 × 50 ms) late', async () => {
-    const up = await silentUpstream();
+    const up = await startSilentUpstream();
     const { front, errors } = await proxied({ target: up.url, timeouts: { read: 400 } });
     const { res, ms } = await timed(() => within(request(`${front.url}/silent`), 3000, 'the 504'));
     assert.equal(res.status, 504);
-    assert.equal(up.seen.length, 1, 'the request reached the upstream');
+    assert.equal(up.requests.length, 1, 'the request reached the upstream');
     // 10 ms of slack for clocks; 400 + 2 × 50 ms + 150 ms for the loopback and a busy event loop.
     assert.ok(ms >= 390 && ms < 650, `504 after ${ms.toFixed(0)} ms, expected 400 to 500`);
     assert.deepEqual(
@@ -213,7 +208,7 @@ describe('read timeout (timeouts.read) on the sweep', () => {
   });
 
   test('the sweep period follows the shortest read timeout over the routes: read: 100 on /fast, 2000 by default', async () => {
-    const up = await silentUpstream();
+    const up = await startSilentUpstream();
     const { front, errors } = await proxied({
       target: up.url,
       routes: { '/fast': { target: up.url, timeouts: { read: 100 } } },
