@@ -1,10 +1,11 @@
 // The WebSocket load generator, in its own process (forked by bench/run.mjs, driven over IPC):
 //   { type: 'echo', url, sockets, seconds }  → { messages }   ping-pong on `sockets` tunnels
-//   { type: 'upgrades', url, concurrency, seconds } → { upgrades }   open + close loops
+//   { type: 'upgrades', url, concurrency, seconds } → { upgrades }   open + close loops, on the wire
 //   { type: 'hold', url, count }             → { open }       opens `count` idle tunnels
 //   { type: 'release' }                      → { closed }     closes them
 import { once } from 'node:events';
 import { WebSocket } from 'ws';
+import { handshakeFor, upgradeAndClose } from './upgrade-client.mjs';
 
 const MESSAGE = Buffer.alloc(64, 'm');
 let held = [];
@@ -47,14 +48,12 @@ async function echo({ url, sockets, seconds }) {
 }
 
 async function upgrades({ url, concurrency, seconds }) {
+  const handshake = handshakeFor(url);
   const deadline = Date.now() + seconds * 1000;
   let count = 0;
   const loop = async () => {
     while (Date.now() < deadline) {
-      const ws = await open(url);
-      const closed = once(ws, 'close');
-      ws.close();
-      await closed;
+      await upgradeAndClose(handshake);
       count++;
     }
   };
