@@ -2,12 +2,11 @@
 // the upstream's close frame back through the tunnel, then the connection's end. The `ws` client
 // spent about as much CPU per upgrade as the front it measured (600 µs), on the same two cores, and
 // upgrades/s hardly told the fronts apart; this one spends half as much (see BENCHMARKS.md).
-import { createHash } from 'node:crypto';
 import net from 'node:net';
+// The tests' handshake: its key is a nonce against caches that replay handshakes, and one key for
+// every handshake does for a benchmark.
+import { HANDSHAKE_ACCEPT, handshake } from '../test/helpers/clients.mjs';
 
-// The key is a nonce against caches that replay handshakes; one for every handshake does for a benchmark.
-const KEY = Buffer.from('viaduct-bench-16').toString('base64');
-const ACCEPT = createHash('sha1').update(`${KEY}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
 // Close with status 1000; a client's frames are masked.
 const MASK = [0x11, 0x22, 0x33, 0x44];
 const CLIENT_CLOSE = Buffer.from([0x88, 0x82, ...MASK, 0x03 ^ MASK[0], 0xe8 ^ MASK[1]]);
@@ -16,12 +15,7 @@ const SERVER_CLOSE = Buffer.from([0x88, 0x02, 0x03, 0xe8]);
 /** The handshake request for `url` (`ws://host:port/path`), built once per run. */
 export function handshakeFor(url) {
   const { host, hostname, port, pathname } = new URL(url);
-  const request = Buffer.from(
-    `GET ${pathname} HTTP/1.1\r\nHost: ${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: ${KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-    'latin1',
-  );
-  return { hostname, port: Number(port), request };
+  return { hostname, port: Number(port), request: Buffer.from(handshake(pathname, { host }), 'latin1') };
 }
 
 /**
@@ -39,7 +33,7 @@ export function upgradeAndClose({ hostname, port, request }) {
       headEnd = received.indexOf('\r\n\r\n');
       if (headEnd === -1) return;
       const head = received.toString('latin1', 0, headEnd);
-      if (head.startsWith('HTTP/1.1 101') && head.includes(ACCEPT)) socket.write(CLIENT_CLOSE);
+      if (head.startsWith('HTTP/1.1 101') && head.includes(HANDSHAKE_ACCEPT)) socket.write(CLIENT_CLOSE);
       else socket.destroy(new Error(`no WebSocket handshake came back:\n${head}`));
     });
     socket.once('error', reject);

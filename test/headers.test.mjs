@@ -4,16 +4,13 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createProxy } from 'viaduct';
 import { FRONT_KINDS, closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, parseResponse, rawExchange, rawRequest, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { HANDSHAKE_ACCEPT as ACCEPT, handshake, openSocket, parseResponse, rawExchange, rawRequest, request, roundTrip, statusOf } from './helpers/clients.mjs';
 
 after(closeAll);
 
-const KEY = 'dGhlIHNhbXBsZSBub25jZQ=='; // the key `handshake()` sends
-const ACCEPT = createHash('sha1').update(`${KEY}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
 const END_OF_HEAD = /\r\n\r\n/;
 
 /** Sends a handshake and resolves with the parsed head of the answer (101 or otherwise). */

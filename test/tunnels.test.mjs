@@ -6,7 +6,7 @@ import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { createProxy } from 'viaduct';
 import { closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, handshakeThenReset, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { HANDSHAKE_ACCEPT, handshake, handshakeThenReset, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 import { assertOnlyLiveTunnel, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -17,9 +17,6 @@ const BOUND = { timeout: 5_000 };
 
 // ---------------------------------------------------------------------------------------------
 // Helpers local to this file.
-
-/** The Sec-WebSocket-Accept for the key `handshake()` sends (RFC 6455's sample). */
-const SAMPLE_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=';
 
 /** A WebSocket frame; client frames are masked (RFC 6455 §5.3). */
 function encodeFrame(opcode, payload, mask = true) {
@@ -227,7 +224,7 @@ describe('a tunnel opens on Upgrade + 101 only', () => {
     assert.equal(head.status, 101);
     assert.match(head.headers.upgrade, /^websocket$/i);
     assert.match(head.headers.connection, /^upgrade$/i);
-    assert.equal(head.headers['sec-websocket-accept'], SAMPLE_ACCEPT);
+    assert.equal(head.headers['sec-websocket-accept'], HANDSHAKE_ACCEPT);
     assert.equal(head.headers['x-tunnel'], 'yes', 'the response policy applies to the 101');
     assert.equal(up.handshakes[0].url, '/raw?q=1');
     assert.equal(up.handshakes[0].headers.upgrade, 'websocket');

@@ -88,13 +88,18 @@ export function rawRequest(method, path, headers) {
   return `${text}\r\n`;
 }
 
+/** The `Sec-WebSocket-Key` that {@link handshake} sends: RFC 6455's sample nonce. */
+export const HANDSHAKE_KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+/** The `Sec-WebSocket-Accept` a WebSocket server answers to {@link HANDSHAKE_KEY} (RFC 6455, 1.3). */
+export const HANDSHAKE_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=';
+
 /** A WebSocket handshake request as raw bytes. */
 export function handshake(path, headers = {}) {
   const lines = {
     host: '127.0.0.1',
     upgrade: 'websocket',
     connection: 'Upgrade',
-    'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+    'sec-websocket-key': HANDSHAKE_KEY,
     'sec-websocket-version': '13',
     ...headers,
   };
