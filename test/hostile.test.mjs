@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { createProxy } from 'viaduct';
 import { FRONT_KINDS, closeAll, listen, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
-import { HANDSHAKE_ACCEPT as ACCEPT, handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { HANDSHAKE_ACCEPT as ACCEPT, SWITCHING_PROTOCOLS as SWITCHING, handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 afterEach(closeAll);
@@ -538,7 +538,6 @@ for (const kind of KINDS) {
 // ---------------------------------------------------------------------------------------------
 // A request pipelined behind an upgrade in the same write: never an HTTP request upstream.
 
-const SWITCHING = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${ACCEPT}\r\n\r\n`;
 const FORBIDDEN = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nnope\n';
 
 for (const kind of KINDS) {

@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { createProxy } from 'viaduct';
 import { FRONT_KINDS, closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { HANDSHAKE_ACCEPT, handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import { SWITCHING_PROTOCOLS, handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
 import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 afterEach(closeAll);
@@ -491,7 +491,7 @@ describe('close({ timeout }) and a tunnel that cannot flush', () => {
     const server = net.createServer(async (socket) => {
       socket.on('error', () => {});
       await headThenPause(socket);
-      socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${HANDSHAKE_ACCEPT}\r\n\r\n`);
+      socket.write(SWITCHING_PROTOCOLS);
       upstreamSide.resolve(socket);
     });
     const upPort = await listen(server);

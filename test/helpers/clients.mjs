@@ -89,9 +89,11 @@ export function rawRequest(method, path, headers) {
 }
 
 /** The `Sec-WebSocket-Key` that {@link handshake} sends: RFC 6455's sample nonce. */
-export const HANDSHAKE_KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+const HANDSHAKE_KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
 /** The `Sec-WebSocket-Accept` a WebSocket server answers to {@link HANDSHAKE_KEY} (RFC 6455, 1.3). */
 export const HANDSHAKE_ACCEPT = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo=';
+/** A raw upstream's 101 to {@link handshake}. */
+export const SWITCHING_PROTOCOLS = `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${HANDSHAKE_ACCEPT}\r\n\r\n`;
 
 /** A WebSocket handshake request as raw bytes. */
 export function handshake(path, headers = {}) {
