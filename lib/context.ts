@@ -17,7 +17,7 @@ export interface ProxyContext {
   readonly handshakes: InFlightList;
   /** Open tunnels. */
   readonly tunnels: InFlightList;
-  /** Checks the deadlines of requests and handshakes while it runs: started by one that went upstream. */
+  /** Checks the deadlines of requests, handshakes and tunnels while it runs: started by one that went upstream. */
   readonly sweep: Sweep;
   /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;

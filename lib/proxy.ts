@@ -87,12 +87,13 @@ class ProxyCore implements ProxyContext, RouteFactory {
     this.emit('error', error, req, client);
   }
 
-  /** The sweep's visit: read timeouts of requests, deadlines of handshakes, idle limits of pooled sockets. */
+  /** The sweep's visit: read timeouts of requests, deadlines of handshakes, idle timeouts of tunnels, idle limits of pooled sockets. */
   private checkDeadlines(now: number): boolean {
     this.requests.forEach((request) => request.checkDeadline?.(now));
     this.handshakes.forEach((handshake) => handshake.checkDeadline?.(now));
+    this.tunnels.forEach((tunnel) => tunnel.checkDeadline?.(now));
     const pooled = this.agents.retireIdle(now);
-    return pooled || this.requests.size > 0 || this.handshakes.size > 0;
+    return pooled || this.requests.size > 0 || this.handshakes.size > 0 || this.tunnels.size > 0;
   }
 
   released(): void {

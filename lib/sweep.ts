@@ -3,10 +3,11 @@ const SHORTEST_PERIOD = 5;
 
 /**
  * One coarse clock per proxy for deadlines that every request would otherwise arm a socket timer
- * for (Node re-creates a socket's timer on each `setTimeout`, twice per pooled request): the HTTP
- * read timeout, an upgrade handshake's connect and read timeouts, and the idle limit of pooled
- * upstream sockets. A deadline is met late by at most two periods, never early. The clock runs only
- * while `visit` says something is left to watch.
+ * for (Node re-creates a socket's timer on each `setTimeout`, twice per pooled request, and re-arms
+ * it on every read and write): the HTTP read timeout, an upgrade handshake's connect and read
+ * timeouts, a tunnel's idle timeout, and the idle limit of pooled upstream sockets. A deadline is
+ * met late by at most two periods, never early. The clock runs only while `visit` says something
+ * is left to watch.
  */
 export class Sweep {
   private timer: NodeJS.Timeout | undefined;

@@ -19,6 +19,10 @@ const readOnClose = (): void => {};
  * An open tunnel (the upstream answered 101): relays the bytes both ways with backpressure, closes
  * after the idle timeout, tears one side down when the other goes, and reports why and how much.
  * One listener per event and socket: an idle tunnel costs little memory, a chunk little work.
+ *
+ * The idle timeout is kept by the proxy's sweep, which compares the count of relayed chunks with
+ * what it saw last: a socket timer is re-armed on every read and write, which cost a WebSocket
+ * echo 5 % of the front's instructions per message (BENCHMARKS.md).
  */
 export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
@@ -26,6 +30,10 @@ export class Tunnel extends InFlight {
   private openSockets = 2;
   private shutdownStarted = false;
   private readonly openedAt = Date.now();
+  /** Chunks relayed either way; the sweep notes when it last saw the count change. */
+  private relayed = 0;
+  private relayedSeen = 0;
+  private relayedSeenAt = this.openedAt;
   private upstreamReadAtOpen = 0;
   private upstreamWrittenAtOpen = 0;
 
@@ -45,12 +53,9 @@ export class Tunnel extends InFlight {
     this.upstreamReadAtOpen = upstream.bytesRead - upstreamHead.length;
     this.upstreamWrittenAtOpen = upstream.bytesWritten;
     ctx.tunnels.add(this);
+    ctx.sweep.start();
     ctx.stats.tunnelOpened(route.stats);
     upstream.setNoDelay(true);
-    // Every byte either way is read or written on the upstream socket, so its timer alone sees
-    // idleness; it replaces the handshake's read timer.
-    upstream.setTimeout(route.readTimeout);
-    upstream.on('timeout', () => this.onIdle());
     client.on('error', readOnClose);
     upstream.on('error', readOnClose);
     client.on('close', () => this.onSocketClose('client'));
@@ -67,6 +72,7 @@ export class Tunnel extends InFlight {
   private relay(side: Side, source: Duplex, destination: Duplex): (chunk: Buffer) => void {
     const frames = new CloseFrameWatcher();
     const forward = (chunk: Buffer): void => {
+      this.relayed++;
       // The first close frame either way says who ended the conversation; later frames do not matter.
       if (this.reason === undefined && frames.feed(chunk)) this.reason = side;
       writeOrPause(source, destination, chunk);
@@ -98,9 +104,15 @@ export class Tunnel extends InFlight {
     this.destroyBoth();
   }
 
-  private onIdle(): void {
-    this.reason ??= 'idle';
-    this.destroyBoth();
+  /** Idle: no chunk relayed either way for the read timeout. */
+  override checkDeadline(now: number): void {
+    if (this.relayed !== this.relayedSeen) {
+      this.relayedSeen = this.relayed;
+      this.relayedSeenAt = now;
+    } else if (now - this.relayedSeenAt >= this.route.readTimeout) {
+      this.reason ??= 'idle';
+      this.destroyBoth();
+    }
   }
 
   /** The first call closes both sides once their data is flushed; a second (at `close()`'s deadline) destroys them. */

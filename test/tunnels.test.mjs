@@ -473,6 +473,35 @@ describe('idle timeout (timeouts.read)', () => {
     assert.equal(proxy.stats().tunnels.active, 0);
   });
 
+  test('each tunnel keeps its own route\'s timeout: 150 ms and 800 ms on one proxy', BOUND, async () => {
+    const up = await startUpstream();
+    const proxy = createProxy({
+      logger: quietLogger(),
+      routes: { '/fast': { target: up.url, timeouts: { read: 150 } }, '/slow': { target: up.url, timeouts: { read: 800 } } },
+    });
+    const front = await startFront('node', proxy);
+    const openedAt = new Map();
+    const closedAt = new Map();
+    proxy.on('open', (event) => openedAt.set(event.route, Date.now()));
+    const bothClosed = new Promise((resolve) =>
+      proxy.on('close', (event) => {
+        closedAt.set(event.route, { reason: event.reason, after: Date.now() - openedAt.get(event.route) });
+        if (closedAt.size === 2) resolve();
+      }),
+    );
+    const fast = await openTunnel(front, up, '/fast');
+    const slow = await openTunnel(front, up, '/slow');
+    await once(fast.ws, 'close');
+    assert.equal(slow.ws.readyState, slow.ws.OPEN, 'the 800 ms tunnel outlives the 150 ms one');
+    await bothClosed;
+    const { reason: fastReason, after: fastAfter } = closedAt.get('/fast');
+    const { reason: slowReason, after: slowAfter } = closedAt.get('/slow');
+    assert.equal(fastReason, 'idle');
+    assert.equal(slowReason, 'idle');
+    assert.ok(fastAfter >= 145 && fastAfter < 600, `the 150 ms tunnel closed after ${fastAfter} ms`);
+    assert.ok(slowAfter >= 795 && slowAfter < 1_400, `the 800 ms tunnel closed after ${slowAfter} ms`);
+  });
+
   /** Runs `tick` every 100 ms, six times; resolves after the sixth. */
   function every100ms(tick) {
     return new Promise((resolve) => {
