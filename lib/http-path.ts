@@ -46,9 +46,6 @@ class HttpExchange extends InFlight implements WebHooks {
   /** The upstream's response headers as received, while the engine sees the client's version. */
   private upstreamHeaders: IncomingHttpHeaders | undefined;
   private proxyRes: IncomingMessage | undefined;
-  /** Bytes the upstream socket had moved both ways when the sweep last saw them change (-1: not seen yet), and when. */
-  private progressBytes = -1;
-  private progressAt = 0;
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -128,11 +125,7 @@ class HttpExchange extends InFlight implements WebHooks {
   override checkDeadline(now: number): void {
     const socket = this.proxyReq?.socket;
     if (!socket || socket.connecting || socket.destroyed || this.settled || this.clientGone || this.proxyRes?.complete) return;
-    const bytes = socket.bytesRead + socket.bytesWritten;
-    if (bytes !== this.progressBytes) {
-      this.progressBytes = bytes;
-      this.progressAt = now;
-    } else if (now - this.progressAt >= this.route.readTimeout) {
+    if (this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >= this.route.readTimeout) {
       this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.readTimeout} ms`));
     }
   }

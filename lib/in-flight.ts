@@ -14,8 +14,25 @@ export abstract class InFlight {
   /** Ends the work now: 503 when nothing was answered yet, else the connection is cut or closed. */
   abstract shutdown(): void;
 
+  /** What {@link stalledFor} last saw (-1: nothing yet), and when. */
+  private progressSeen = -1;
+  private progressSeenAt = 0;
+
   /** Called by the proxy's sweep while the work is in flight, for work with a deadline. */
   checkDeadline?(now: number): void;
+
+  /**
+   * For the sweep: how long `progress`, a count that grows with activity, has not moved (0 when it
+   * just did). Measured from the visit that saw it move, so a deadline on it is never met early.
+   */
+  protected stalledFor(progress: number, now: number): number {
+    if (progress !== this.progressSeen) {
+      this.progressSeen = progress;
+      this.progressSeenAt = now;
+      return 0;
+    }
+    return now - this.progressSeenAt;
+  }
 }
 
 /** An intrusive doubly-linked list of {@link InFlight} work: O(1) add and delete, nothing allocated. */

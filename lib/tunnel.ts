@@ -22,7 +22,7 @@ const readOnClose = (): void => {};
  *
  * The idle timeout is kept by the proxy's sweep, which compares the count of relayed chunks with
  * what it saw last: a socket timer is re-armed on every read and write, which cost a WebSocket
- * echo 5 % of the front's instructions per message (BENCHMARKS.md).
+ * echo 7–9 % of the front's instructions per message (BENCHMARKS.md).
  */
 export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
@@ -30,10 +30,8 @@ export class Tunnel extends InFlight {
   private openSockets = 2;
   private shutdownStarted = false;
   private readonly openedAt = Date.now();
-  /** Chunks relayed either way; the sweep notes when it last saw the count change. */
+  /** Chunks relayed either way: the idle timeout's measure of activity. */
   private relayed = 0;
-  private relayedSeen = 0;
-  private relayedSeenAt = this.openedAt;
   private upstreamReadAtOpen = 0;
   private upstreamWrittenAtOpen = 0;
 
@@ -106,10 +104,7 @@ export class Tunnel extends InFlight {
 
   /** Idle: no chunk relayed either way for the read timeout. */
   override checkDeadline(now: number): void {
-    if (this.relayed !== this.relayedSeen) {
-      this.relayedSeen = this.relayed;
-      this.relayedSeenAt = now;
-    } else if (now - this.relayedSeenAt >= this.route.readTimeout) {
+    if (this.stalledFor(this.relayed, now) >= this.route.readTimeout) {
       this.reason ??= 'idle';
       this.destroyBoth();
     }
