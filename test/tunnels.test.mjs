@@ -554,6 +554,36 @@ describe('idle timeout (timeouts.read)', () => {
   });
 });
 
+describe('backpressure', () => {
+  test('a client that stops reading pauses the upstream socket: the proxy holds a bounded buffer, and every byte arrives once it reads again', BOUND, async (t) => {
+    const { up, proxy, front } = await setup();
+    const opened = once(proxy, 'open');
+    const { ws, upstreamWs } = await openTunnel(front, up, '/flood');
+    const [{ clientSocket, upstreamSocket }] = await opened;
+    ws._socket.pause(); // the ws client's TCP socket: nothing more is read from the proxy
+    // On a failure the flood is still queued: end it, so that the file's servers can close.
+    t.after(() => ws.terminate());
+    const message = randomBytes(1024 * 1024);
+    const count = 48;
+    for (let i = 0; i < count; i++) upstreamWs.send(message);
+    // The proxy stops reading the upstream once the client's socket is full (no event says so).
+    await within(
+      (async () => {
+        while (!upstreamSocket.isPaused()) await new Promise((resolve) => setTimeout(resolve, 10));
+      })(),
+      3000,
+      'the upstream socket paused',
+    );
+    assert.ok(clientSocket.writableLength < 4 * 1024 * 1024, `the proxy buffered ${clientSocket.writableLength} bytes for the client`);
+    assert.ok(upstreamWs.bufferedAmount > 16 * 1024 * 1024, `the rest waits at the upstream (${upstreamWs.bufferedAmount} bytes)`);
+    const received = [];
+    const all = new Promise((resolve) => ws.on('message', (data) => received.push(data) === count && resolve()));
+    ws._socket.resume();
+    await within(all, 4000, `${count} messages of 1 MiB`);
+    assert.ok(received.every((data) => Buffer.compare(data, message) === 0), 'every message intact');
+  });
+});
+
 describe('close reasons, byte counts and events', () => {
   test('open fires with the route key, the request and both sockets', BOUND, async () => {
     const up = await startUpstream();
