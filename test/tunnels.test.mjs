@@ -565,15 +565,11 @@ describe('backpressure', () => {
     t.after(() => ws.terminate());
     const message = randomBytes(1024 * 1024);
     const count = 48;
+    // The proxy stops reading the upstream once the client's socket is full.
+    const paused = nextEvent(upstreamSocket, 'pause');
     for (let i = 0; i < count; i++) upstreamWs.send(message);
-    // The proxy stops reading the upstream once the client's socket is full (no event says so).
-    await within(
-      (async () => {
-        while (!upstreamSocket.isPaused()) await new Promise((resolve) => setTimeout(resolve, 10));
-      })(),
-      3000,
-      'the upstream socket paused',
-    );
+    await within(paused, 3000, 'the upstream socket paused');
+    assert.ok(upstreamSocket.isPaused());
     assert.ok(clientSocket.writableLength < 4 * 1024 * 1024, `the proxy buffered ${clientSocket.writableLength} bytes for the client`);
     assert.ok(upstreamWs.bufferedAmount > 16 * 1024 * 1024, `the rest waits at the upstream (${upstreamWs.bufferedAmount} bytes)`);
     const received = [];
