@@ -4,12 +4,11 @@ type ParsedRequest = IncomingMessage & { body?: unknown; _body?: boolean };
 
 /** A request body that has to be sent from `req.body` because a body parser already read the stream. */
 export type ConsumedBody =
-  | { readonly kind: 'empty' }
   | { readonly kind: 'resend'; readonly body: Buffer }
   | { readonly kind: 'lost'; readonly reason: string };
 
 /** True when something (a body parser) has read the request stream. */
-export function isBodyConsumed(req: IncomingMessage): boolean {
+function isBodyConsumed(req: IncomingMessage): boolean {
   return (req as ParsedRequest)._body === true || req.readableEnded;
 }
 
@@ -80,13 +79,11 @@ function serialise(req: ParsedRequest): Buffer | string {
 }
 
 /**
- * What to send for a request whose stream was already read: nothing when it had no body, its body
- * re-serialised from `req.body`, or why that cannot be done. `undefined` when the stream is unread.
+ * What to send for a request with a body whose stream was already read: the body re-serialised
+ * from `req.body`, or why that cannot be done. `undefined` when the stream is unread.
  */
 export function consumedBody(req: IncomingMessage): ConsumedBody | undefined {
   if (!isBodyConsumed(req)) return undefined;
-  const parsed = req as ParsedRequest;
-  if (!announcesBody(req)) return { kind: 'empty' };
-  const result = serialise(parsed);
+  const result = serialise(req as ParsedRequest);
   return typeof result === 'string' ? { kind: 'lost', reason: result } : { kind: 'resend', body: result };
 }
