@@ -23,8 +23,9 @@ const HTTP_SMALL_SECONDS = quick ? 1 : 2;
 // first requests of the next front's run would pay for it, and its p99 with them.
 const SETTLE_MS = 250;
 // Each front runs every kind of load before it is measured, so that no round pays for V8 compiling
-// a front's upgrade or tunnel code: an upgrade runs through more code in some fronts than others.
-const WARM_UP = quick ? { http: 1, upgrades: 1, echo: 1 } : { http: 2, upgrades: 2, echo: 1 };
+// a front's code for it: an upgrade runs through more code in some fronts than others, and a 1 MiB
+// response through the backpressure paths that small ones never take.
+const WARM_UP = quick ? { http: 1, large: 1, upgrades: 1, echo: 1 } : { http: 2, large: 1, upgrades: 2, echo: 1 };
 const HELD_TUNNELS = quick ? 500 : 2_000;
 // Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
 const FRONTS = ['hpm-express', 'viaduct-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
@@ -166,6 +167,7 @@ async function main() {
   console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
   for (const front of fronts) {
     await httpLoad(`${front.url}/small`, 32, WARM_UP.http);
+    await httpLoad(`${front.url}/large`, 8, WARM_UP.large);
     await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: WARM_UP.upgrades });
     await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: WARM_UP.echo });
   }
