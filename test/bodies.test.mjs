@@ -415,6 +415,21 @@ for (const [kind, express] of [
       assert.ok(seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0');
     });
 
+    test('a GET whose stream a middleware already read is forwarded without a body, not refused', async () => {
+      const up = await startUpstream();
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        // Reads every request to its end and leaves no req.body: nothing to re-send, nothing lost.
+        before: [(req, _res, next) => req.resume().once('end', next)],
+      });
+      const res = await request(`${front.url}/drained`);
+      assert.equal(res.status, 200, res.text);
+      const seen = up.seen[0];
+      assert.equal(seen.method, 'GET');
+      assert.equal(seen.body.length, 0);
+      assert.equal(seen.headers['transfer-encoding'], undefined);
+      assert.ok(seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0');
+    });
+
     test('a body the parser does not take streams through untouched', async () => {
       const up = await startUpstream();
       const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.json()] });
