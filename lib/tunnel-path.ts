@@ -1,6 +1,7 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { announcesBody } from './body';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
 import type { OutgoingRequest, TunnelHooks } from './engine';
@@ -24,8 +25,7 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
     req.httpVersion === '1.1' &&
     headers.upgrade?.trim().toLowerCase() === 'websocket' &&
     typeof headers['sec-websocket-key'] === 'string' &&
-    headers['transfer-encoding'] === undefined &&
-    (headers['content-length'] === undefined || headers['content-length'] === '0')
+    !announcesBody(req)
   );
 }
 
