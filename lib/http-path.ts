@@ -10,6 +10,7 @@ import { applyToResponse } from './header-policy';
 import { endToEnd } from './hop-by-hop';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
+import { shareShape } from './shared-shape';
 import { watchConnect } from './timeouts';
 
 const NO_BODY = Buffer.alloc(0);
@@ -194,5 +195,8 @@ export function proxyHttp(ctx: ProxyContext, route: Route, req: IncomingMessage,
     ctx.logger.debug(`viaduct: ${req.method} ${req.url}: pipelined behind a refused request, not forwarded`);
     return;
   }
+  // First: every read of `req` and `res` after this, ours included, gains from it.
+  shareShape(req);
+  shareShape(res);
   new HttpExchange(ctx, route, req, res).start();
 }

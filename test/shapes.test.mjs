@@ -1,0 +1,43 @@
+// In Express, viaduct moves the `req` and `res` of an HTTP request it proxies to V8's dictionary
+// mode, where they share one hidden class from request to request (lib/shared-shape.ts): nothing a
+// program can see changes; objects whose prototype Express did not swap keep their fast
+// properties, and so does a tunnel's `req`, which lives as long as the tunnel (a dictionary is
+// larger). V8's view of an object takes `--allow-natives-syntax`, so each front runs in a child process.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { FRONT_KINDS } from './helpers/servers.mjs';
+
+const PROBE = fileURLToPath(new URL('fixtures/shape-probe.mjs', import.meta.url));
+const SWAPS_PROTOTYPES = new Set(['express5', 'express4']);
+
+async function probe(kind) {
+  const child = spawn(process.execPath, ['--allow-natives-syntax', PROBE, kind], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, `the probe exited with ${code}: ${output}`);
+  return JSON.parse(output);
+}
+
+describe('the hidden classes of req and res', () => {
+  for (const kind of FRONT_KINDS) {
+    const swapped = SWAPS_PROTOTYPES.has(kind);
+    test(`${kind}: ${swapped ? 'HTTP: dictionary mode once viaduct has them' : 'HTTP: fast properties, left alone'}; keys and their order unchanged; a tunnel's req keeps fast properties`, async () => {
+      const { statuses, requests, greeting, fastTunnelReq } = await probe(kind);
+      assert.deepEqual(statuses, [200, 200, 200]);
+      assert.equal(requests.length, 3);
+      for (const seen of requests) {
+        assert.equal(seen.fastReq, !swapped, 'req');
+        assert.equal(seen.fastRes, !swapped, 'res');
+        assert.equal(seen.viaductKeys, 0, 'no key of viaduct is left on req or res');
+        // A node:http front has no middleware before the proxy to compare with.
+        if (kind !== 'node') assert.deepEqual([seen.keysKeptReq, seen.keysKeptRes], [true, true]);
+      }
+      assert.equal(greeting, 'hello:/probe/ws');
+      assert.equal(fastTunnelReq, true, "the tunnel's req keeps fast properties");
+    });
+  }
+});
