@@ -13,8 +13,12 @@ import { FRONT_KINDS } from './helpers/servers.mjs';
 const PROBE = fileURLToPath(new URL('fixtures/shape-probe.mjs', import.meta.url));
 const SWAPS_PROTOTYPES = new Set(['express5', 'express4']);
 
-async function probe(kind) {
+const BOUND = { timeout: 10_000 };
+
+async function probe(t, kind) {
   const child = spawn(process.execPath, ['--allow-natives-syntax', PROBE, kind], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // A probe that hangs is ended with the test that timed out waiting for it.
+  t.after(() => child.kill('SIGKILL'));
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   const [code] = await once(child, 'exit');
@@ -25,8 +29,8 @@ async function probe(kind) {
 describe('the hidden classes of req and res', () => {
   for (const kind of FRONT_KINDS) {
     const swapped = SWAPS_PROTOTYPES.has(kind);
-    test(`${kind}: ${swapped ? 'HTTP: dictionary mode once viaduct has them' : 'HTTP: fast properties, left alone'}; keys and their order unchanged; a tunnel's req keeps fast properties`, async () => {
-      const { statuses, requests, greeting, fastTunnelReq } = await probe(kind);
+    test(`${kind}: ${swapped ? 'HTTP: dictionary mode once viaduct has them' : 'HTTP: fast properties, left alone'}; keys and their order unchanged; a tunnel's req keeps fast properties`, BOUND, async (t) => {
+      const { statuses, requests, greeting, fastTunnelReq } = await probe(t, kind);
       assert.deepEqual(statuses, [200, 200, 200]);
       assert.equal(requests.length, 3);
       for (const seen of requests) {
