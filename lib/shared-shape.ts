@@ -16,6 +16,8 @@ const SCRATCH = Symbol('viaduct.sharedShape');
  * Nothing a program can observe changes: no property is left added or removed, and a dictionary
  * keeps the order of properties. Objects with their constructor's prototype (`node:http`, Connect)
  * are left alone: their hidden classes are shared already, and fast properties read faster.
+ * Upgrades do not use it: a tunnel keeps its `req`, a dictionary is larger, and `attach` adds
+ * Express's properties before the swap instead (`ExpressProperties` in attach.ts).
  */
 export function shareShape(object: object): void {
   if (Object.getPrototypeOf(object) === object.constructor.prototype) return;
