@@ -30,6 +30,13 @@ const HELD_TUNNELS = quick ? 500 : 2_000;
 // Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
 const FRONTS = ['hpm-express', 'viaduct-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
 const hasWrk = spawnSync('wrk', ['--version']).error === undefined;
+// Taking turns, the fronts and the WebSocket load generator sit idle for seconds at a time, and
+// V8's memory reducer then collects garbage in them. After such a collection, Node's
+// `process.nextTick` can fall into a slow path of V8's for the rest of the process's life (0.3–0.7 µs
+// more per call, 4–5 % of a front's CPU per echo message); which fronts fell in followed their
+// place in the order, not their code (BENCHMARKS.md, the tenth session's findings). The upstream
+// runs the same way.
+const NODE_FLAGS = ['--no-memory-reducer'];
 
 const children = new Set();
 function track(child) {
@@ -154,15 +161,15 @@ const format = (value) => (Math.abs(value) >= 100 ? value.toFixed(0) : value.toF
 
 async function main() {
   const started = Date.now();
-  const upstream = track(spawn(process.execPath, [here('upstream.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const upstream = track(spawn(process.execPath, [...NODE_FLAGS, here('upstream.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] }));
   const upstreamPort = await readyPort(upstream);
   const fronts = [];
   for (const name of FRONTS) {
-    const child = track(fork(here('front.mjs'), [name, String(upstreamPort)], { execArgv: ['--expose-gc'], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] }));
+    const child = track(fork(here('front.mjs'), [name, String(upstreamPort)], { execArgv: ['--expose-gc', ...NODE_FLAGS], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] }));
     const port = await readyPort(child);
     fronts.push({ name, process: child, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}` });
   }
-  const load = track(fork(here('ws-load.mjs'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const load = track(fork(here('ws-load.mjs'), [], { execArgv: NODE_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
 
   console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
   for (const front of fronts) {
@@ -217,7 +224,7 @@ async function main() {
   console.log(lines.join('\n'));
   console.log(
     `\nNode ${process.version}, ${cpu.length} × ${cpu[0]?.model.trim()}, ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; ` +
-      `${hasWrk ? 'wrk' : 'autocannon'}; ${HTTP_SMALL_SECONDS} s per small-response run, ${SECONDS} s per other measurement; rounds: ${MEASURED.map((metric) => `${metric.key} ${roundsOf(metric)}`).join(', ')}; ` +
+      `${hasWrk ? 'wrk' : 'autocannon'}; Node processes with ${NODE_FLAGS.join(' ')}; ${HTTP_SMALL_SECONDS} s per small-response run, ${SECONDS} s per other measurement; rounds: ${MEASURED.map((metric) => `${metric.key} ${roundsOf(metric)}`).join(', ')}; ` +
       `${((Date.now() - started) / 1000).toFixed(0)} s in all.`,
   );
   for (const child of children) child.kill();
