@@ -22,10 +22,11 @@
  *   the target's host name here.
  */
 import HttpProxy = require('http-proxy');
-import type { Agent, ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { Agent, ClientRequest, IncomingMessage, InformationEvent, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
-import { writeOrPause } from './backpressure';
+import { relayResponseBody } from './backpressure';
+import { ProxyError } from './errors';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
 import type { CookieRewrite } from './types';
@@ -60,6 +61,8 @@ export interface WebHooks {
   onProxyRes(proxyRes: IncomingMessage): void;
   /** The response's status and headers are set on the client response, not written yet. */
   onResponseCopied(proxyRes: IncomingMessage): void;
+  /** A 1xx response other than 101 arrived before the final one. */
+  onInformation(info: InformationEvent): void;
   onError(error: Error): void;
 }
 
@@ -83,13 +86,11 @@ type CallOptions = HttpProxy.ServerOptions & { viaductHooks: WebHooks | TunnelHo
 type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
 
 /**
- * Stands in for `proxyRes.pipe` in http-proxy's one call, `proxyRes.pipe(res)`: the same relay with
+ * Stands in for `proxyRes.pipe` in the engine's one call, `proxyRes.pipe(res)`: the same relay with
  * backpressure, for two listeners where `pipe` sets up and tears down eight on every response.
  */
 function relayBody<T extends NodeJS.WritableStream>(this: IncomingMessage, destination: T): T {
-  const source = this;
-  source.on('data', (chunk: Buffer) => writeOrPause(source, destination, chunk));
-  source.on('end', () => destination.end());
+  relayResponseBody(this, destination);
   return destination;
 }
 
@@ -100,6 +101,19 @@ function beforeCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
 
 function afterCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
   this.viaductHooks.onResponseCopied(proxyRes);
+}
+
+function relayInformation(this: HookedRequest, info: InformationEvent): void {
+  this.viaductHooks.onInformation(info);
+}
+
+/**
+ * A 101 to a request that asked for no upgrade: Node hands the socket to an 'upgrade' listener, or
+ * without one destroys it and the request ends with neither a response nor an error.
+ */
+function refuseUpgrade(this: HookedRequest, _proxyRes: IncomingMessage, socket: Duplex): void {
+  socket.destroy();
+  this.viaductHooks.onError(new ProxyError('EBADRESPONSE', 'a 101 Switching Protocols to a request that asked for no upgrade'));
 }
 
 function asError(error: unknown): Error {
@@ -215,6 +229,8 @@ export class Engine {
       (proxyReq as HookedRequest).viaductHooks = hooks;
       proxyReq.prependListener('response', beforeCopy);
       proxyReq.on('response', afterCopy);
+      proxyReq.on('information', relayInformation);
+      proxyReq.on('upgrade', refuseUpgrade);
       hooks.onProxyReq(proxyReq);
     });
     this.server.on('proxyReqWs', (proxyReq, request, _socket, callOptions) => {

@@ -17,6 +17,7 @@ export type ProxyErrorCode =
   | 'ECONNECTTIMEOUT'
   | 'EREADTIMEOUT'
   | 'EUPSTREAMABORTED' // the upstream stopped in the middle of a response
+  | 'EBADRESPONSE' // a response that cannot be relayed as framed: a 101 nobody asked for, a transfer coding but chunked
   | 'ECLIENTABORTED';
 
 const MESSAGES: Record<ProxyErrorCode, string> = {
@@ -35,6 +36,7 @@ const MESSAGES: Record<ProxyErrorCode, string> = {
   ECONNECTTIMEOUT: 'The upstream server did not accept the connection in time.',
   EREADTIMEOUT: 'The upstream server did not answer in time.',
   EUPSTREAMABORTED: 'The upstream server aborted the response.',
+  EBADRESPONSE: 'The upstream server sent a response that cannot be relayed.',
   ECLIENTABORTED: 'The client went away.',
 };
 
@@ -54,6 +56,7 @@ const STATUS: Record<ProxyErrorCode, number> = {
   ECONNECTTIMEOUT: 504,
   EREADTIMEOUT: 504,
   EUPSTREAMABORTED: 502,
+  EBADRESPONSE: 502,
   ECLIENTABORTED: 499,
 };
 

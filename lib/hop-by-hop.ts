@@ -49,3 +49,19 @@ export function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
   }
   return copy;
 }
+
+/**
+ * The end-to-end headers of a response for the client. A `426 Upgrade Required` keeps its
+ * `Upgrade`: it must name the protocols to switch to (RFC 9110 §15.5.22).
+ */
+export function responseEndToEnd(headers: IncomingHttpHeaders, status: number | undefined): IncomingHttpHeaders {
+  const copy = endToEnd(headers);
+  if (status === 426 && headers.upgrade !== undefined) copy.upgrade = headers.upgrade;
+  return copy;
+}
+
+/** The `Connection` of a response to the client; one that carries `Upgrade` lists it too (RFC 9110 §7.8). */
+export function connectionOf(headers: IncomingHttpHeaders, keepAlive: boolean): string {
+  const persistence = keepAlive ? 'keep-alive' : 'close';
+  return headers.upgrade === undefined ? persistence : `upgrade, ${persistence}`;
+}

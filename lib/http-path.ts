@@ -1,13 +1,15 @@
-import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, InformationEvent, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
+import { isEventStream } from './backpressure';
 import { announcesBody, consumedBody } from './body';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
 import type { OutgoingRequest, WebHooks } from './engine';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
-import { applyToResponse } from './header-policy';
-import { endToEnd } from './hop-by-hop';
+import { writeInformational } from './node-internals';
+import { applyToResponse, headerObject, type HeaderSink } from './header-policy';
+import { connectionOf, endToEnd, responseEndToEnd } from './hop-by-hop';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
 import { shareShape } from './shared-shape';
@@ -17,6 +19,16 @@ const NO_BODY = Buffer.alloc(0);
 
 /** Connections told `Connection: close` by an error response: what Node parsed behind it is not forwarded. */
 const closingConnections = new WeakSet<object>();
+
+/**
+ * Why a response cannot be relayed as the upstream framed it: a transfer coding but one `chunked`
+ * (the client would get the coded bytes re-framed as content), or `undefined`.
+ */
+function unrelayableFraming(proxyRes: IncomingMessage): string | undefined {
+  const coding = proxyRes.headers['transfer-encoding'];
+  if (coding === undefined || coding.trim().toLowerCase() === 'chunked') return undefined;
+  return `Transfer-Encoding: ${coding}`;
+}
 
 /** Decides what to send upstream, or the error that stops the request first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
@@ -73,8 +85,8 @@ class HttpExchange extends InFlight implements WebHooks {
   }
 
   /** Response policy, on proxied and proxy-made responses alike. */
-  private applyResponsePolicy(): void {
-    applyToResponse(this.route.responseHeaders, this.res, this.req, (error) => {
+  private applyResponsePolicy(sink: HeaderSink = this.res): void {
+    applyToResponse(this.route.responseHeaders, sink, this.req, (error) => {
       this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
     });
   }
@@ -91,15 +103,18 @@ class HttpExchange extends InFlight implements WebHooks {
   }
 
   onProxyRes(proxyRes: IncomingMessage): void {
-    this.responded = true;
     this.proxyRes = proxyRes;
+    const unrelayable = unrelayableFraming(proxyRes);
+    // Answered here, the engine finds the client response ended and copies nothing.
+    if (unrelayable) return this.fail(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`));
+    this.responded = true;
     // The engine copies these to the client. (Removing hop-by-hop headers from the client response
     // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
     // once copied: the agent reads their Keep-Alive hint when it pools the socket.
     this.upstreamHeaders = proxyRes.headers;
-    const headers = endToEnd(proxyRes.headers);
+    const headers = responseEndToEnd(proxyRes.headers, proxyRes.statusCode);
     // What Node decided for our connection to the client; otherwise the engine echoes the client's header.
-    headers.connection = this.res.shouldKeepAlive ? 'keep-alive' : 'close';
+    headers.connection = connectionOf(headers, this.res.shouldKeepAlive);
     proxyRes.headers = headers;
     proxyRes.on('close', () => {
       if (!proxyRes.complete) this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
@@ -108,12 +123,43 @@ class HttpExchange extends InFlight implements WebHooks {
   }
 
   onResponseCopied(proxyRes: IncomingMessage): void {
+    if (this.settled) return;
+    const headers = proxyRes.headers;
     if (this.upstreamHeaders) proxyRes.headers = this.upstreamHeaders;
     // To an HTTP/1.0 client the engine echoes its own Connection header, whatever was decided.
-    if (this.req.httpVersion === '1.0') this.res.setHeader('connection', this.res.shouldKeepAlive ? 'keep-alive' : 'close');
+    if (this.req.httpVersion === '1.0') this.res.setHeader('connection', connectionOf(headers, this.res.shouldKeepAlive));
+    // An event stream is open once its head arrives (`EventSource` fires `open`), before any event:
+    // the engine would write the head with the first chunk of the body.
+    if (isEventStream(headers['content-type'])) this.res.flushHeaders();
+  }
+
+  /**
+   * Forwards a 1xx (`103 Early Hints`, `102 Processing`…) to an HTTP/1.1 client before the final
+   * response, with the response policy. `100 Continue` was the front's to answer (Node's server
+   * did), and HTTP/1.0 clients know no 1xx.
+   */
+  onInformation(info: InformationEvent): void {
+    const { res } = this;
+    if (info.statusCode === 100 || this.req.httpVersion !== '1.1' || res.headersSent || this.settled) return;
+    const headers = endToEnd(info.headers);
+    this.applyResponsePolicy(headerObject(headers));
+    writeInformational(res, info.statusCode, info.statusMessage, headers);
   }
 
   onError(error: Error): void {
+    if (this.proxyRes?.complete && !this.settled) {
+      // Node's parser read past a complete response (extra bytes after its body, a body on a HEAD,
+      // 204 or 304 answer) and destroyed that connection: the response itself is relayed whole.
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code?.startsWith('HPE_')) {
+        this.ctx.logger.warn(
+          `viaduct: ${this.req.method} ${this.req.url}: ${this.route.targetLabel} sent bytes after a complete response (${code}); they are dropped and the connection is not reused`,
+        );
+      } else {
+        this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the response was complete: ${error.message}`);
+      }
+      return;
+    }
     if (this.settled || this.clientGone || this.res.destroyed) {
       this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the exchange ended: ${error.message}`);
       return;

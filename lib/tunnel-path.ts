@@ -8,7 +8,7 @@ import type { OutgoingRequest, TunnelHooks } from './engine';
 import { ProxyError, attempt, errorBody, toProxyError } from './errors';
 import { forwardedPath } from './forwarded-path';
 import { applyToResponse, headerObject } from './header-policy';
-import { endToEnd } from './hop-by-hop';
+import { connectionOf, responseEndToEnd } from './hop-by-hop';
 import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
 import { upstreamHeaders } from './request-headers';
 import type { Route } from './route';
@@ -109,8 +109,8 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 
   /** The response policy over upstream headers, for the 101 and for a refusal. */
-  private clientHeaders(upstream: IncomingHttpHeaders): OutgoingHttpHeaders {
-    const headers: OutgoingHttpHeaders = endToEnd(upstream);
+  private clientHeaders(proxyRes: IncomingMessage): OutgoingHttpHeaders {
+    const headers: OutgoingHttpHeaders = responseEndToEnd(proxyRes.headers, proxyRes.statusCode);
     this.applyResponsePolicy(headers);
     return headers;
   }
@@ -126,7 +126,7 @@ class Handshake extends InFlight implements TunnelHooks {
       upstreamSocket.destroy();
       return;
     }
-    const headers = this.clientHeaders(proxyRes.headers);
+    const headers = this.clientHeaders(proxyRes);
     headers.connection = 'Upgrade';
     headers.upgrade = proxyRes.headers.upgrade;
     // Listeners of 'proxyRes' may still change what the 101 carries.
@@ -152,8 +152,8 @@ class Handshake extends InFlight implements TunnelHooks {
     this.ctx.stats.tunnelRejected(this.route.stats);
     this.ctx.logger.info(`viaduct: upgrade on route "${this.route.key}" refused by the upstream with ${proxyRes.statusCode}`);
     this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
-    const headers = this.clientHeaders(proxyRes.headers);
-    headers.connection = 'close';
+    const headers = this.clientHeaders(proxyRes);
+    headers.connection = connectionOf(headers as IncomingHttpHeaders, false);
     const socket = this.socket;
     socket.write(responseHead(proxyRes.statusCode ?? 502, proxyRes.statusMessage, headers));
     // A handshake's connection is not reused, whatever the answer allows: Node would hand it back
