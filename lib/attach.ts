@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import { defaultLogger, resolveLogger } from './logger';
 import { isProxy } from './proxy';
 import { closeAfterFlush, writeRawResponse } from './raw-response';
+import { reachesProxy } from './reaches-proxy';
 import type { AttachOptions, Logger, Proxy, UnmatchedUpgrade } from './types';
 import { guardSocket, isClaimed, markDispatched } from './upgrade-claims';
 
@@ -24,12 +25,31 @@ function takenElsewhere(socket: Duplex): boolean {
 }
 
 /**
- * Runs `write` unless another listener took the socket. When others may answer, it waits until
- * they have run for this event, so that a middleware's 401 does not race a socket.io handshake.
+ * How an answer the app wrote to an upgrade (or an error it passed on) reaches the socket. Alone
+ * on the server, it is written. Next to other `upgrade` listeners, it is written only for an
+ * upgrade that a viaduct route in the app takes (a 401 in front of a proxied path), after the
+ * other listeners have run for this event and unless one of them answered; any other upgrade is
+ * theirs (socket.io's, a dev server's HMR), however late they answer.
  */
-function unlessTakenElsewhere(socket: Duplex, othersMayAnswer: boolean, write: () => void): void {
-  if (!othersMayAnswer) write();
-  else setImmediate(() => takenElsewhere(socket) || write());
+class AppAnswer {
+  constructor(
+    private readonly app: UpgradeApp,
+    private readonly req: IncomingMessage,
+    /** The URL as the app received it: `req.url` is mount-relative while a mounted middleware runs. */
+    private readonly url: string,
+    private readonly socket: Duplex,
+    private readonly othersMayAnswer: boolean,
+    private readonly logger: Logger,
+  ) {}
+
+  deliver(write: () => void): void {
+    if (!this.othersMayAnswer) return write();
+    if (!reachesProxy(this.app, this.req, this.url)) {
+      this.logger.debug(`viaduct: attach: upgrade ${this.req.method} ${this.url} answered by the app, but no viaduct route takes it: left to the other upgrade listeners`);
+      return;
+    }
+    setImmediate(() => takenElsewhere(this.socket) || write());
+  }
 }
 
 function rejectWith(socket: Duplex, status: number): void {
@@ -90,6 +110,7 @@ class ExpressProperties {
  * that runs off the end of the chain is unmatched.
  */
 function dispatchThroughApp(app: UpgradeApp, express: ExpressProperties | undefined, req: IncomingMessage, socket: Duplex, head: Buffer, othersMayAnswer: boolean, logger: Logger): void {
+  const answer = new AppAnswer(app, req, req.url ?? '/', socket, othersMayAnswer, logger);
   const res = new ServerResponse(req);
   res.shouldKeepAlive = false;
   express?.addTo(req, res);
@@ -101,7 +122,7 @@ function dispatchThroughApp(app: UpgradeApp, express: ExpressProperties | undefi
   res.end = function (this: ServerResponse, ...args: Parameters<ServerResponse['end']>) {
     const result = end.apply(this, args);
     if (conclude()) {
-      unlessTakenElsewhere(socket, othersMayAnswer, () => {
+      answer.deliver(() => {
         res.once('finish', () => {
           res.detachSocket(socket as never);
           closeAfterFlush(socket);
@@ -116,7 +137,7 @@ function dispatchThroughApp(app: UpgradeApp, express: ExpressProperties | undefi
     if (!conclude()) return;
     if (error !== undefined && error !== null) {
       logger.error(`viaduct: attach: the app failed on upgrade ${req.method} ${req.url}: ${error instanceof Error ? error.stack : String(error)}`);
-      unlessTakenElsewhere(socket, othersMayAnswer, () => rejectWith(socket, statusOf(error)));
+      answer.deliver(() => rejectWith(socket, statusOf(error)));
     } else if (!othersMayAnswer) {
       rejectWith(socket, 404);
     }

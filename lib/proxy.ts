@@ -100,6 +100,11 @@ class ProxyCore implements ProxyContext, RouteFactory {
     if (this.closing && this.requests.size === 0 && this.handshakes.size === 0 && this.tunnels.size === 0) this.onDrained?.();
   }
 
+  /** Whether a route would take `req` were its URL `url` (see {@link RouteResolver.mayRoute}). */
+  mayRoute(req: IncomingMessage, url: string): boolean {
+    return this.resolver.mayRoute(req, url);
+  }
+
   /** The route of a request; a router that throws gives an `EINTERNAL` error instead. */
   private resolve(req: IncomingMessage): Resolution | ProxyError {
     return attempt(() => this.resolver.resolve(req));
@@ -195,6 +200,11 @@ const cores = new WeakMap<Proxy, ProxyCore>();
 /** True for a value `createProxy` returned. */
 export function isProxy(value: unknown): value is Proxy {
   return typeof value === 'function' && cores.has(value as Proxy);
+}
+
+/** Whether a route of `proxy` would take `req` were its URL `url` (mount-relative); a `router` may take any. */
+export function proxyMayRoute(proxy: Proxy, req: IncomingMessage, url: string): boolean {
+  return cores.get(proxy)?.mayRoute(req, url) ?? false;
 }
 
 /**

@@ -94,7 +94,11 @@ export class RouteTable {
   }
 
   match(req: IncomingMessage): Route | undefined {
-    const url = req.url ?? '/';
+    return this.matchAt(req.url ?? '/', req);
+  }
+
+  /** The route of `req` were its URL `url` (for a look at a mount-relative URL without changing `req`). */
+  matchAt(url: string, req: IncomingMessage): Route | undefined {
     const host = req.headers.host;
     if (this.byHost.size > 0 && host) {
       const [hostname, port] = splitHost(host);

@@ -62,6 +62,14 @@ export class RouteResolver {
     return this.fromRouter(result as RouterResult, req);
   }
 
+  /**
+   * Whether a route would take `req` were its URL `url`, without running anything: a `router`
+   * may take any request, and is not called to find out.
+   */
+  mayRoute(req: IncomingMessage, url: string): boolean {
+    return this.router !== undefined || this.table.matchAt(url, req) !== undefined;
+  }
+
   private fromRouter(value: RouterResult, req: IncomingMessage): Route | undefined {
     return value === undefined || value === null ? this.table.match(req) : this.routerRoutes.get(value);
   }

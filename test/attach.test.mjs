@@ -42,15 +42,19 @@ function statusLines(raw) {
 
 /** What the other listener of `addOtherListener` answers an upgrade to `/mine` with. */
 const MINE_ANSWER = 'HTTP/1.1 299 Mine\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmine';
+/** What it answers `/late` with, 20 ms after the app's catch-all ran (`appAnswered`). */
+const LATE_ANSWER = 'HTTP/1.1 299 Late\r\ncontent-length: 4\r\nconnection: close\r\n\r\nlate';
 
 /**
  * Another `upgrade` listener, as socket.io or a dev server's HMR would add: it completes a
  * WebSocket handshake of its own on `/other` (greeting `other:hello`), answers `/mine` with a
- * 299 of its own, and leaves every other socket alone.
+ * 299 of its own, `/late` with another one well after the app answered (`appAnswered` resolves
+ * when it did), and leaves every other socket alone.
  */
 function addOtherListener(server) {
   const wss = new WebSocketServer({ noServer: true });
   const seen = [];
+  const appAnswered = deferred();
   const listener = (req, socket, head) => {
     seen.push(req.url);
     if (req.url === '/other') {
@@ -60,10 +64,13 @@ function addOtherListener(server) {
       });
     } else if (req.url === '/mine') {
       socket.end(MINE_ANSWER);
+    } else if (req.url === '/late') {
+      // Late on purpose: long after the turn in which the app answered.
+      appAnswered.promise.then(() => setTimeout(() => socket.end(LATE_ANSWER), 20));
     }
   };
   server.on('upgrade', listener);
-  return { wss, seen, listener };
+  return { wss, seen, listener, appAnswered };
 }
 
 /** A server for `app` with `attach` and, when asked, another upgrade listener before or after it. */
@@ -285,30 +292,45 @@ describe('unmatched upgrades', () => {
       ['ignore', 'after'],
       ['ignore', 'before'],
     ]) {
-      test(`${kind}, '${unmatched}', other listener ${order} attach: a catch-all 404 middleware does not break /other; it answers what nobody else took`, BOUND, async () => {
+      test(`${kind}, '${unmatched}', other listener ${order} attach: the app's catch-all 404 never answers an upgrade no viaduct route takes, however late the other listener answers; a 401 in front of a viaduct route still does`, BOUND, async () => {
         const { up, proxy } = await chatOnly();
         const app = APPS[kind]();
+        let others;
+        app.use((req, res, next) => {
+          if (req.url.startsWith('/chat') && req.headers['x-token'] !== 'ok') {
+            res.statusCode = 401;
+            res.end('denied');
+          } else {
+            next();
+          }
+        });
         app.use(proxy);
         app.use((req, res) => {
           res.statusCode = 404;
           res.setHeader('content-type', 'text/plain');
           res.end('nope');
+          others.appAnswered.resolve();
         });
         const front = await serve(app, { unmatched, other: order });
+        others = front.others;
 
         const raw = await rawExchange(front.port, handshake('/other'), { until: /other:hello/ });
         assert.equal(statusOf(raw), 101);
         assert.deepEqual(statusLines(raw), ['HTTP/1.1 101 Switching Protocols'], 'our buffered 404 was dropped');
         assert.ok(!raw.includes('nope'));
-        const other = await openSocket(`${front.wsUrl}/other`);
-        assert.equal(other.greeting, 'other:hello');
-        other.ws.close();
 
-        // Nobody else answered /nothing: the app's 404 goes out.
-        const nothing = await rawExchange(front.port, handshake('/nothing'));
-        assert.equal(statusOf(nothing), 404);
-        assert.equal(bodyOf(nothing), 'nope');
+        // Answered by the other listener long after the app's 404 was ready: only its answer arrives.
+        const late = await rawExchange(front.port, handshake('/late'));
+        assert.equal(late, LATE_ANSWER);
+
+        // In front of a viaduct route, the middleware's answer is the one the client gets.
+        const denied = await rawExchange(front.port, handshake('/chat'));
+        assert.equal(statusOf(denied), 401);
+        assert.equal(bodyOf(denied), 'denied');
         assert.equal(up.handshakes.length, 0);
+        const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`, { headers: { 'x-token': 'ok' } });
+        assert.equal(greeting, 'hello:/chat');
+        ws.close();
       });
     }
   }
