@@ -174,11 +174,20 @@ class Handshake extends InFlight implements TunnelHooks {
 
   private onClientClose(): void {
     if (this.settled) return;
+    const { socket } = this;
+    // Not by the client (a FIN or a reset) and not by us: another upgrade listener ended it.
+    const endedHere = socket.writableEnded || (!socket.readableEnded && !socket.errored);
     this.settle();
     this.ctx.stats.tunnelRejected(this.route.stats);
-    this.socket.destroy();
+    socket.destroy();
     this.proxyReq?.destroy();
-    this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`);
+    if (endedHere) {
+      this.ctx.logger.warn(
+        `viaduct: upgrade on route "${this.route.key}": the client socket was ended by another upgrade listener before the upstream answered (socket.io does this after 1 s unless destroyUpgrade: false)`,
+      );
+    } else {
+      this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`);
+    }
   }
 
   /** Refuses the upgrade with a proxy-made error written to the raw socket. */
