@@ -1,8 +1,23 @@
-import { parse as parseLegacyUrl, type Url } from 'node:url';
 import type { Target } from './types';
 
-/** A legacy `Url`, because `http-proxy` passes targets to `url.parse`; it reads `socketPath` from it too. */
-export type EngineUrl = Url & { socketPath?: string };
+/**
+ * Where the engine connects, in the fields it reads: `host` with the port, `hostname` without, and
+ * `href`, which it parses to tell redirects to the target (`autoRewrite`).
+ */
+export interface EngineUrl {
+  readonly protocol: 'http:' | 'https:';
+  readonly host: string;
+  readonly hostname: string;
+  readonly port?: string;
+  readonly href: string;
+  readonly socketPath?: string;
+}
+
+/** `hostname` bracketed when it is an IPv6 address; `port` may be empty. */
+function engineUrl(protocol: 'http:' | 'https:', hostname: string, port: string): EngineUrl {
+  const host = port ? `${hostname}:${port}` : hostname;
+  return { protocol, host, hostname, ...(port && { port }), href: `${protocol}//${host}/` };
+}
 
 /** A target resolved once at `createProxy` time. */
 export interface ResolvedTarget {
@@ -50,30 +65,29 @@ export function resolveTarget(target: Target, where: string): ResolvedTarget {
     if (url.search || url.hash) throw new TypeError(`viaduct: ${where}: a target cannot have a query or a fragment`);
     if (url.username || url.password) throw new TypeError(`viaduct: ${where}: put credentials in headers.request, not in the target`);
     const protocol = protocolOf(url.protocol, where);
-    const host = url.port ? `${url.hostname}:${url.port}` : url.hostname;
+    const engine = engineUrl(protocol, url.hostname, url.port);
     return {
-      url: parseLegacyUrl(`${protocol}//${host}`),
+      url: engine,
       basePath: basePathOf(url.pathname),
       secure: protocol === 'https:',
-      label: `${protocol}//${host}`,
+      label: `${protocol}//${engine.host}`,
     };
   }
   if (target && typeof target === 'object') {
     const protocol = protocolOf(target.protocol, where);
     if ('socketPath' in target && typeof target.socketPath === 'string') {
-      const url: EngineUrl = parseLegacyUrl(`${protocol}//localhost`);
-      url.socketPath = target.socketPath;
+      const url: EngineUrl = { ...engineUrl(protocol, 'localhost', ''), socketPath: target.socketPath };
       return { url, basePath: basePathOf(target.path), secure: protocol === 'https:', label: `unix:${target.socketPath}` };
     }
     if ('host' in target && typeof target.host === 'string' && target.host) {
-      const port = target.port === undefined || target.port === '' ? '' : `:${Number(target.port)}`;
-      if (port === ':NaN') throw new TypeError(`viaduct: ${where}: port "${String(target.port)}" is not a number`);
-      const host = `${bracketIPv6(target.host)}${port}`;
+      const port = target.port === undefined || target.port === '' ? '' : String(Number(target.port));
+      if (port === 'NaN') throw new TypeError(`viaduct: ${where}: port "${String(target.port)}" is not a number`);
+      const engine = engineUrl(protocol, bracketIPv6(target.host), port);
       return {
-        url: parseLegacyUrl(`${protocol}//${host}`),
+        url: engine,
         basePath: basePathOf(target.path),
         secure: protocol === 'https:',
-        label: `${protocol}//${host}`,
+        label: `${protocol}//${engine.host}`,
       };
     }
   }
