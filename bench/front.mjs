@@ -2,16 +2,16 @@
 // Prints `READY <port>`; answers `{ type: 'heap' }` over IPC with the heap used after GC.
 import http from 'node:http';
 import express from 'express';
-import httpProxy from 'http-proxy';
+import { createProxyServer } from 'http-proxy-3';
 import { createProxyMiddleware } from 'http-proxy-middleware';
 import { createProxy, attach } from 'viaduct';
 
 const [kind, upstreamPort] = process.argv.slice(2);
 const target = `http://127.0.0.1:${upstreamPort}`;
 
-/** Bare http-proxy doing the same work as viaduct: keep-alive upstream, X-Forwarded-*, WebSockets. */
+/** Bare http-proxy-3 (viaduct's engine) doing the same work as viaduct: keep-alive upstream, X-Forwarded-*, WebSockets. */
 function bareEngine() {
-  const proxy = httpProxy.createProxyServer({ target, agent: new http.Agent({ keepAlive: true }), xfwd: true });
+  const proxy = createProxyServer({ target, agent: new http.Agent({ keepAlive: true }), xfwd: true });
   proxy.on('error', (error, req, res) => {
     if (res && 'writeHead' in res && !res.headersSent) res.writeHead(502).end();
     else res?.destroy();

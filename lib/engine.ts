@@ -1,11 +1,12 @@
 /**
- * The only module that calls `http-proxy`. It has had no release since 2020, so a maintained
- * drop-in should be able to replace it here alone; its defects are worked around here too:
+ * The only module that calls the engine, `http-proxy-3` (the maintained, API-compatible rewrite of
+ * `http-proxy`). What it lacks or does differently from what viaduct promises is worked around here:
  *
- * - It builds the upstream path with `urlJoin`, which collapses `//` in the query too and turns a
- *   `http:/` anywhere in the path into `http://`. The caller's path is sent byte for byte: it is set
- *   on the upstream request before anything is written (for `web` by the body source it pipes from,
- *   for `ws` in `proxyReqWs`), and checked here as `http.request` would have checked it.
+ * - It builds the upstream path by joining the target's path and the request's, which merges a
+ *   query into it and turns `http:/` in a path into `http://`. The caller's path is sent byte for
+ *   byte: it is set on the upstream request before anything is written (for `web` by the body
+ *   source it pipes from, for `ws` in `proxyReqWs`), and checked here as `http.request` would have
+ *   checked it.
  * - Its headers option can add headers but not remove them. The headers we computed are shown to
  *   it as `req.headers`: by `web` for the synchronous span of the call in which it reads them, then
  *   put back, so that the caller's request is never left changed; by `ws` on a stand-in request.
@@ -13,15 +14,19 @@
  *   the body bytes, which the upstream reads as a second request. The pass is removed; framing is
  *   decided by the caller.
  * - On an upgrade it writes a refusal to the client with the upstream's hop-by-hop headers and a
- *   `Transfer-Encoding: chunked` it does not honour. Refusals are handed to the caller instead.
+ *   `Transfer-Encoding: chunked` of its own. Refusals are handed to the caller instead.
  * - It `pipe()`s the response body to the client: for a small response, setting up and tearing
  *   down the pipe costs more than the copy. The response's `pipe` is replaced by a lighter relay.
- * - Its tunnel is `pipe()` both ways plus listeners of its own: about twenty closures per tunnel,
- *   and no idle timeout. The caller writes the 101 and relays the bytes itself (`tunnel.ts`).
+ * - Its tunnel is `pipe()` both ways plus listeners of its own, and no idle timeout. The caller
+ *   writes the 101 and relays the bytes itself (`tunnel.ts`).
+ * - It reports a client socket's error during `ws` on the engine's `error` event, which throws
+ *   when nobody listens: the handshake and the tunnel see the same failure as `close`.
+ * - It ignores 1xx responses and a 101 to an ordinary request (Node then ends that request with
+ *   neither a response nor an error): both are handed to the caller.
  * - For an `https` upstream the TLS server name is taken from the client's `Host`; it is set to
  *   the target's host name here.
  */
-import HttpProxy = require('http-proxy');
+import { createProxyServer, type ProxyServer, type ServerOptions } from 'http-proxy-3';
 import type { Agent, ClientRequest, IncomingMessage, InformationEvent, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
@@ -77,10 +82,11 @@ export interface TunnelHooks {
 }
 
 type Pass = (...args: unknown[]) => unknown;
-type ProxyServer = HttpProxy & { webPasses: Pass[] };
+/** The engine's list of `web` passes, private in its types. */
+type WithPasses = { webPasses: Pass[] };
 
-// http-proxy copies per-call options with Object.keys, so the hooks travel under a string key.
-type CallOptions = HttpProxy.ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
+// The engine copies per-call options with a spread, so the hooks travel under a string key.
+type CallOptions = ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
 
 /** An upstream request of `web`, with its hooks: shared listeners find them there, no closure per request. */
 type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
@@ -116,11 +122,14 @@ function refuseUpgrade(this: HookedRequest, _proxyRes: IncomingMessage, socket: 
   this.viaductHooks.onError(new ProxyError('EBADRESPONSE', 'a 101 Switching Protocols to a request that asked for no upgrade'));
 }
 
+/** The engine's report of a client socket's error during `ws`: the handshake or the tunnel handles it as `close`. */
+const ignoreSocketError = (): void => {};
+
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
-/** Shows http-proxy our headers as `req.headers` until `restore()`. */
+/** Shows the engine our headers as `req.headers` until `restore()`. */
 class RequestView {
   private readonly headers: IncomingMessage['headers'];
 
@@ -138,7 +147,7 @@ class RequestView {
 }
 
 /**
- * What `ws` is given as the client's request: http-proxy reads only the method and our headers from
+ * What `ws` is given as the client's request: the engine reads only the method and our headers from
  * it, and `proxyReqWs` brings our path back with it. A stand-in rather than the request itself,
  * which stays unchanged; it also has one hidden class, where a request an Express app dispatched
  * has one of its own (Express changes its prototype), so that every property read of it would
@@ -162,7 +171,7 @@ function unescapedPathError(path: string): Error | undefined {
   return Object.assign(new TypeError('Request path contains unescaped characters'), { code: 'ERR_UNESCAPED_CHARACTERS' });
 }
 
-/** The object http-proxy fills in and passes to `http.request` (its `ssl` option). */
+/** The object the engine fills in and passes to `http.request` (its `ssl` option). */
 function requestOptions(servername: string | undefined): { servername?: string } {
   return servername ? { servername } : {};
 }
@@ -172,7 +181,7 @@ function endRequest(this: ClientRequest): void {
 }
 
 /**
- * What `web` pipes into the upstream request (http-proxy's `buffer` option), called synchronously
+ * What `web` pipes into the upstream request (the engine's `buffer` option), called synchronously
  * right after the request is created: it sets our path before anything is written, then streams
  * the client's body. A body already in hand, or none, is sent once the request has its socket,
  * after the `proxyReq` listeners could still set headers: with no stream pipe set up for it.
@@ -187,7 +196,7 @@ class UpstreamBodySource {
     proxyReq.path = this.outgoing.path;
     const { body } = this.outgoing;
     if (body === undefined) return this.req.pipe(proxyReq);
-    // 'socket' comes once; http-proxy's own listener, which emits `proxyReq`, was added first.
+    // 'socket' comes once; the engine's own listener, which emits `proxyReq`, was added first.
     if (body.length === 0) return proxyReq.on('socket', endRequest);
     return proxyReq.on('socket', () => proxyReq.end(body));
   }
@@ -203,7 +212,7 @@ export class Engine {
     const hostname = options.target.hostname ?? '';
     this.servername = options.target.protocol === 'https:' && !options.target.socketPath && !isIP(hostname.replace(/^\[|\]$/g, '')) ? hostname : undefined;
     this.wsAgent = options.wsAgent;
-    const allOptions: HttpProxy.ServerOptions = {
+    const allOptions: ServerOptions = {
       target: options.target,
       changeOrigin: options.changeOrigin,
       secure: options.secure,
@@ -212,19 +221,21 @@ export class Engine {
       cookieDomainRewrite: options.cookieDomainRewrite,
       cookiePathRewrite: options.cookiePathRewrite,
       autoRewrite: options.autoRewrite,
-      // The caller computes the whole path and sets it on the upstream request; http-proxy must
+      // The caller computes the whole path and sets it on the upstream request; the engine must
       // neither re-parse nor prepend to it, and need not join it: its own result is replaced.
       toProxy: true,
       prependPath: false,
       ignorePath: true,
-    } as HttpProxy.ServerOptions;
-    // http-proxy copies its options on every call: unset ones need not be copied.
+    } as ServerOptions;
+    // The engine copies its options on every call: unset ones need not be copied.
     const setOptions = Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined));
-    this.server = HttpProxy.createProxyServer(setOptions) as ProxyServer;
-    this.server.webPasses = this.server.webPasses.filter((pass) => pass.name !== 'deleteLength');
+    this.server = createProxyServer(setOptions);
+    const passes = this.server as unknown as WithPasses;
+    passes.webPasses = passes.webPasses.filter((pass) => pass.name !== 'deleteLength');
+    this.server.on('error', ignoreSocketError);
     this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
       const hooks = (callOptions as CallOptions).viaductHooks as WebHooks;
-      // http-proxy's own 'response' listener copies the response status and headers to the client
+      // the engine's own 'response' listener copies the response status and headers to the client
       // response (it also echoes the client's Connection header there); the hooks run around it.
       (proxyReq as HookedRequest).viaductHooks = hooks;
       proxyReq.prependListener('response', beforeCopy);
@@ -235,7 +246,7 @@ export class Engine {
     });
     this.server.on('proxyReqWs', (proxyReq, request, _socket, callOptions) => {
       this.createdUpgradeRequest = proxyReq;
-      // Not written yet: http-proxy ends the request after this event.
+      // Not written yet: the engine ends the request after this event.
       proxyReq.path = (request as unknown as UpgradeRequestView).url;
       (callOptions as CallOptions).viaductHooks.onProxyReq(proxyReq);
     });
@@ -268,7 +279,7 @@ export class Engine {
   ws(socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
     const pathError = unescapedPathError(outgoing.path);
     if (pathError) return hooks.onError(pathError);
-    // The path http-proxy puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
+    // The path the engine puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
     const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), agent: this.wsAgent };
     try {
       const request = new UpgradeRequestView(outgoing.path, outgoing.headers) as unknown as IncomingMessage;
