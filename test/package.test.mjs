@@ -40,10 +40,22 @@ describe('one instance for require and import', () => {
 });
 
 describe('package.json', () => {
-  test('engines.node is >=20 and the running Node satisfies it', () => {
-    assert.equal(pkg.engines?.node, '>=20');
-    const major = Number(process.versions.node.split('.')[0]);
-    assert.ok(major >= 20, `running Node ${process.versions.node}`);
+  test('engines.node names the majors CI tests (those of .ci/run), and the running Node is one of them', () => {
+    const majors = /SUPPORTED_MAJORS=\(([\d ]+)\)/.exec(readFileSync(path.join(root, '.ci/run'), 'utf8'))?.[1].split(' ');
+    assert.deepEqual(majors, ['20', '22', '24', '26']);
+    assert.equal(pkg.engines?.node, majors.join(' || '));
+    assert.ok(majors.includes(process.versions.node.split('.')[0]), `running Node ${process.versions.node}`);
+  });
+
+  test('the package ships dist/, README, LICENSE and CHANGELOG, and nothing else', async () => {
+    const { stdout } = await new Promise((resolve, reject) =>
+      execFile('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root }, (error, out) => (error ? reject(error) : resolve({ stdout: out }))),
+    );
+    const files = JSON.parse(stdout)[0].files.map((file) => file.path);
+    const outside = files.filter((file) => !file.startsWith('dist/') && !['README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].includes(file));
+    assert.deepEqual(outside, []);
+    for (const file of ['README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts']) assert.ok(files.includes(file), file);
+    assert.ok(!files.some((file) => file.endsWith('.map')), 'no source maps pointing at sources that are not shipped');
   });
 
   test('exports has import and require, each with types first, all pointing at files that exist', () => {
