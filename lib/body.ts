@@ -18,6 +18,16 @@ export function announcesBody(req: IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+/**
+ * Why a response cannot be relayed as the upstream framed it: a transfer coding but one `chunked`
+ * (the client would get the coded bytes re-framed as content), or `undefined`.
+ */
+export function unrelayableCoding(res: IncomingMessage): string | undefined {
+  const coding = res.headers['transfer-encoding'];
+  if (coding === undefined || coding.trim().toLowerCase() === 'chunked') return undefined;
+  return `Transfer-Encoding: ${coding}`;
+}
+
 function mediaType(req: IncomingMessage): string {
   return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
 }

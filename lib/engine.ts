@@ -32,6 +32,7 @@ import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './backpressure';
 import { ProxyError } from './errors';
+import { requestOf } from './node-internals';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
 import type { CookieRewrite } from './types';
@@ -66,6 +67,8 @@ export interface WebHooks {
   onProxyRes(proxyRes: IncomingMessage): void;
   /** The response's status and headers are set on the client response, not written yet. */
   onResponseCopied(proxyRes: IncomingMessage): void;
+  /** The upstream response's body ended, before Node lets go of its connection. */
+  onResponseEnd(proxyRes: IncomingMessage): void;
   /** A 1xx response other than 101 arrived before the final one. */
   onInformation(info: InformationEvent): void;
   onError(error: Error): void;
@@ -103,6 +106,12 @@ function relayBody<T extends NodeJS.WritableStream>(this: IncomingMessage, desti
 function beforeCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
   this.viaductHooks.onProxyRes(proxyRes);
   proxyRes.pipe = relayBody;
+  // First: Node's own 'end' listener frees the connection's parser and pools the connection.
+  proxyRes.prependListener('end', responseEnded);
+}
+
+function responseEnded(this: IncomingMessage): void {
+  (requestOf(this) as HookedRequest).viaductHooks.onResponseEnd(this);
 }
 
 function afterCopy(this: HookedRequest, proxyRes: IncomingMessage): void {

@@ -1,7 +1,7 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, InformationEvent, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
 import { isEventStream } from './backpressure';
-import { announcesBody, consumedBody } from './body';
+import { announcesBody, consumedBody, unrelayableCoding } from './body';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
 import type { OutgoingRequest, WebHooks } from './engine';
@@ -19,16 +19,6 @@ const NO_BODY = Buffer.alloc(0);
 
 /** Connections told `Connection: close` by an error response: what Node parsed behind it is not forwarded. */
 const closingConnections = new WeakSet<object>();
-
-/**
- * Why a response cannot be relayed as the upstream framed it: a transfer coding but one `chunked`
- * (the client would get the coded bytes re-framed as content), or `undefined`.
- */
-function unrelayableFraming(proxyRes: IncomingMessage): string | undefined {
-  const coding = proxyRes.headers['transfer-encoding'];
-  if (coding === undefined || coding.trim().toLowerCase() === 'chunked') return undefined;
-  return `Transfer-Encoding: ${coding}`;
-}
 
 /** Decides what to send upstream, or the error that stops the request first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
@@ -61,6 +51,7 @@ class HttpExchange extends InFlight implements WebHooks {
   /** The upstream's response headers as received, while the engine sees the client's version. */
   private upstreamHeaders: IncomingHttpHeaders | undefined;
   private proxyRes: IncomingMessage | undefined;
+  private pastResponseLogged = false;
 
   constructor(
     private readonly ctx: ProxyContext,
@@ -104,7 +95,7 @@ class HttpExchange extends InFlight implements WebHooks {
 
   onProxyRes(proxyRes: IncomingMessage): void {
     this.proxyRes = proxyRes;
-    const unrelayable = unrelayableFraming(proxyRes);
+    const unrelayable = unrelayableCoding(proxyRes);
     // Answered here, the engine finds the client response ended and copies nothing.
     if (unrelayable) return this.fail(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`));
     this.responded = true;
@@ -146,18 +137,32 @@ class HttpExchange extends InFlight implements WebHooks {
     writeInformational(res, info.statusCode, info.statusMessage, headers);
   }
 
+  /**
+   * The upstream response's body ended. Node destroys the connection itself when the same read
+   * carried a whole second response after it (bytes past `Content-Length`, a body on a HEAD,
+   * 204 or 304 answer that parse as one): that connection was not the upstream's to close.
+   */
+  onResponseEnd(proxyRes: IncomingMessage): void {
+    const socket = proxyRes.socket;
+    if (socket?.destroyed && !socket.readableEnded && !socket.errored) this.readPastResponse('a second response');
+  }
+
+  /** Logs, once, that bytes after a complete response were dropped with their connection. */
+  private readPastResponse(what: string): void {
+    if (this.pastResponseLogged) return;
+    this.pastResponseLogged = true;
+    this.ctx.logger.warn(
+      `viaduct: ${this.req.method} ${this.req.url}: ${this.route.targetLabel} sent bytes after a complete response (${what}); they are dropped and the connection is not reused`,
+    );
+  }
+
   onError(error: Error): void {
     if (this.proxyRes?.complete && !this.settled) {
-      // Node's parser read past a complete response (extra bytes after its body, a body on a HEAD,
-      // 204 or 304 answer) and destroyed that connection: the response itself is relayed whole.
+      // Node's parser failed on bytes past a complete response and destroyed that connection:
+      // the response itself is relayed whole.
       const code = (error as NodeJS.ErrnoException).code;
-      if (code?.startsWith('HPE_')) {
-        this.ctx.logger.warn(
-          `viaduct: ${this.req.method} ${this.req.url}: ${this.route.targetLabel} sent bytes after a complete response (${code}); they are dropped and the connection is not reused`,
-        );
-      } else {
-        this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the response was complete: ${error.message}`);
-      }
+      if (code?.startsWith('HPE_')) this.readPastResponse(code);
+      else this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the response was complete: ${error.message}`);
       return;
     }
     if (this.settled || this.clientGone || this.res.destroyed) {

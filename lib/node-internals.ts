@@ -2,7 +2,7 @@
  * The one place where viaduct reaches into Node's private API. Each use says why, and what would
  * break it.
  */
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { responseHead } from './raw-response';
 
 type RawWriter = ServerResponse & { _writeRaw(data: string, encoding: BufferEncoding): boolean };
@@ -15,4 +15,12 @@ type RawWriter = ServerResponse & { _writeRaw(data: string, encoding: BufferEnco
  */
 export function writeInformational(res: ServerResponse, status: number, statusMessage: string | undefined, headers: OutgoingHttpHeaders): void {
   (res as RawWriter)._writeRaw(responseHead(status, statusMessage, headers), 'latin1');
+}
+
+/**
+ * The request an upstream response answers: Node sets `res.req` on every client response (it is
+ * not in the documented API). Breaks if Node renames it (present from Node 0.x to 26).
+ */
+export function requestOf(res: IncomingMessage): ClientRequest {
+  return (res as IncomingMessage & { req: ClientRequest }).req;
 }

@@ -1,7 +1,7 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { announcesBody } from './body';
+import { announcesBody, unrelayableCoding } from './body';
 import type { ProxyContext } from './context';
 import { InFlight } from './in-flight';
 import type { OutgoingRequest, TunnelHooks } from './engine';
@@ -147,6 +147,11 @@ class Handshake extends InFlight implements TunnelHooks {
     if (this.settled) {
       proxyRes.resume();
       return;
+    }
+    const unrelayable = unrelayableCoding(proxyRes);
+    if (unrelayable) {
+      proxyRes.socket.destroy();
+      return this.reject(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`));
     }
     this.settle();
     this.ctx.stats.tunnelRejected(this.route.stats);
