@@ -19,8 +19,10 @@
  *   down the pipe costs more than the copy. The response's `pipe` is replaced by a lighter relay.
  * - Its tunnel is `pipe()` both ways plus listeners of its own, and no idle timeout. The caller
  *   writes the 101 and relays the bytes itself (`tunnel.ts`).
- * - It reports a client socket's error during `ws` on the engine's `error` event, which throws
- *   when nobody listens: the handshake and the tunnel see the same failure as `close`.
+ * - During `ws` it leaves listeners on the client socket that hold the whole call (options, hooks,
+ *   the upstream request and its 101) for the tunnel's life, about 5 KiB per idle tunnel; they are
+ *   taken off again at once (`engineListeners`). Until then, it reports a client socket's error on
+ *   the engine's `error` event, which throws when nobody listens: the engine has a listener.
  * - It ignores 1xx responses and a 101 to an ordinary request (Node then ends that request with
  *   neither a response nor an error): both are handed to the caller.
  * - For an `https` upstream the TLS server name is taken from the client's `Host`; it is set to
@@ -32,7 +34,7 @@ import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './backpressure';
 import { ProxyError } from './errors';
-import { requestOf } from './node-internals';
+import { engineListeners, requestOf } from './node-internals';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
 import type { CookieRewrite } from './types';
@@ -290,12 +292,15 @@ export class Engine {
     if (pathError) return hooks.onError(pathError);
     // The path the engine puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
     const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), agent: this.wsAgent };
+    const own = engineListeners(socket);
     try {
       const request = new UpgradeRequestView(outgoing.path, outgoing.headers) as unknown as IncomingMessage;
       this.server.ws(request, socket, head, options, (error) => hooks.onError(error));
     } catch (error) {
       hooks.onError(asError(error));
       return;
+    } finally {
+      own.detach();
     }
     const proxyReq = this.takeUpgradeRequest();
     if (!proxyReq) {
