@@ -1,4 +1,4 @@
-export { createProxy } from './proxy';
-export { attach, type UpgradeApp, type UpgradeEmitter } from './attach';
-export { ProxyError, type ProxyErrorCode } from './errors';
+export { createProxy } from './proxy/create-proxy';
+export { attach, type UpgradeApp, type UpgradeEmitter } from './proxy/attach';
+export { ProxyError, type ProxyErrorCode } from './runtime/proxy-error';
 export type * from './types';

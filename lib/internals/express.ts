@@ -12,7 +12,9 @@
  * viaduct may serve, so that an answer is never lost where viaduct might have been the one to give it.
  */
 import type { IncomingMessage } from 'node:http';
-import { isProxy, proxyMayRoute } from './proxy';
+
+/** For a viaduct proxy: whether a route of it would take `req` at `url`; `undefined` for any other handler. */
+export type ProxyRouteCheck = (handler: unknown, req: IncomingMessage, url: string) => boolean | undefined;
 
 /** A `Layer` of Express 4's router (`regexp`) or of `router` 2, Express 5's (`matchers`). */
 interface RouterLayer {
@@ -83,26 +85,27 @@ function isConnectEntry(entry: RouterLayer | ConnectEntry): entry is ConnectEntr
   return typeof (entry as ConnectEntry).route === 'string';
 }
 
-function entryServes(entry: RouterLayer | ConnectEntry, req: IncomingMessage, path: string, url: string, depth: number): boolean {
+function entryServes(entry: RouterLayer | ConnectEntry, req: IncomingMessage, path: string, url: string, depth: number, check: ProxyRouteCheck): boolean {
   if (isConnectEntry(entry)) {
     // Connect matches its routes case-insensitively.
     if (!path.toLowerCase().startsWith(entry.route.toLowerCase())) return false;
     const rest = afterPrefix(url, path, entry.route);
-    return rest !== undefined && serves(entry.handle, req, rest, depth + 1);
+    return rest !== undefined && serves(entry.handle, req, rest, depth + 1, check);
   }
   const matched = layerMatch(entry, path);
   if (matched === undefined) return false;
   if (entry.route) {
-    return routeTakesGet(entry.route) && (entry.route.stack ?? []).some((layer) => (layer.method === undefined || layer.method === 'get') && serves(layer.handle, req, url, depth + 1));
+    return routeTakesGet(entry.route) && (entry.route.stack ?? []).some((layer) => (layer.method === undefined || layer.method === 'get') && serves(layer.handle, req, url, depth + 1, check));
   }
   // An Express sub-app, mounted through a closure that hides it.
   if (entry.name === 'mounted_app') return true;
   const rest = afterPrefix(url, path, matched);
-  return rest !== undefined && serves(entry.handle, req, rest, depth + 1);
+  return rest !== undefined && serves(entry.handle, req, rest, depth + 1, check);
 }
 
-function serves(handler: unknown, req: IncomingMessage, url: string, depth: number): boolean {
-  if (isProxy(handler)) return proxyMayRoute(handler, req, url);
+function serves(handler: unknown, req: IncomingMessage, url: string, depth: number, check: ProxyRouteCheck): boolean {
+  const proxied = check(handler, req, url);
+  if (proxied !== undefined) return proxied;
   if (typeof handler !== 'function' && (typeof handler !== 'object' || handler === null)) return false;
   const stack = stackOf(handler);
   // A plain middleware function: not a proxy, and nothing behind it.
@@ -110,13 +113,13 @@ function serves(handler: unknown, req: IncomingMessage, url: string, depth: numb
   if (depth > DEEPEST) return true;
   const queryAt = url.indexOf('?');
   const path = queryAt === -1 ? url : url.slice(0, queryAt);
-  return stack.some((entry) => entryServes(entry, req, path, url, depth));
+  return stack.some((entry) => entryServes(entry, req, path, url, depth, check));
 }
 
 /**
  * True when a viaduct route in `app` would take the upgrade `req` arriving at `url` (the URL as
- * the app received it), or when part of the app cannot be read.
+ * the app received it), or when part of the app cannot be read. `check` tells a proxy's answer.
  */
-export function reachesProxy(app: unknown, req: IncomingMessage, url: string): boolean {
-  return serves(app, req, url, 0);
+export function reachesProxy(app: unknown, req: IncomingMessage, url: string, check: ProxyRouteCheck): boolean {
+  return serves(app, req, url, 0, check);
 }

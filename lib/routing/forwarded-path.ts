@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { PathRewrite } from './types';
+import type { PathRewrite } from '../types';
 
 /** A compiled `pathRewrite`: returns the new path (with query), or `undefined` to keep it. */
 export type PathRewriter = (path: string, req: IncomingMessage) => string | undefined;

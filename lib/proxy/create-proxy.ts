@@ -1,22 +1,22 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { ProxyContext } from './context';
-import { InFlightList } from './in-flight';
-import { ProxyError, attempt, errorBody, toProxyError } from './errors';
-import { proxyHttp } from './http-path';
-import { resolveLogger } from './logger';
-import { buildRoute, type Route, type RouteFactory } from './route';
-import { RouteTable } from './route-table';
-import { RouteResolver, isPending, type Resolution } from './router';
-import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
-import { StatsBook } from './stats';
-import { writeRawResponse } from './raw-response';
-import { Sweep } from './sweep';
-import { proxyUpgrade } from './tunnel-path';
-import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from './types';
-import { claimDispatched, claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from './upgrade-claims';
-import { UpstreamAgents } from './upstream-agents';
+import type { ProxyContext, RouteLabel } from '../runtime/context';
+import { InFlightList } from '../runtime/in-flight';
+import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { proxyHttp } from '../http/proxy-http';
+import { resolveLogger } from '../runtime/logger';
+import { buildRoute, type Route, type RouteFactory } from '../routing/route';
+import { RouteTable } from '../routing/route-table';
+import { RouteResolver, isPending, type Resolution } from '../routing/route-resolver';
+import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from '../routing/settings';
+import { StatsBook } from '../runtime/stats-book';
+import { writeRawResponse } from '../runtime/raw-response';
+import { Sweep } from '../runtime/sweep';
+import { proxyUpgrade } from '../upgrade/proxy-upgrade';
+import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from '../types';
+import { claimDispatched, claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from '../upgrade/upgrade-claims';
+import { UpstreamAgents } from '../upstream/upstream-agents';
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target', 'routes', 'router', 'logger']);
 const NO_HEAD = Buffer.alloc(0);
@@ -79,7 +79,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
     }
   }
 
-  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: Route | undefined): void {
+  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: RouteLabel | undefined): void {
     const where = route ? ` on route "${route.key}" (${route.targetLabel})` : '';
     const line = `viaduct: ${error.status} for ${req.method} ${req.url}${where}: ${error.message}`;
     if (error.status >= 500) this.logger.error(line);
@@ -202,9 +202,12 @@ export function isProxy(value: unknown): value is Proxy {
   return typeof value === 'function' && cores.has(value as Proxy);
 }
 
-/** Whether a route of `proxy` would take `req` were its URL `url` (mount-relative); a `router` may take any. */
-export function proxyMayRoute(proxy: Proxy, req: IncomingMessage, url: string): boolean {
-  return cores.get(proxy)?.mayRoute(req, url) ?? false;
+/**
+ * For a value `createProxy` returned: whether one of its routes would take `req` were its URL
+ * `url` (mount-relative; a `router` may take any). `undefined` for anything else.
+ */
+export function proxyMayRoute(handler: unknown, req: IncomingMessage, url: string): boolean | undefined {
+  return isProxy(handler) ? cores.get(handler)!.mayRoute(req, url) : undefined;
 }
 
 /**

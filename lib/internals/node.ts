@@ -4,7 +4,7 @@
  */
 import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { responseHead } from './raw-response';
+import { responseHead } from '../runtime/raw-response';
 
 type RawWriter = ServerResponse & { _writeRaw(data: string, encoding: BufferEncoding): boolean };
 

@@ -1,4 +1,4 @@
-import type { ProxyStats, RouteStats } from './types';
+import type { ProxyStats, RouteStats } from '../types';
 
 function emptyStats(): RouteStats {
   return { requests: { total: 0, active: 0, errors: 0 }, tunnels: { total: 0, active: 0, rejected: 0 } };

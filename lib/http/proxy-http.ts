@@ -1,19 +1,20 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, InformationEvent, ServerResponse } from 'node:http';
 import onHeaders = require('on-headers');
-import { isEventStream } from './backpressure';
-import { announcesBody, consumedBody, unrelayableCoding } from './body';
-import type { ProxyContext } from './context';
-import { InFlight } from './in-flight';
-import type { OutgoingRequest, WebHooks } from './engine';
-import { ProxyError, attempt, errorBody, toProxyError } from './errors';
-import { forwardedPath } from './forwarded-path';
-import { writeInformational } from './node-internals';
-import { applyToResponse, headerObject, type HeaderSink } from './header-policy';
-import { connectionOf, endToEnd, responseEndToEnd } from './hop-by-hop';
-import { upstreamHeaders } from './request-headers';
-import type { Route } from './route';
-import { shareShape } from './shared-shape';
-import { watchConnect } from './timeouts';
+import { isEventStream } from '../upstream/response-relay';
+import { announcesBody, unrelayableCoding } from '../headers/body-framing';
+import { consumedBody } from './consumed-body';
+import type { ProxyContext } from '../runtime/context';
+import { InFlight } from '../runtime/in-flight';
+import type { OutgoingRequest, WebHooks } from '../upstream/engine';
+import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { forwardedPath } from '../routing/forwarded-path';
+import { writeInformational } from '../internals/node';
+import { applyToResponse, headerObject, type HeaderSink } from '../headers/header-policy';
+import { connectionOf, endToEnd, responseEndToEnd } from '../headers/hop-by-hop';
+import { upstreamHeaders } from '../headers/upstream-headers';
+import type { Route } from '../routing/route';
+import { shareShape } from '../internals/v8';
+import { watchConnect } from '../upstream/connect-timeout';
 
 const NO_BODY = Buffer.alloc(0);
 

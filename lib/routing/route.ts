@@ -1,14 +1,14 @@
-import { Engine } from './engine';
+import { Engine } from '../upstream/engine';
 import type { PathRewriter, PathRule } from './forwarded-path';
-import type { ForwardedMode } from './forwarding';
-import type { HeaderPolicy } from './header-policy';
-import type { OriginCheck } from './origin';
-import type { RequestHeaderSettings } from './request-headers';
+import type { ForwardedMode } from '../headers/forwarding';
+import type { HeaderPolicy } from '../headers/header-policy';
+import type { OriginCheck } from './allowed-origins';
+import type { RequestHeaderSettings } from '../headers/upstream-headers';
 import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
-import type { Sweep } from './sweep';
-import { isTarget, resolveTarget, type ResolvedTarget } from './target';
-import type { RouteStats, RouteValue } from './types';
-import type { UpstreamAgents } from './upstream-agents';
+import type { Sweep } from '../runtime/sweep';
+import { isTarget, resolveTarget, type ResolvedTarget } from '../upstream/target';
+import type { RouteStats, RouteValue } from '../types';
+import type { UpstreamAgents } from '../upstream/upstream-agents';
 
 const ROUTE_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target']);
 

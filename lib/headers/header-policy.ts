@@ -1,6 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
-import { ProxyError } from './errors';
-import type { HeaderRule, HeaderRules, HeaderValue } from './types';
+import { ProxyError } from '../runtime/proxy-error';
+import type { HeaderRule, HeaderRules, HeaderValue } from '../types';
 
 /** A header rule compiled at `createProxy` time: the name lower-cased and static values validated. */
 export type CompiledHeaderRule =

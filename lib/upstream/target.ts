@@ -1,4 +1,4 @@
-import type { Target } from './types';
+import type { Target } from '../types';
 
 /**
  * Where the engine connects, in the fields it reads: `host` with the port, `hostname` without, and

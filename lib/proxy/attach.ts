@@ -1,11 +1,11 @@
 import { ServerResponse, STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { defaultLogger, resolveLogger } from './logger';
-import { isProxy } from './proxy';
-import { closeAfterFlush, writeRawResponse } from './raw-response';
-import { reachesProxy } from './reaches-proxy';
-import type { AttachOptions, Logger, Proxy, UnmatchedUpgrade } from './types';
-import { guardSocket, isClaimed, markDispatched } from './upgrade-claims';
+import { defaultLogger, resolveLogger } from '../runtime/logger';
+import { isProxy, proxyMayRoute } from './create-proxy';
+import { closeAfterFlush, writeRawResponse } from '../runtime/raw-response';
+import { reachesProxy } from '../internals/express';
+import type { AttachOptions, Logger, Proxy, UnmatchedUpgrade } from '../types';
+import { guardSocket, isClaimed, markDispatched } from '../upgrade/upgrade-claims';
 
 /** An Express or Connect app (or any `(req, res, next)` handler) that upgrades are dispatched through. */
 export type UpgradeApp = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => unknown;
@@ -44,7 +44,7 @@ class AppAnswer {
 
   deliver(write: () => void): void {
     if (!this.othersMayAnswer) return write();
-    if (!reachesProxy(this.app, this.req, this.url)) {
+    if (!reachesProxy(this.app, this.req, this.url, proxyMayRoute)) {
       this.logger.debug(`viaduct: attach: upgrade ${this.req.method} ${this.url} answered by the app, but no viaduct route takes it: left to the other upgrade listeners`);
       return;
     }

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { buildRoute, type Route, type RouteFactory } from './route';
 import type { RouteTable } from './route-table';
-import type { Router, RouteValue, RouterResult } from './types';
+import type { Router, RouteValue, RouterResult } from '../types';
 
 const ROUTER_KEY = 'router';
 // Routes compiled from string results are kept; past this many distinct strings the cache starts over.

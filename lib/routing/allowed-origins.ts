@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { AllowedOrigins, OriginRule } from './types';
+import type { AllowedOrigins, OriginRule } from '../types';
 
 /** Decides whether an upgrade's `Origin` may open a tunnel. */
 export type OriginCheck = (origin: string | undefined, req: IncomingMessage) => boolean;

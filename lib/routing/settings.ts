@@ -1,9 +1,9 @@
 import type { Agent } from 'node:http';
-import type { ForwardedMode } from './forwarding';
+import type { ForwardedMode } from '../headers/forwarding';
 import { compilePathRewrite, type PathRewriter } from './forwarded-path';
-import { compileHeaderPolicy, type HeaderPolicy } from './header-policy';
-import { compileAllowedOrigins, type OriginCheck } from './origin';
-import type { CookieRewrite, RouteSettings } from './types';
+import { compileHeaderPolicy, type HeaderPolicy } from '../headers/header-policy';
+import { compileAllowedOrigins, type OriginCheck } from './allowed-origins';
+import type { CookieRewrite, RouteSettings } from '../types';
 
 /** The shared settings of one route, validated and compiled, with the top level's filled in. */
 export interface ResolvedSettings {

@@ -2,11 +2,11 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { CloseFrameWatcher } from './close-frame';
-import type { ProxyContext } from './context';
-import { InFlight } from './in-flight';
-import { closeAfterFlush } from './raw-response';
-import type { Route } from './route';
-import type { TunnelCloseReason } from './types';
+import type { ProxyContext } from '../runtime/context';
+import { InFlight } from '../runtime/in-flight';
+import { closeAfterFlush } from '../runtime/raw-response';
+import type { Route } from '../routing/route';
+import type { TunnelCloseReason } from '../types';
 
 type Side = 'client' | 'upstream';
 

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { buildRoute, type Route, type RouteFactory } from './route';
-import type { RouteValue } from './types';
+import type { RouteValue } from '../types';
 
 interface Entry {
   readonly port: string | undefined;

@@ -32,12 +32,12 @@ import { createProxyServer, type ProxyServer, type ServerOptions } from 'http-pr
 import type { Agent, ClientRequest, IncomingMessage, InformationEvent, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
-import { relayResponseBody } from './backpressure';
-import { ProxyError } from './errors';
-import { engineListeners, requestOf } from './node-internals';
+import { relayResponseBody } from './response-relay';
+import { ProxyError } from '../runtime/proxy-error';
+import { engineListeners, requestOf } from '../internals/node';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
-import type { CookieRewrite } from './types';
+import type { CookieRewrite } from '../types';
 
 export interface EngineOptions {
   target: EngineUrl;

@@ -1,10 +1,17 @@
 import type { IncomingMessage } from 'node:http';
-import type { ProxyError } from './errors';
+import type { ProxyError } from './proxy-error';
 import type { InFlightList } from './in-flight';
-import type { Route } from './route';
-import type { StatsBook } from './stats';
+import type { StatsBook } from './stats-book';
 import type { Sweep } from './sweep';
-import type { ClientSide, Logger, ProxyEvents } from './types';
+import type { ClientSide, Logger, ProxyEvents } from '../types';
+
+/** How a route is named in log lines. */
+export interface RouteLabel {
+  /** The table key (or `'default'`, `'router'`). */
+  readonly key: string;
+  /** The upstream it sends to, for log lines only. */
+  readonly targetLabel: string;
+}
 
 /** What the HTTP and tunnel paths need from the proxy that owns them. */
 export interface ProxyContext {
@@ -22,7 +29,7 @@ export interface ProxyContext {
   /** Emits to the proxy's listeners; a throwing listener is logged, never propagated. */
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void;
   /** Logs a proxy-made error and emits it on `error`. */
-  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: Route): void;
+  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: RouteLabel): void;
   /** Called whenever a request or tunnel leaves its set, so that `close()` can resolve. */
   released(): void;
 }

@@ -1,17 +1,17 @@
 import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { announcesBody, unrelayableCoding } from './body';
-import type { ProxyContext } from './context';
-import { InFlight } from './in-flight';
-import type { OutgoingRequest, TunnelHooks } from './engine';
-import { ProxyError, attempt, errorBody, toProxyError } from './errors';
-import { forwardedPath } from './forwarded-path';
-import { applyToResponse, headerObject } from './header-policy';
-import { connectionOf, responseEndToEnd } from './hop-by-hop';
-import { closeAfterFlush, responseHead, writeRawResponse } from './raw-response';
-import { upstreamHeaders } from './request-headers';
-import type { Route } from './route';
+import { announcesBody, unrelayableCoding } from '../headers/body-framing';
+import type { ProxyContext } from '../runtime/context';
+import { InFlight } from '../runtime/in-flight';
+import type { OutgoingRequest, TunnelHooks } from '../upstream/engine';
+import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { forwardedPath } from '../routing/forwarded-path';
+import { applyToResponse, headerObject } from '../headers/header-policy';
+import { connectionOf, responseEndToEnd } from '../headers/hop-by-hop';
+import { closeAfterFlush, responseHead, writeRawResponse } from '../runtime/raw-response';
+import { upstreamHeaders } from '../headers/upstream-headers';
+import type { Route } from '../routing/route';
 import { Tunnel } from './tunnel';
 
 /**

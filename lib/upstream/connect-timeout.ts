@@ -1,6 +1,6 @@
 import type { ClientRequest } from 'node:http';
 import type { Socket } from 'node:net';
-import { ProxyError } from './errors';
+import { ProxyError } from '../runtime/proxy-error';
 
 function watchSocket(proxyReq: ClientRequest, socket: Socket, ms: number, secure: boolean): void {
   // A pooled keep-alive socket is already connected: nothing to time.
