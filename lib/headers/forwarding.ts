@@ -1,5 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import type { TLSSocket } from 'node:tls';
+import { isToken } from './token';
 
 export type ForwardedMode = 'x-forwarded' | 'forwarded' | false;
 
@@ -36,22 +37,25 @@ function protoOf(req: IncomingMessage): 'http' | 'https' {
   return (req.socket as TLSSocket).encrypted ? 'https' : 'http';
 }
 
-function portOf(host: string | undefined, proto: 'http' | 'https'): string {
+/** The port a client reaches us on when its `Host` names none: that of its protocol. */
+export function defaultPort(req: IncomingMessage): '80' | '443' {
+  return protoOf(req) === 'https' ? '443' : '80';
+}
+
+function portOf(host: string | undefined, req: IncomingMessage): string {
   const colon = host ? host.lastIndexOf(':') : -1;
   // After the last colon, and not inside an IPv6 literal ("[::1]" has no port).
   if (colon !== -1 && host!.indexOf(']', colon) === -1 && colon < host!.length - 1) return host!.slice(colon + 1);
-  return proto === 'https' ? '443' : '80';
+  return defaultPort(req);
 }
 
 function appended(previous: string | string[] | number | undefined, value: string): string {
   return previous === undefined ? value : `${String(previous)}, ${value}`;
 }
 
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-
 // RFC 7239: a value that is not a token is a quoted-string; IPv6 nodes are bracketed and quoted.
 function forwardedValue(value: string): string {
-  return TOKEN.test(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`;
+  return isToken(value) ? value : `"${value.replace(/["\\]/g, '\\$&')}"`;
 }
 
 function forwardedNode(address: string | undefined): string {
@@ -77,5 +81,5 @@ export function addForwarding(headers: OutgoingHttpHeaders, req: IncomingMessage
   headers['x-forwarded-for'] = appended(headers['x-forwarded-for'], req.socket.remoteAddress ?? 'unknown');
   headers['x-forwarded-proto'] = appended(headers['x-forwarded-proto'], proto);
   if (host) headers['x-forwarded-host'] = appended(headers['x-forwarded-host'], host);
-  headers['x-forwarded-port'] = appended(headers['x-forwarded-port'], portOf(host, proto));
+  headers['x-forwarded-port'] = appended(headers['x-forwarded-port'], portOf(host, req));
 }

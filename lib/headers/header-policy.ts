@@ -1,5 +1,6 @@
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { ProxyError } from '../runtime/proxy-error';
+import { isToken } from './token';
 import type { HeaderRule, HeaderRules, HeaderValue } from '../types';
 
 /** A header rule compiled at `createProxy` time: the name lower-cased and static values validated. */
@@ -10,8 +11,6 @@ export type CompiledHeaderRule =
 
 export type HeaderPolicy = readonly CompiledHeaderRule[];
 
-
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // What Node accepts in a header value: HTAB, visible ASCII, space and obs-text.
 const INVALID_VALUE_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
 
@@ -25,7 +24,7 @@ function normaliseValue(value: HeaderValue): string | readonly string[] | undefi
 }
 
 function compileRule(name: string, rule: HeaderRule, where: string): CompiledHeaderRule {
-  if (!TOKEN.test(name)) throw new TypeError(`viaduct: ${where}: "${name}" is not a valid header name`);
+  if (!isToken(name)) throw new TypeError(`viaduct: ${where}: "${name}" is not a valid header name`);
   const lower = name.toLowerCase();
   if (rule === null) return { name: lower, kind: 'remove' };
   if (typeof rule === 'function') return { name: lower, kind: 'dynamic', compute: rule };

@@ -6,7 +6,8 @@ import { consumedBody } from './consumed-body';
 import type { ProxyContext } from '../runtime/context';
 import { InFlight } from '../runtime/in-flight';
 import type { OutgoingRequest, WebHooks } from '../upstream/engine';
-import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { writeErrorAnswer } from '../runtime/error-answer';
+import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
 import { forwardedPath } from '../routing/forwarded-path';
 import { writeInformational } from '../internals/node';
 import { applyToResponse, headerObject, type HeaderSink } from '../headers/header-policy';
@@ -210,20 +211,12 @@ class HttpExchange extends InFlight implements WebHooks {
     ctx.stats.requestFailed(route.stats);
     ctx.report(error, req, res, route);
     this.proxyReq?.destroy();
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    const { contentType, body } = errorBody(error, req.headers.accept);
     // An unread request body or a shutdown: do not keep the connection for another request.
     if (!req.complete || error.code === 'ESHUTDOWN') {
       res.shouldKeepAlive = false;
       closingConnections.add(req.socket);
     }
-    res.statusCode = error.status;
-    res.setHeader('content-type', contentType);
-    res.setHeader('content-length', Buffer.byteLength(body));
-    res.end(body);
+    writeErrorAnswer(res, error, req);
   }
 
   /** Destroys the client connection: a response already under way must not look complete. */

@@ -3,7 +3,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ProxyContext, RouteLabel } from '../runtime/context';
 import { InFlightList } from '../runtime/in-flight';
-import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { writeErrorAnswer } from '../runtime/error-answer';
+import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
 import { proxyHttp } from '../http/proxy-http';
 import { resolveLogger } from '../runtime/logger';
 import { buildRoute, type Route, type RouteFactory } from '../routing/route';
@@ -11,7 +12,6 @@ import { RouteTable } from '../routing/route-table';
 import { RouteResolver, isPending, type Resolution } from '../routing/route-resolver';
 import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from '../routing/settings';
 import { StatsBook } from '../runtime/stats-book';
-import { writeRawResponse } from '../runtime/raw-response';
 import { Sweep } from '../runtime/sweep';
 import { proxyUpgrade } from '../upgrade/proxy-upgrade';
 import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from '../types';
@@ -162,14 +162,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
   /** An error before any route was chosen (a failing router): no route policy applies. */
   private failWithoutRoute(error: ProxyError, req: IncomingMessage, client: ServerResponse | Duplex): void {
     this.report(error, req, client, undefined);
-    const { contentType, body } = errorBody(error, req.headers.accept);
-    if (!('writeHead' in client)) {
-      writeRawResponse(client, error.status, { 'content-type': contentType }, body);
-    } else if (client.headersSent) {
-      client.destroy();
-    } else {
-      client.writeHead(error.status, { 'content-type': contentType, 'content-length': Buffer.byteLength(body) }).end(body);
-    }
+    writeErrorAnswer(client, error, req);
   }
 
   close(options: CloseOptions = {}): Promise<void> {

@@ -1,5 +1,5 @@
 import type { IncomingMessage } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import { defaultPort } from '../headers/forwarding';
 import { buildRoute, type Route, type RouteFactory } from './route';
 import type { RouteValue } from '../types';
 
@@ -87,12 +87,6 @@ export class RouteTable {
     for (const entries of this.byHost.values()) entries.sort(bySpecificity);
   }
 
-  /** The routes of the table and the fallback, for shutdown. */
-  routes(): Route[] {
-    const routes = [...this.byPath, ...[...this.byHost.values()].flat()].map((entry) => entry.route);
-    return this.fallback ? [...routes, this.fallback] : routes;
-  }
-
   match(req: IncomingMessage): Route | undefined {
     return this.matchAt(req.url ?? '/', req);
   }
@@ -104,7 +98,7 @@ export class RouteTable {
       const [hostname, port] = splitHost(host);
       const entries = this.byHost.get(hostname);
       if (entries) {
-        const route = firstMatch(entries, url, port ?? ((req.socket as TLSSocket).encrypted ? '443' : '80'));
+        const route = firstMatch(entries, url, port ?? defaultPort(req));
         if (route) return route;
       }
     }

@@ -1,64 +1,28 @@
-import { STATUS_CODES } from 'node:http';
+/**
+ * Every error the proxy answers with itself (or cuts a connection for): its status, and the
+ * sentence a client may see (no addresses, no internals). When each is raised is in the README.
+ */
+const ERRORS = {
+  EBADPATH: [400, 'The request path is not allowed.'], // dot-segments, backslashes, not origin-form
+  EBADHEADER: [400, 'A request header could not be forwarded.'], // a header rule gave an unwritable value
+  EBADUPGRADE: [400, 'Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.'],
+  EFORBIDDENORIGIN: [403, 'This origin may not open a WebSocket here.'],
+  ENOWS: [404, 'WebSockets are not proxied on this route.'],
+  ENOROUTE: [404, 'No route for this request.'], // an upgrade claimed before an async router found none
+  EBODYLOST: [500, 'The request body was read by a body parser and cannot be re-sent.'],
+  EINTERNAL: [500, 'The proxy failed to handle the request.'], // a router, rewrite or rule function threw
+  EUNSUPPORTEDTE: [501, 'Only the chunked transfer coding is supported.'],
+  EUPSTREAM: [502, 'The upstream server could not be reached.'], // refused, unreachable, reset, DNS, TLS
+  EUPSTREAMABORTED: [502, 'The upstream server aborted the response.'], // stopped mid-response
+  EBADRESPONSE: [502, 'The upstream server sent a response that cannot be relayed.'], // a stray 101, a coding but chunked
+  ETUNNELLIMIT: [503, 'Too many open WebSockets on this route; try again later.'],
+  ESHUTDOWN: [503, 'The proxy is shutting down.'],
+  ECONNECTTIMEOUT: [504, 'The upstream server did not accept the connection in time.'],
+  EREADTIMEOUT: [504, 'The upstream server did not answer in time.'],
+} as const satisfies Record<string, readonly [number, string]>;
 
 /** Why the proxy answered with an error of its own (or cut a connection). */
-export type ProxyErrorCode =
-  | 'EBADPATH' // dot-segments, backslashes, or not an origin-form path
-  | 'EBADHEADER' // a header rule produced an unwritable value
-  | 'EBADUPGRADE' // not a WebSocket handshake
-  | 'EUNSUPPORTEDTE' // a transfer coding other than chunked
-  | 'EFORBIDDENORIGIN'
-  | 'ENOWS' // the route does not tunnel upgrades
-  | 'ENOROUTE' // an upgrade was claimed but no route matched
-  | 'ETUNNELLIMIT'
-  | 'ESHUTDOWN'
-  | 'EBODYLOST' // a body parser consumed a body that cannot be re-sent
-  | 'EINTERNAL' // a router, rewrite or middleware failed
-  | 'EUPSTREAM' // refused, unreachable, reset or a TLS failure
-  | 'ECONNECTTIMEOUT'
-  | 'EREADTIMEOUT'
-  | 'EUPSTREAMABORTED' // the upstream stopped in the middle of a response
-  | 'EBADRESPONSE' // a response that cannot be relayed as framed: a 101 nobody asked for, a transfer coding but chunked
-  | 'ECLIENTABORTED';
-
-const MESSAGES: Record<ProxyErrorCode, string> = {
-  EBADPATH: 'The request path is not allowed.',
-  EBADHEADER: 'A request header could not be forwarded.',
-  EBADUPGRADE: 'Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.',
-  EUNSUPPORTEDTE: 'Only the chunked transfer coding is supported.',
-  EFORBIDDENORIGIN: 'This origin may not open a WebSocket here.',
-  ENOWS: 'WebSockets are not proxied on this route.',
-  ENOROUTE: 'No route for this request.',
-  ETUNNELLIMIT: 'Too many open WebSockets on this route; try again later.',
-  ESHUTDOWN: 'The proxy is shutting down.',
-  EBODYLOST: 'The request body was read by a body parser and cannot be re-sent.',
-  EINTERNAL: 'The proxy failed to handle the request.',
-  EUPSTREAM: 'The upstream server could not be reached.',
-  ECONNECTTIMEOUT: 'The upstream server did not accept the connection in time.',
-  EREADTIMEOUT: 'The upstream server did not answer in time.',
-  EUPSTREAMABORTED: 'The upstream server aborted the response.',
-  EBADRESPONSE: 'The upstream server sent a response that cannot be relayed.',
-  ECLIENTABORTED: 'The client went away.',
-};
-
-const STATUS: Record<ProxyErrorCode, number> = {
-  EBADPATH: 400,
-  EBADHEADER: 400,
-  EBADUPGRADE: 400,
-  EUNSUPPORTEDTE: 501,
-  EFORBIDDENORIGIN: 403,
-  ENOWS: 404,
-  ENOROUTE: 404,
-  ETUNNELLIMIT: 503,
-  ESHUTDOWN: 503,
-  EBODYLOST: 500,
-  EINTERNAL: 500,
-  EUPSTREAM: 502,
-  ECONNECTTIMEOUT: 504,
-  EREADTIMEOUT: 504,
-  EUPSTREAMABORTED: 502,
-  EBADRESPONSE: 502,
-  ECLIENTABORTED: 499,
-};
+export type ProxyErrorCode = keyof typeof ERRORS;
 
 /** An error the proxy reports: on the `error` event, in the log, and (by status) to the client. */
 export class ProxyError extends Error {
@@ -71,14 +35,14 @@ export class ProxyError extends Error {
     detail?: string,
     options?: { cause?: unknown },
   ) {
-    super(detail ? `${MESSAGES[code]} (${detail})` : MESSAGES[code], options);
+    super(detail ? `${ERRORS[code][1]} (${detail})` : ERRORS[code][1], options);
     this.name = 'ProxyError';
-    this.status = STATUS[code];
+    this.status = ERRORS[code][0];
   }
 
   /** The sentence a client may see: no addresses, no internals. */
   get publicMessage(): string {
-    return MESSAGES[this.code];
+    return ERRORS[this.code][1];
   }
 }
 
@@ -113,45 +77,4 @@ export function attempt<T>(step: () => T | ProxyError): T | ProxyError {
   } catch (error) {
     return toProxyError(error, 'EINTERNAL');
   }
-}
-
-const JSON_RANGE = /json/i;
-
-/**
- * Whether the client's `Accept` prefers JSON: a JSON type weighs more than every `text/` type, or
- * as much and is listed first (`application/json, text/plain, *\/*` is JSON; a browser's is not).
- */
-export function prefersJson(accept: string | undefined): boolean {
-  if (!accept || !JSON_RANGE.test(accept)) return false;
-  let json = 0;
-  let text = 0;
-  for (const range of accept.split(',')) {
-    const [type = '', ...params] = range.split(';');
-    const q = params.find((p) => p.trim().startsWith('q='));
-    const weight = q === undefined ? 1 : Number(q.trim().slice(2)) || 0;
-    const mediaType = type.trim().toLowerCase();
-    // Strictly greater: the first range listed wins a tie.
-    if (JSON_RANGE.test(mediaType)) {
-      if (weight > json && weight > text) json = weight;
-    } else if (mediaType.startsWith('text/')) {
-      if (weight > text && weight > json) text = weight;
-    }
-  }
-  return json > text;
-}
-
-export interface ErrorBody {
-  readonly contentType: string;
-  readonly body: string;
-}
-
-export function errorBody(error: ProxyError, accept: string | undefined): ErrorBody {
-  const reason = STATUS_CODES[error.status] ?? 'Error';
-  if (prefersJson(accept)) {
-    return {
-      contentType: 'application/json; charset=utf-8',
-      body: JSON.stringify({ error: reason, status: error.status, message: error.publicMessage }),
-    };
-  }
-  return { contentType: 'text/plain; charset=utf-8', body: `${error.status} ${reason}: ${error.publicMessage}\n` };
 }

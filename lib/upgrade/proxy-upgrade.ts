@@ -5,11 +5,12 @@ import { announcesBody, unrelayableCoding } from '../headers/body-framing';
 import type { ProxyContext } from '../runtime/context';
 import { InFlight } from '../runtime/in-flight';
 import type { OutgoingRequest, TunnelHooks } from '../upstream/engine';
-import { ProxyError, attempt, errorBody, toProxyError } from '../runtime/proxy-error';
+import { writeErrorAnswer } from '../runtime/error-answer';
+import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
 import { forwardedPath } from '../routing/forwarded-path';
 import { applyToResponse, headerObject } from '../headers/header-policy';
 import { connectionOf, responseEndToEnd } from '../headers/hop-by-hop';
-import { closeAfterFlush, responseHead, writeRawResponse } from '../runtime/raw-response';
+import { closeAfterFlush, responseHead } from '../runtime/raw-response';
 import { upstreamHeaders } from '../headers/upstream-headers';
 import type { Route } from '../routing/route';
 import { Tunnel } from './tunnel';
@@ -202,10 +203,7 @@ class Handshake extends InFlight implements TunnelHooks {
     ctx.stats.tunnelRejected(route.stats);
     ctx.report(error, req, socket, route);
     this.proxyReq?.destroy();
-    const { contentType, body } = errorBody(error, req.headers.accept);
-    const headers: OutgoingHttpHeaders = { 'content-type': contentType };
-    this.applyResponsePolicy(headers);
-    writeRawResponse(socket, error.status, headers, body);
+    writeErrorAnswer(socket, error, req, (headers) => this.applyResponsePolicy(headers));
   }
 
   private settle(): void {
