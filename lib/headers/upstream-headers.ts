@@ -3,10 +3,11 @@ import { addForwarding, isForwardingHeader, isTrusted, type ForwardedMode } from
 import { applyToHeaders, type HeaderPolicy } from './header-policy';
 import { connectionListed, isHopByHop } from './hop-by-hop';
 
+/** What of a route's settings the upstream request's headers depend on. */
 export interface RequestHeaderSettings {
   readonly forwarded: ForwardedMode;
   readonly trustProxy: boolean | undefined;
-  readonly requestHeaders: HeaderPolicy;
+  readonly headers: { readonly request: HeaderPolicy };
 }
 
 /**
@@ -27,7 +28,7 @@ export function upstreamHeaders(req: IncomingMessage, settings: RequestHeaderSet
   // The body is re-framed on our hop: chunked when the client sent it without a length.
   if (incoming['transfer-encoding'] !== undefined && !upgrade) headers['transfer-encoding'] = 'chunked';
   addForwarding(headers, req, settings.forwarded);
-  applyToHeaders(settings.requestHeaders, headers, req);
+  applyToHeaders(settings.headers.request, headers, req);
   if (upgrade) {
     headers.connection = 'upgrade';
     headers.upgrade = incoming.upgrade;

@@ -28,7 +28,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
   const coding = req.headers['transfer-encoding'];
   if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
-  const headers = upstreamHeaders(req, route, false);
+  const headers = upstreamHeaders(req, route.settings, false);
   // Without a body there is nothing to stream or re-send, whether or not a parser looked. Asked
   // first: in Express the first read of each property of `req` misses V8's caches (BENCHMARKS.md).
   if (!announcesBody(req)) return { path, headers, body: NO_BODY };
@@ -70,7 +70,7 @@ class HttpExchange extends InFlight implements WebHooks {
     ctx.requests.add(this);
     res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
-    if (route.responseHeaders.length > 0) onHeaders(res, () => this.applyResponsePolicy());
+    if (route.settings.headers.response.length > 0) onHeaders(res, () => this.applyResponsePolicy());
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
     const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.fail(outgoing);
@@ -79,7 +79,7 @@ class HttpExchange extends InFlight implements WebHooks {
 
   /** Response policy, on proxied and proxy-made responses alike. */
   private applyResponsePolicy(sink: HeaderSink = this.res): void {
-    applyToResponse(this.route.responseHeaders, sink, this.req, (error) => {
+    applyToResponse(this.route.settings.headers.response, sink, this.req, (error) => {
       this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
     });
   }
@@ -90,7 +90,7 @@ class HttpExchange extends InFlight implements WebHooks {
       proxyReq.destroy();
       return;
     }
-    watchConnect(proxyReq, this.route.connectTimeout, this.route.secure);
+    watchConnect(proxyReq, this.route.settings.timeouts.connect, this.route.secure);
     this.ctx.sweep.start();
     this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
   }
@@ -181,8 +181,8 @@ class HttpExchange extends InFlight implements WebHooks {
   override checkDeadline(now: number): void {
     const socket = this.proxyReq?.socket;
     if (!socket || socket.connecting || socket.destroyed || this.settled || this.clientGone || this.proxyRes?.complete) return;
-    if (this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >= this.route.readTimeout) {
-      this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.readTimeout} ms`));
+    if (this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >= this.route.settings.timeouts.read) {
+      this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.settings.timeouts.read} ms`));
     }
   }
 

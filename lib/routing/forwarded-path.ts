@@ -52,10 +52,9 @@ export function isUnsafePath(url: string): boolean {
 export interface PathRule {
   /** The matched table path prefix, `''` when the route has none. */
   readonly prefix: string;
-  readonly stripPrefix: boolean;
-  readonly rewrite: PathRewriter | undefined;
   /** The target's own path, without a trailing slash. */
   readonly basePath: string;
+  readonly settings: { readonly stripPrefix: boolean; readonly pathRewrite: PathRewriter | undefined };
 }
 
 /**
@@ -65,12 +64,13 @@ export interface PathRule {
 export function forwardedPath(url: string, rule: PathRule, req: IncomingMessage): string | undefined {
   if (url.charCodeAt(0) !== 0x2f || isUnsafePath(url)) return undefined;
   let path = url;
-  if (rule.stripPrefix && rule.prefix) {
+  const { stripPrefix, pathRewrite } = rule.settings;
+  if (stripPrefix && rule.prefix) {
     path = path.slice(rule.prefix.length);
     if (path.charCodeAt(0) !== 0x2f) path = `/${path}`;
   }
-  if (rule.rewrite) {
-    const rewritten = rule.rewrite(path, req);
+  if (pathRewrite) {
+    const rewritten = pathRewrite(path, req);
     if (rewritten !== undefined) {
       path = String(rewritten);
       if (path.charCodeAt(0) !== 0x2f) path = `/${path}`;

@@ -1,9 +1,5 @@
 import { Engine } from '../upstream/engine';
-import type { PathRewriter, PathRule } from './forwarded-path';
-import type { ForwardedMode } from '../headers/forwarding';
-import type { HeaderPolicy } from '../headers/header-policy';
-import type { OriginCheck } from './allowed-origins';
-import type { RequestHeaderSettings } from '../headers/upstream-headers';
+import type { PathRule } from './forwarded-path';
 import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
 import type { Sweep } from '../runtime/sweep';
 import { isTarget, resolveTarget, type ResolvedTarget } from '../upstream/target';
@@ -13,20 +9,10 @@ import type { UpstreamAgents } from '../upstream/upstream-agents';
 const ROUTE_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target']);
 
 /** One compiled route: everything a request on it needs, computed once. */
-export class Route implements PathRule, RequestHeaderSettings {
-  readonly prefix: string;
-  readonly stripPrefix: boolean;
-  readonly rewrite: PathRewriter | undefined;
+export class Route implements PathRule {
+  /** The target's own path, without a trailing slash. */
   readonly basePath: string;
-  readonly forwarded: ForwardedMode;
-  readonly trustProxy: boolean | undefined;
-  readonly requestHeaders: HeaderPolicy;
-  readonly responseHeaders: HeaderPolicy;
-  readonly ws: boolean;
-  readonly connectTimeout: number;
-  readonly readTimeout: number;
-  readonly originAllowed: OriginCheck | undefined;
-  readonly maxTunnels: number;
+  /** The target is `https:`. */
   readonly secure: boolean;
   /** For log lines only. */
   readonly targetLabel: string;
@@ -37,25 +23,14 @@ export class Route implements PathRule, RequestHeaderSettings {
   constructor(
     /** The table key (or `'default'`, `'router'`): names the route in stats and logs. */
     readonly key: string,
-    prefix: string,
+    /** The matched table path prefix, `''` when the route has none. */
+    readonly prefix: string,
     target: ResolvedTarget,
-    settings: ResolvedSettings,
+    readonly settings: ResolvedSettings,
     agents: UpstreamAgents,
     readonly stats: RouteStats,
   ) {
-    this.prefix = prefix;
-    this.stripPrefix = settings.stripPrefix;
-    this.rewrite = settings.rewrite;
     this.basePath = target.basePath;
-    this.forwarded = settings.forwarded;
-    this.trustProxy = settings.trustProxy;
-    this.requestHeaders = settings.requestHeaders;
-    this.responseHeaders = settings.responseHeaders;
-    this.ws = settings.ws;
-    this.connectTimeout = settings.connectTimeout;
-    this.readTimeout = settings.readTimeout;
-    this.originAllowed = settings.originAllowed;
-    this.maxTunnels = settings.maxTunnels;
     this.secure = target.secure;
     this.targetLabel = target.label;
     this.engine = new Engine({
@@ -90,6 +65,6 @@ export function buildRoute(factory: RouteFactory, key: string, prefix: string, v
     const settings = resolveSettings(value, factory.defaults, where);
     route = new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
   }
-  factory.sweep.cover(Math.min(route.readTimeout, route.connectTimeout));
+  factory.sweep.cover(Math.min(route.settings.timeouts.read, route.settings.timeouts.connect));
   return route;
 }

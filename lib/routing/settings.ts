@@ -1,58 +1,22 @@
 import type { Agent } from 'node:http';
 import type { ForwardedMode } from '../headers/forwarding';
-import { compilePathRewrite, type PathRewriter } from './forwarded-path';
 import { compileHeaderPolicy, type HeaderPolicy } from '../headers/header-policy';
-import { compileAllowedOrigins, type OriginCheck } from './allowed-origins';
 import type { CookieRewrite, RouteSettings } from '../types';
+import { compileAllowedOrigins, type OriginCheck } from './allowed-origins';
+import { compilePathRewrite, type PathRewriter } from './forwarded-path';
 
-/** The shared settings of one route, validated and compiled, with the top level's filled in. */
-export interface ResolvedSettings {
-  readonly ws: boolean;
-  readonly changeOrigin: boolean;
-  readonly stripPrefix: boolean;
-  readonly rewrite: PathRewriter | undefined;
-  readonly requestHeaders: HeaderPolicy;
-  readonly responseHeaders: HeaderPolicy;
-  readonly forwarded: ForwardedMode;
-  readonly trustProxy: boolean | undefined;
-  readonly connectTimeout: number;
-  readonly readTimeout: number;
-  readonly originAllowed: OriginCheck | undefined;
-  readonly maxTunnels: number;
-  readonly secure: boolean | undefined;
-  readonly ca: string | Buffer | Array<string | Buffer> | undefined;
-  readonly agent: Agent | false | undefined;
-  readonly cookieDomainRewrite: CookieRewrite | undefined;
-  readonly cookiePathRewrite: CookieRewrite | undefined;
-  readonly autoRewrite: boolean | undefined;
+/**
+ * One shared setting: its default, and how a value given at a level (the top level, a route) is
+ * checked and compiled over what the level above resolved to. `undefined` means "not given".
+ */
+interface Setting<T> {
+  readonly default: T;
+  resolve(value: unknown, inherited: T, where: string): T;
 }
 
-export const DEFAULT_SETTINGS: ResolvedSettings = {
-  ws: true,
-  changeOrigin: false,
-  stripPrefix: false,
-  rewrite: undefined,
-  requestHeaders: [],
-  responseHeaders: [],
-  forwarded: 'x-forwarded',
-  trustProxy: undefined,
-  connectTimeout: 10_000,
-  readTimeout: 60_000,
-  originAllowed: undefined,
-  maxTunnels: Infinity,
-  secure: undefined,
-  ca: undefined,
-  agent: undefined,
-  cookieDomainRewrite: undefined,
-  cookiePathRewrite: undefined,
-  autoRewrite: undefined,
-};
-
-/** The keys every route and the top level accept. */
-export const SETTING_KEYS: readonly string[] = [
-  'ws', 'changeOrigin', 'stripPrefix', 'pathRewrite', 'headers', 'forwarded', 'trustProxy', 'timeouts',
-  'allowedOrigins', 'maxTunnels', 'secure', 'ca', 'agent', 'cookieDomainRewrite', 'cookiePathRewrite', 'autoRewrite',
-];
+function setting<T>(defaultValue: T, resolve: (value: unknown, inherited: T, where: string) => T): Setting<T> {
+  return { default: defaultValue, resolve: (value, inherited, where) => (value === undefined ? inherited : resolve(value, inherited, where)) };
+}
 
 /** Refuses unknown keys, so that a misspelt option fails at `createProxy` instead of being ignored. */
 export function checkKeys(options: object, allowed: ReadonlySet<string>, where: string): void {
@@ -61,12 +25,16 @@ export function checkKeys(options: object, allowed: ReadonlySet<string>, where: 
   }
 }
 
-function flag(value: unknown, fallback: boolean, name: string, where: string): boolean;
-function flag(value: unknown, fallback: boolean | undefined, name: string, where: string): boolean | undefined;
-function flag(value: unknown, fallback: boolean | undefined, name: string, where: string): boolean | undefined {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'boolean') throw new TypeError(`viaduct: ${where}.${name} must be true or false`);
-  return value;
+function flag<T extends boolean | undefined>(name: string, defaultValue: T): Setting<boolean | T> {
+  return setting<boolean | T>(defaultValue, (value, _inherited, where) => {
+    if (typeof value !== 'boolean') throw new TypeError(`viaduct: ${where}.${name} must be true or false`);
+    return value;
+  });
+}
+
+function object(value: unknown, name: string, where: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) throw new TypeError(`viaduct: ${where}.${name} must be an object`);
+  return value as Record<string, unknown>;
 }
 
 function milliseconds(value: unknown, fallback: number, name: string, where: string): number {
@@ -77,57 +45,90 @@ function milliseconds(value: unknown, fallback: number, name: string, where: str
   return value;
 }
 
-function forwardedMode(value: unknown, fallback: ForwardedMode, where: string): ForwardedMode {
-  if (value === undefined) return fallback;
-  if (value !== 'x-forwarded' && value !== 'forwarded' && value !== false) {
-    throw new TypeError(`viaduct: ${where}.forwarded is 'x-forwarded', 'forwarded' or false`);
-  }
-  return value;
+function cookieRewrite(name: string): Setting<CookieRewrite | undefined> {
+  return setting<CookieRewrite | undefined>(undefined, (value, _inherited, where) => {
+    if (value === false || typeof value === 'string' || (typeof value === 'object' && value !== null)) return value as CookieRewrite;
+    throw new TypeError(`viaduct: ${where}.${name} is a string, an object or false`);
+  });
 }
 
-function tunnelLimit(value: unknown, fallback: number, where: string): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
-    throw new TypeError(`viaduct: ${where}.maxTunnels must be a whole number ≥ 0`);
-  }
-  return value;
+/** The compiled header policy of a route, in both directions. */
+export interface HeaderPolicies {
+  readonly request: HeaderPolicy;
+  readonly response: HeaderPolicy;
 }
 
-function cookieRewrite(value: unknown, fallback: CookieRewrite | undefined, name: string, where: string): CookieRewrite | undefined {
-  if (value === undefined) return fallback;
-  if (value === false || typeof value === 'string' || (typeof value === 'object' && value !== null)) return value as CookieRewrite;
-  throw new TypeError(`viaduct: ${where}.${name} is a string, an object or false`);
+/** A route's timeouts, in milliseconds. */
+export interface Timeouts {
+  readonly connect: number;
+  readonly read: number;
 }
+
+const HEADER_KEYS: ReadonlySet<string> = new Set(['request', 'response']);
+const TIMEOUT_KEYS: ReadonlySet<string> = new Set(['connect', 'read']);
+
+/**
+ * Every setting shared by the HTTP and the upgrade path, once: what it defaults to and how it is
+ * resolved. The keys, the defaults and the resolved type are all derived from this table, and it
+ * must name exactly the keys of {@link RouteSettings}.
+ */
+const SETTINGS = {
+  ws: flag('ws', true),
+  changeOrigin: flag('changeOrigin', false),
+  stripPrefix: flag('stripPrefix', false),
+  pathRewrite: setting<PathRewriter | undefined>(undefined, (value, _inherited, where) => compilePathRewrite(value as never, where)),
+  // A route's rules replace top-level rules of the same header name and keep the others.
+  headers: setting<HeaderPolicies>({ request: [], response: [] }, (value, inherited, where) => {
+    const headers = object(value, 'headers', where);
+    checkKeys(headers, HEADER_KEYS, `${where}.headers`);
+    return {
+      request: compileHeaderPolicy(inherited.request, headers.request as never, `${where}.headers.request`),
+      response: compileHeaderPolicy(inherited.response, headers.response as never, `${where}.headers.response`),
+    };
+  }),
+  forwarded: setting<ForwardedMode>('x-forwarded', (value, _inherited, where) => {
+    if (value !== 'x-forwarded' && value !== 'forwarded' && value !== false) throw new TypeError(`viaduct: ${where}.forwarded is 'x-forwarded', 'forwarded' or false`);
+    return value;
+  }),
+  // Unset: Express's `trust proxy` verdict on the connecting address decides per request.
+  trustProxy: flag('trustProxy', undefined),
+  // A route's timeouts override field by field.
+  timeouts: setting<Timeouts>({ connect: 10_000, read: 60_000 }, (value, inherited, where) => {
+    const timeouts = object(value, 'timeouts', where);
+    checkKeys(timeouts, TIMEOUT_KEYS, `${where}.timeouts`);
+    return { connect: milliseconds(timeouts.connect, inherited.connect, 'connect', where), read: milliseconds(timeouts.read, inherited.read, 'read', where) };
+  }),
+  allowedOrigins: setting<OriginCheck | undefined>(undefined, (value, _inherited, where) => compileAllowedOrigins(value as never, where)),
+  maxTunnels: setting(Infinity, (value, _inherited, where) => {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) throw new TypeError(`viaduct: ${where}.maxTunnels must be a whole number ≥ 0`);
+    return value;
+  }),
+  secure: flag('secure', undefined),
+  ca: setting<string | Buffer | Array<string | Buffer> | undefined>(undefined, (value) => value as string | Buffer | Array<string | Buffer>),
+  agent: setting<Agent | false | undefined>(undefined, (value, _inherited, where) => {
+    if (value !== false && typeof value !== 'object') throw new TypeError(`viaduct: ${where}.agent must be an http.Agent or false`);
+    return value as Agent | false;
+  }),
+  cookieDomainRewrite: cookieRewrite('cookieDomainRewrite'),
+  cookiePathRewrite: cookieRewrite('cookiePathRewrite'),
+  autoRewrite: flag('autoRewrite', undefined),
+} satisfies { readonly [K in keyof Required<RouteSettings>]: Setting<unknown> };
+
+type Table = typeof SETTINGS;
+
+/** The shared settings of one route, validated and compiled, with the levels above filled in. */
+export type ResolvedSettings = { readonly [K in keyof Table]: Table[K] extends Setting<infer T> ? T : never };
+
+/** The keys every route and the top level accept. */
+export const SETTING_KEYS: readonly string[] = Object.keys(SETTINGS);
+
+export const DEFAULT_SETTINGS = Object.fromEntries(Object.entries(SETTINGS).map(([key, entry]) => [key, entry.default])) as ResolvedSettings;
 
 /** Resolves `options` over `inherited`: a route over the top level, the top level over the defaults. */
 export function resolveSettings(options: RouteSettings, inherited: ResolvedSettings, where: string): ResolvedSettings {
-  const timeouts = options.timeouts ?? {};
-  if (typeof timeouts !== 'object' || timeouts === null) throw new TypeError(`viaduct: ${where}.timeouts must be an object`);
-  checkKeys(timeouts, new Set(['connect', 'read']), `${where}.timeouts`);
-  const headers = options.headers ?? {};
-  if (typeof headers !== 'object' || headers === null) throw new TypeError(`viaduct: ${where}.headers must be an object`);
-  checkKeys(headers, new Set(['request', 'response']), `${where}.headers`);
-  if (options.agent !== undefined && options.agent !== false && typeof options.agent !== 'object') {
-    throw new TypeError(`viaduct: ${where}.agent must be an http.Agent or false`);
+  const resolved: Record<string, unknown> = {};
+  for (const key of SETTING_KEYS as (keyof Table)[]) {
+    resolved[key] = (SETTINGS[key] as Setting<unknown>).resolve(options[key], inherited[key], where);
   }
-  return {
-    ws: flag(options.ws, inherited.ws, 'ws', where),
-    changeOrigin: flag(options.changeOrigin, inherited.changeOrigin, 'changeOrigin', where),
-    stripPrefix: flag(options.stripPrefix, inherited.stripPrefix, 'stripPrefix', where),
-    rewrite: options.pathRewrite === undefined ? inherited.rewrite : compilePathRewrite(options.pathRewrite, where),
-    requestHeaders: compileHeaderPolicy(inherited.requestHeaders, headers.request, `${where}.headers.request`),
-    responseHeaders: compileHeaderPolicy(inherited.responseHeaders, headers.response, `${where}.headers.response`),
-    forwarded: forwardedMode(options.forwarded, inherited.forwarded, where),
-    trustProxy: flag(options.trustProxy, inherited.trustProxy, 'trustProxy', where),
-    connectTimeout: milliseconds(timeouts.connect, inherited.connectTimeout, 'connect', where),
-    readTimeout: milliseconds(timeouts.read, inherited.readTimeout, 'read', where),
-    originAllowed: options.allowedOrigins === undefined ? inherited.originAllowed : compileAllowedOrigins(options.allowedOrigins, where),
-    maxTunnels: tunnelLimit(options.maxTunnels, inherited.maxTunnels, where),
-    secure: flag(options.secure, inherited.secure, 'secure', where),
-    ca: options.ca ?? inherited.ca,
-    agent: options.agent ?? inherited.agent,
-    cookieDomainRewrite: cookieRewrite(options.cookieDomainRewrite, inherited.cookieDomainRewrite, 'cookieDomainRewrite', where),
-    cookiePathRewrite: cookieRewrite(options.cookiePathRewrite, inherited.cookiePathRewrite, 'cookiePathRewrite', where),
-    autoRewrite: flag(options.autoRewrite, inherited.autoRewrite, 'autoRewrite', where),
-  };
+  return resolved as ResolvedSettings;
 }

@@ -32,15 +32,15 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
 
 /** Decides what to send upstream, or the error that refuses the upgrade first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
-  if (!route.ws) return new ProxyError('ENOWS');
+  if (!route.settings.ws) return new ProxyError('ENOWS');
   if (!isWebSocketHandshake(req)) return new ProxyError('EBADUPGRADE', `${req.method} with Upgrade: ${req.headers.upgrade}`);
   const path = forwardedPath(req.url ?? '/', route, req);
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
-  if (route.originAllowed && !route.originAllowed(req.headers.origin, req)) {
+  if (route.settings.allowedOrigins && !route.settings.allowedOrigins(req.headers.origin, req)) {
     return new ProxyError('EFORBIDDENORIGIN', `Origin: ${req.headers.origin ?? '(none)'}`);
   }
-  if (route.tunnelSlots >= route.maxTunnels) return new ProxyError('ETUNNELLIMIT', `${route.maxTunnels} open`);
-  return { path, headers: upstreamHeaders(req, route, true) };
+  if (route.tunnelSlots >= route.settings.maxTunnels) return new ProxyError('ETUNNELLIMIT', `${route.settings.maxTunnels} open`);
+  return { path, headers: upstreamHeaders(req, route.settings, true) };
 }
 
 /**
@@ -103,9 +103,9 @@ class Handshake extends InFlight implements TunnelHooks {
   override checkDeadline(now: number): void {
     const { route } = this;
     if (this.connectedAt === 0) {
-      if (now - this.startedAt >= route.connectTimeout) this.reject(new ProxyError('ECONNECTTIMEOUT', `not connected after ${route.connectTimeout} ms`));
-    } else if (now - this.connectedAt >= route.readTimeout) {
-      this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.readTimeout} ms`));
+      if (now - this.startedAt >= route.settings.timeouts.connect) this.reject(new ProxyError('ECONNECTTIMEOUT', `not connected after ${route.settings.timeouts.connect} ms`));
+    } else if (now - this.connectedAt >= route.settings.timeouts.read) {
+      this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.settings.timeouts.read} ms`));
     }
   }
 
@@ -117,7 +117,7 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 
   private applyResponsePolicy(headers: OutgoingHttpHeaders): void {
-    applyToResponse(this.route.responseHeaders, headerObject(headers), this.req, (error) => {
+    applyToResponse(this.route.settings.headers.response, headerObject(headers), this.req, (error) => {
       this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
     });
   }

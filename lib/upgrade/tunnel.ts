@@ -109,7 +109,7 @@ export class Tunnel extends InFlight {
 
   /** Idle: no chunk relayed either way for the read timeout. */
   override checkDeadline(now: number): void {
-    if (this.stalledFor(this.relayed, now) >= this.route.readTimeout) {
+    if (this.stalledFor(this.relayed, now) >= this.route.settings.timeouts.read) {
       this.reason ??= 'idle';
       this.destroyBoth();
     }
