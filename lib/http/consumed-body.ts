@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
+import { bodyParserRead } from '../internals/express';
 
-type ParsedRequest = IncomingMessage & { body?: unknown; _body?: boolean };
+type ParsedRequest = IncomingMessage & { body?: unknown };
 
 /** A request body that has to be sent from `req.body` because a body parser already read the stream. */
 export type ConsumedBody =
@@ -9,7 +10,7 @@ export type ConsumedBody =
 
 /** True when something (a body parser) has read the request stream. */
 function isBodyConsumed(req: IncomingMessage): boolean {
-  return (req as ParsedRequest)._body === true || req.readableEnded;
+  return bodyParserRead(req) || req.readableEnded;
 }
 
 function mediaType(req: IncomingMessage): string {

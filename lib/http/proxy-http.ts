@@ -30,7 +30,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
   const headers = upstreamHeaders(req, route.settings, false);
   // Without a body there is nothing to stream or re-send, whether or not a parser looked. Asked
-  // first: in Express the first read of each property of `req` misses V8's caches (BENCHMARKS.md).
+  // first: in Express on V8 before 13, each first read of a property of `req` misses V8's caches.
   if (!announcesBody(req)) return { path, headers, body: NO_BODY };
   const consumed = consumedBody(req);
   if (consumed === undefined) return { path, headers };

@@ -1,5 +1,7 @@
 /**
- * Whether an upgrade dispatched through an app is one that viaduct serves, asked when a middleware
+ * What viaduct relies on in Express, Connect and their body parsers beyond their documented API.
+ *
+ * `reachesProxy`: whether an upgrade dispatched through an app is one that viaduct serves, asked when a middleware
  * answered it before any proxy claimed it, while other `upgrade` listeners (socket.io, a dev
  * server's HMR) may still answer. Only then must the middleware's answer reach the socket; an
  * upgrade no viaduct route takes belongs to the other listeners, however late they answer.
@@ -122,4 +124,27 @@ function serves(handler: unknown, req: IncomingMessage, url: string, depth: numb
  */
 export function reachesProxy(app: unknown, req: IncomingMessage, url: string, check: ProxyRouteCheck): boolean {
   return serves(app, req, url, 0, check);
+}
+
+/**
+ * The tunnel keeps `req` (its events carry it), and with it whatever the framework hung on it for
+ * the dispatch: the stand-in response, the router's `next` and through them the whole chain's state.
+ */
+export function forgetDispatch(req: IncomingMessage): void {
+  const decorated = req as IncomingMessage & { res?: unknown; next?: unknown };
+  if (decorated.res !== undefined) decorated.res = undefined;
+  if (decorated.next !== undefined) decorated.next = undefined;
+}
+
+/** An Express app: it changes the prototype of each request and response it is given. */
+export function isExpressApp(app: unknown): boolean {
+  return typeof (app as { request?: unknown }).request === 'object' && typeof (app as { response?: unknown }).response === 'object';
+}
+
+/**
+ * Whether Express's body parsers (`body-parser`, `express.json()`…) read the request's body: they
+ * mark it with `req._body = true`, which is how they tell each other too.
+ */
+export function bodyParserRead(req: IncomingMessage): boolean {
+  return (req as IncomingMessage & { _body?: boolean })._body === true;
 }

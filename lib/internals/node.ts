@@ -3,7 +3,7 @@
  * why, and what would break it.
  */
 import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Socket } from 'node:net';
 import { responseHead } from '../runtime/raw-response';
 
 type RawWriter = ServerResponse & { _writeRaw(data: string, encoding: BufferEncoding): boolean };
@@ -26,26 +26,20 @@ export function requestOf(res: IncomingMessage): ClientRequest {
   return (res as IncomingMessage & { req: ClientRequest }).req;
 }
 
-type Listener = (...args: unknown[]) => void;
+/**
+ * The headers of the last response a pooled upstream socket carried, where Node's own agent reads
+ * the `Keep-Alive` hint from: the socket's `_httpMessage` is the request that held it. Breaks if
+ * Node renames `_httpMessage` (present from Node 0.x to 26).
+ */
+export function lastResponseHeaders(socket: Socket): Record<string, unknown> | undefined {
+  return (socket as Socket & { _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } } })._httpMessage?.res?.headers;
+}
 
 /**
- * The `close` and `error` listeners http-proxy-3's `ws` adds to the client socket while it runs:
- * one reports socket errors on the engine, two end the upstream sockets it would have piped (it
- * has none: viaduct relays the tunnel), and one also takes the socket out of a module-wide set of
- * open sockets. All of them hold the call's whole scope for as long as the socket lives.
- * `detach()` removes those added since, after running the `close` ones once so that the set lets
- * go of the socket. Breaks if the engine starts doing more in those listeners (1.23.x does not).
+ * Hands a request its connection the way an agent does (Node's own agents and `agent-base` call
+ * `ClientRequest#onSocket`), for a connection source that is not an `http.Agent`. Breaks if Node
+ * renames `onSocket` (present from Node 0.x to 26).
  */
-export function engineListeners(socket: Duplex): { detach(): void } {
-  const closeBefore = socket.listenerCount('close');
-  const errorBefore = socket.listenerCount('error');
-  return {
-    detach() {
-      for (const listener of socket.listeners('close').slice(closeBefore) as Listener[]) {
-        socket.removeListener('close', listener);
-        listener.call(socket);
-      }
-      for (const listener of socket.listeners('error').slice(errorBefore) as Listener[]) socket.removeListener('error', listener);
-    },
-  };
+export function giveSocket(req: ClientRequest, socket: Socket): void {
+  (req as ClientRequest & { onSocket(socket: Socket): void }).onSocket(socket);
 }

@@ -3,7 +3,8 @@ import type { Duplex } from 'node:stream';
 import { defaultLogger, resolveLogger } from '../runtime/logger';
 import { isProxy, proxyMayRoute } from './create-proxy';
 import { closeAfterFlush, writeRawResponse } from '../runtime/raw-response';
-import { reachesProxy } from '../internals/express';
+import { forgetDispatch, isExpressApp, reachesProxy } from '../internals/express';
+import { expressPropertiesFor, type ExpressProperties } from '../internals/v8';
 import type { AttachOptions, Logger, Proxy, UnmatchedUpgrade } from '../types';
 import { guardSocket, isClaimed, markDispatched } from '../upgrade/upgrade-claims';
 
@@ -61,48 +62,6 @@ function statusOf(error: unknown): number {
   return typeof status === 'number' && status >= 400 && status <= 599 ? status : 500;
 }
 
-/**
- * The tunnel keeps `req` (its events carry it), and with it whatever the framework hung on it for
- * the dispatch: the stand-in response, the router's `next` and through them the whole chain's state.
- */
-function forgetDispatch(req: IncomingMessage): void {
-  const decorated = req as IncomingMessage & { res?: unknown; next?: unknown };
-  if (decorated.res !== undefined) decorated.res = undefined;
-  if (decorated.next !== undefined) decorated.next = undefined;
-}
-
-/** An Express app: it changes the prototype of each request and response it is given. */
-function isExpressApp(app: UpgradeApp): boolean {
-  return typeof (app as { request?: unknown }).request === 'object' && typeof (app as { response?: unknown }).response === 'object';
-}
-
-/**
- * Once Express changed their prototypes, V8 gives the request and the response a hidden class of
- * their own, copied whole for every property added after; the copies are old-generation objects
- * that keep each upgrade's objects alive through young-generation GCs. The properties Express's
- * router adds (it reads them as absent or `undefined`) are added before the dispatch, while the
- * classes are still shared, so that Express only changes their values.
- */
-class ExpressProperties {
-  /** The router's own symbols (router 2's `router.tracing.matchedRoute`), learnt from the first upgrade a proxy took. */
-  private routerSymbols: symbol[] | undefined;
-
-  addTo(req: IncomingMessage, res: ServerResponse): void {
-    const request = req as IncomingMessage & Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params' | symbol, unknown>;
-    request.next = undefined;
-    request.baseUrl = undefined;
-    request.originalUrl = undefined;
-    request._parsedUrl = undefined;
-    request.params = undefined;
-    for (const symbol of this.routerSymbols ?? []) request[symbol] = undefined;
-    (res as ServerResponse & { locals?: unknown }).locals = undefined;
-  }
-
-  /** Notes the router's symbols on a request Express dispatched to a proxy. */
-  learnFrom(req: IncomingMessage): void {
-    this.routerSymbols ??= Object.getOwnPropertySymbols(req).filter((symbol) => symbol.description?.startsWith('router.') === true);
-  }
-}
 
 /**
  * Sends an upgrade through the app as if it were a request. A proxy in the chain claims the
@@ -166,7 +125,7 @@ export function attach(server: UpgradeEmitter, handler: Proxy | UpgradeApp, opti
   const mode = options.unmatched ?? 'auto';
   if (!MODES.includes(mode)) throw new TypeError(`viaduct: attach: unmatched is 'auto', 'reject' or 'ignore', not "${String(mode)}"`);
   const logger = options.logger === undefined ? defaultLogger : resolveLogger(options.logger);
-  const express = !isProxy(handler) && isExpressApp(handler) ? new ExpressProperties() : undefined;
+  const express = expressPropertiesFor(!isProxy(handler) && isExpressApp(handler));
 
   const listener = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     guardSocket(socket);

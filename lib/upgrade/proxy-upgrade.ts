@@ -45,8 +45,8 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
 
 /**
  * One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. Its
- * connect and read deadlines are checked by the proxy's sweep, as HTTP read timeouts are: two
- * timers and their listeners per upgrade were a twentieth of its CPU in the front (BENCHMARKS.md).
+ * connect and read deadlines are checked by the proxy's sweep, as HTTP read timeouts are, rather
+ * than by two timers and their listeners per upgrade.
  */
 class Handshake extends InFlight implements TunnelHooks {
   private proxyReq: ClientRequest | undefined;

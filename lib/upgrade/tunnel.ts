@@ -20,8 +20,8 @@ const readOnClose = (): void => {};
  * One listener per event and socket: an idle tunnel costs little memory, a chunk little work.
  *
  * The idle timeout is kept by the proxy's sweep, which compares the count of relayed chunks with
- * what it saw last: a socket timer is re-armed on every read and write, which cost a WebSocket
- * echo 7–9 % of the front's instructions per message (BENCHMARKS.md).
+ * what it saw last: a socket timer would be re-armed on every read and write, a large share of
+ * the work per WebSocket message (docs/performance.md).
  */
 export class Tunnel extends InFlight {
   private reason: TunnelCloseReason | undefined;
@@ -72,9 +72,6 @@ export class Tunnel extends InFlight {
       this.relayed++;
       // The first close frame either way says who ended the conversation; later frames do not matter.
       if (this.reason === undefined && frames.feed(chunk)) this.reason = side;
-      // Not the HTTP body relay's `writeOrPause`: V8 keeps one type feedback per function, and
-      // response bodies made the `write` there polymorphic, which after HTTP load cost an echo
-      // 2-25 % more instructions per message (BENCHMARKS.md).
       if (!destination.write(chunk)) {
         source.pause();
         destination.once('drain', () => source.resume());

@@ -20,7 +20,7 @@
  * - Its tunnel is `pipe()` both ways plus listeners of its own, and no idle timeout. The caller
  *   writes the 101 and relays the bytes itself (`tunnel.ts`).
  * - During `ws` it leaves listeners on the client socket that hold the whole call (options, hooks,
- *   the upstream request and its 101) for the tunnel's life, about 5 KiB per idle tunnel; they are
+ *   the upstream request and its 101) for the tunnel's life, more than the tunnel itself; they are
  *   taken off again at once (`engineListeners`). Until then, it reports a client socket's error on
  *   the engine's `error` event, which throws when nobody listens: the engine has a listener.
  * - It ignores 1xx responses and a 101 to an ordinary request (Node then ends that request with
@@ -34,7 +34,8 @@ import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
-import { engineListeners, requestOf } from '../internals/node';
+import { engineListeners, withoutWebPass } from '../internals/http-proxy-3';
+import { requestOf } from '../internals/node';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
 import type { CookieRewrite } from '../types';
@@ -86,9 +87,6 @@ export interface TunnelHooks {
   onError(error: Error): void;
 }
 
-type Pass = (...args: unknown[]) => unknown;
-/** The engine's list of `web` passes, private in its types. */
-type WithPasses = { webPasses: Pass[] };
 
 // The engine copies per-call options with a spread, so the hooks travel under a string key.
 type CallOptions = ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
@@ -241,8 +239,7 @@ export class Engine {
     // The engine copies its options on every call: unset ones need not be copied.
     const setOptions = Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined));
     this.server = createProxyServer(setOptions);
-    const passes = this.server as unknown as WithPasses;
-    passes.webPasses = passes.webPasses.filter((pass) => pass.name !== 'deleteLength');
+    withoutWebPass(this.server, 'deleteLength');
     this.server.on('error', ignoreSocketError);
     this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
       const hooks = (callOptions as CallOptions).viaductHooks as WebHooks;

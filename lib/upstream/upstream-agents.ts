@@ -1,6 +1,7 @@
 import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { createConnection, type Socket, type TcpNetConnectOpts } from 'node:net';
+import { giveSocket, lastResponseHeaders } from '../internals/node';
 
 // Without a hint from the upstream: below Node's 5 s server keep-alive default, so an idle socket is
 // dropped here before the upstream drops it.
@@ -21,7 +22,7 @@ type PooledSocket = Socket & { [retireAt]?: number };
  */
 function idleLimit(socket: Socket): number {
   // Node's agent reads the hint the same way: from the response of the request that held the socket.
-  const hint = (socket as Socket & { _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } } })._httpMessage?.res?.headers['keep-alive'];
+  const hint = lastResponseHeaders(socket)?.['keep-alive'];
   const seconds = typeof hint === 'string' ? KEEP_ALIVE_HINT.exec(hint)?.[1] : undefined;
   return seconds === undefined ? DEFAULT_IDLE_LIMIT : Math.min(LONGEST_IDLE_LIMIT, Number(seconds) * 1000 - 1000);
 }
@@ -63,17 +64,16 @@ export interface ConnectionSource {
 /**
  * A connection of its own for each plain-HTTP upgrade handshake, which is what an `http.Agent`
  * with keep-alive off gives too, after its pool's bookkeeping: a name and socket lists per request,
- * four listeners per socket that the upgrade removes again; about 6 % of an upgrade's CPU in the
- * front (BENCHMARKS.md). `onSocket` is how agents hand a request its socket (Node's own, `agent-base`).
+ * four listeners per socket that the upgrade removes again, a measurable share of an upgrade's
+ * CPU (docs/performance.md).
  */
 const handshakeConnections: ConnectionSource = {
   addRequest(req, options) {
-    // `options` is the request's own copy, changed in place: a spread copy of it cost an upgrade
-    // about 100 µs (BENCHMARKS.md). Its `path` is the request's, which would make `net` connect to
-    // a Unix socket of that name.
+    // `options` is the request's own copy, changed in place: copying it is costly per upgrade. Its
+    // `path` is the request's, which would make `net` connect to a Unix socket of that name.
     (options as { path?: string }).path = options.socketPath;
     options.noDelay = true;
-    (req as ClientRequest & { onSocket(socket: Socket): void }).onSocket(createConnection(options));
+    giveSocket(req, createConnection(options));
   },
 };
 

@@ -1,0 +1,41 @@
+/**
+ * What viaduct relies on in http-proxy-3 (1.23) beyond its documented API. Each use says why, and
+ * what would break it; `lib/upstream/engine.ts` is the only caller.
+ */
+import type { Duplex } from 'node:stream';
+
+type Listener = (...args: unknown[]) => void;
+
+/**
+ * The `close` and `error` listeners http-proxy-3's `ws` adds to the client socket while it runs:
+ * one reports socket errors on the engine, two end the upstream sockets it would have piped (it
+ * has none: viaduct relays the tunnel), and one also takes the socket out of a module-wide set of
+ * open sockets. All of them hold the call's whole scope for as long as the socket lives.
+ * `detach()` removes those added since, after running the `close` ones once so that the set lets
+ * go of the socket. Breaks if the engine starts doing more in those listeners (1.23.x does not).
+ */
+export function engineListeners(socket: Duplex): { detach(): void } {
+  const closeBefore = socket.listenerCount('close');
+  const errorBefore = socket.listenerCount('error');
+  return {
+    detach() {
+      for (const listener of socket.listeners('close').slice(closeBefore) as Listener[]) {
+        socket.removeListener('close', listener);
+        listener.call(socket);
+      }
+      for (const listener of socket.listeners('error').slice(errorBefore) as Listener[]) socket.removeListener('error', listener);
+    },
+  };
+}
+
+type Pass = { readonly name: string };
+
+/**
+ * Removes one of the engine's `web` passes by its function name, from its (private) list of
+ * passes: `deleteLength` re-frames chunked DELETE/OPTIONS bodies. Breaks if the engine renames
+ * `webPasses` or the pass.
+ */
+export function withoutWebPass(server: object, name: string): void {
+  const engine = server as { webPasses: Pass[] };
+  engine.webPasses = engine.webPasses.filter((pass) => pass.name !== name);
+}
