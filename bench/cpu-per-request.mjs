@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const fronts = process.argv.slice(2).length ? process.argv.slice(2) : ['viaduct-node', 'http-proxy-node'];
+const fronts = process.argv.slice(2).length
+  ? process.argv.slice(2)
+  : ['viaduct-node', 'http-proxy-node'];
 const TICK_US = 10_000; // USER_HZ = 100
 
 function cpuTicks(pid) {
@@ -15,10 +17,12 @@ function cpuTicks(pid) {
 }
 
 function readyPort(child) {
-  return new Promise((resolve) => child.stdout.on('data', (data) => {
-    const match = /READY (\d+)/.exec(String(data));
-    if (match) resolve(match[1]);
-  }));
+  return new Promise((resolve) =>
+    child.stdout.on('data', (data) => {
+      const match = /READY (\d+)/.exec(String(data));
+      if (match) resolve(match[1]);
+    }),
+  );
 }
 
 async function wrk(port) {
@@ -29,18 +33,26 @@ async function wrk(port) {
   return Number(/(\d+) requests in/.exec(output)[1]);
 }
 
-const upstream = spawn(process.execPath, ['upstream.mjs'], { cwd: here, stdio: ['ignore', 'pipe', 'inherit'] });
+const upstream = spawn(process.execPath, ['upstream.mjs'], {
+  cwd: here,
+  stdio: ['ignore', 'pipe', 'inherit'],
+});
 const upstreamPort = await readyPort(upstream);
 for (let round = 1; round <= 2; round++) {
   for (const kind of fronts) {
-    const front = spawn(process.execPath, ['front.mjs', kind, upstreamPort], { cwd: here, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+    const front = spawn(process.execPath, ['front.mjs', kind, upstreamPort], {
+      cwd: here,
+      stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+    });
     const port = await readyPort(front);
     await wrk(port);
     const [front0, upstream0] = [cpuTicks(front.pid), cpuTicks(upstream.pid)];
     const requests = await wrk(port);
     const [front1, upstream1] = [cpuTicks(front.pid), cpuTicks(upstream.pid)];
     const perRequest = (ticks) => ((ticks * TICK_US) / requests).toFixed(1);
-    console.log(`round ${round} ${kind.padEnd(20)} ${requests} requests; µs CPU per request: front ${perRequest(front1 - front0)}, upstream ${perRequest(upstream1 - upstream0)}`);
+    console.log(
+      `round ${round} ${kind.padEnd(20)} ${requests} requests; µs CPU per request: front ${perRequest(front1 - front0)}, upstream ${perRequest(upstream1 - upstream0)}`,
+    );
     front.kill();
   }
 }

@@ -11,8 +11,12 @@ const target = `http://127.0.0.1:${upstreamPort}`;
 
 /** Bare http-proxy-3 (viaduct's engine) doing the same work as viaduct: keep-alive upstream, X-Forwarded-*, WebSockets. */
 function bareEngine() {
-  const proxy = createProxyServer({ target, agent: new http.Agent({ keepAlive: true }), xfwd: true });
-  proxy.on('error', (error, req, res) => {
+  const proxy = createProxyServer({
+    target,
+    agent: new http.Agent({ keepAlive: true }),
+    xfwd: true,
+  });
+  proxy.on('error', (_error, _req, res) => {
     if (res && 'writeHead' in res && !res.headersSent) res.writeHead(502).end();
     else res?.destroy();
   });
@@ -57,7 +61,8 @@ const fronts = {
   },
 };
 
-if (!fronts[kind]) throw new Error(`unknown front "${kind}"; one of ${Object.keys(fronts).join(', ')}`);
+if (!fronts[kind])
+  throw new Error(`unknown front "${kind}"; one of ${Object.keys(fronts).join(', ')}`);
 const server = fronts[kind]();
 server.keepAliveTimeout = 30_000;
 server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));

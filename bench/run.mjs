@@ -25,10 +25,18 @@ const SETTLE_MS = 250;
 // Each front runs every kind of load before it is measured, so that no round pays for V8 compiling
 // a front's code for it: an upgrade runs through more code in some fronts than others, and a 1 MiB
 // response through the backpressure paths that small ones never take.
-const WARM_UP = quick ? { http: 1, large: 1, upgrades: 1, echo: 1 } : { http: 2, large: 1, upgrades: 2, echo: 1 };
+const WARM_UP = quick
+  ? { http: 1, large: 1, upgrades: 1, echo: 1 }
+  : { http: 2, large: 1, upgrades: 2, echo: 1 };
 const HELD_TUNNELS = quick ? 500 : 2_000;
 // Each front sits next to the fronts it is compared with, so that the two runs of a pair are close in time.
-const FRONTS = ['hpm-express', 'viaduct-express', 'http-proxy-express', 'viaduct-node', 'http-proxy-node'];
+const FRONTS = [
+  'hpm-express',
+  'viaduct-express',
+  'http-proxy-express',
+  'viaduct-node',
+  'http-proxy-node',
+];
 const hasWrk = spawnSync('wrk', ['--version']).error === undefined;
 // Taking turns, the fronts and the WebSocket load generator sit idle for seconds at a time, and
 // V8's memory reducer then collects garbage in them. After such a collection, Node's
@@ -77,17 +85,27 @@ async function wrk(url, connections, seconds = SECONDS) {
   const [, p99, p99Unit] = /99%\s+([\d.]+)(us|ms|s)/.exec(output) ?? [];
   const [, transfer, transferUnit] = /Transfer\/sec:\s+([\d.]+)(B|KB|MB|GB)/.exec(output) ?? [];
   if (!rps) throw new Error(`wrk printed no result:\n${output}`);
-  return { rps, p99: Number(p99) * UNITS[p99Unit], mbps: (Number(transfer) * SIZES[transferUnit]) / 1024 ** 2 };
+  return {
+    rps,
+    p99: Number(p99) * UNITS[p99Unit],
+    mbps: (Number(transfer) * SIZES[transferUnit]) / 1024 ** 2,
+  };
 }
 
 async function autocannon(url, connections, seconds = SECONDS) {
   const cli = here('../node_modules/autocannon/autocannon.js');
-  const child = track(spawn(process.execPath, [cli, '-j', '-c', String(connections), '-d', String(seconds), url]));
+  const child = track(
+    spawn(process.execPath, [cli, '-j', '-c', String(connections), '-d', String(seconds), url]),
+  );
   let output = '';
   child.stdout.on('data', (chunk) => (output += chunk));
   await once(child, 'exit');
   const result = JSON.parse(output);
-  return { rps: result.requests.average, p99: result.latency.p99, mbps: result.throughput.average / 1024 ** 2 };
+  return {
+    rps: result.requests.average,
+    p99: result.latency.p99,
+    mbps: result.throughput.average / 1024 ** 2,
+  };
 }
 
 const httpLoad = hasWrk ? wrk : autocannon;
@@ -98,18 +116,27 @@ const httpLoad = hasWrk ? wrk : autocannon;
 const METRICS = [
   { key: 'rps', label: 'HTTP small: requests/s', rounds: 9 },
   { key: 'p99', label: 'HTTP small: p99 latency (ms)', rounds: 9 },
-  { key: 'mbps', label: 'HTTP 1 MiB: MB/s', rounds: 3, run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps) },
+  {
+    key: 'mbps',
+    label: 'HTTP 1 MiB: MB/s',
+    rounds: 3,
+    run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps),
+  },
   {
     key: 'echo',
     label: 'WS echo over 32 tunnels: messages/s',
     rounds: 7,
-    run: async (front, load) => (await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: SECONDS })).messages / SECONDS,
+    run: async (front, load) =>
+      (await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: SECONDS }))
+        .messages / SECONDS,
   },
   {
     key: 'upgrades',
     label: 'WS upgrades/s (open + close)',
     rounds: 15,
-    run: async (front, load) => (await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: SECONDS })).upgrades / SECONDS,
+    run: async (front, load) =>
+      (await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: SECONDS }))
+        .upgrades / SECONDS,
   },
   {
     key: 'heap',
@@ -141,15 +168,50 @@ const RATIOS = [
 
 const TARGETS = [
   { pair: ['viaduct-express', 'hpm-express'], key: 'rps', holds: (r) => r >= 1.5, text: '≥ 1.5×' },
-  { pair: ['viaduct-express', 'http-proxy-express'], key: 'rps', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
-  { pair: ['viaduct-node', 'http-proxy-node'], key: 'rps', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
-  { pair: ['viaduct-express', 'http-proxy-express'], key: 'p99', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+  {
+    pair: ['viaduct-express', 'http-proxy-express'],
+    key: 'rps',
+    holds: (r) => r >= 0.95,
+    text: '≥ 0.95×',
+  },
+  {
+    pair: ['viaduct-node', 'http-proxy-node'],
+    key: 'rps',
+    holds: (r) => r >= 0.95,
+    text: '≥ 0.95×',
+  },
+  {
+    pair: ['viaduct-express', 'http-proxy-express'],
+    key: 'p99',
+    holds: (r) => r <= 1.1,
+    text: '≤ 1.1×',
+  },
   { pair: ['viaduct-node', 'http-proxy-node'], key: 'p99', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
-  { pair: ['viaduct-express', 'http-proxy-express'], key: 'echo', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
-  { pair: ['viaduct-node', 'http-proxy-node'], key: 'echo', holds: (r) => r >= 0.95, text: '≥ 0.95×' },
+  {
+    pair: ['viaduct-express', 'http-proxy-express'],
+    key: 'echo',
+    holds: (r) => r >= 0.95,
+    text: '≥ 0.95×',
+  },
+  {
+    pair: ['viaduct-node', 'http-proxy-node'],
+    key: 'echo',
+    holds: (r) => r >= 0.95,
+    text: '≥ 0.95×',
+  },
   { pair: ['viaduct-express', 'hpm-express'], key: 'upgrades', holds: (r) => r >= 1, text: '≥ 1×' },
-  { pair: ['viaduct-express', 'http-proxy-express'], key: 'heap', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
-  { pair: ['viaduct-node', 'http-proxy-node'], key: 'heap', holds: (r) => r <= 1.1, text: '≤ 1.1×' },
+  {
+    pair: ['viaduct-express', 'http-proxy-express'],
+    key: 'heap',
+    holds: (r) => r <= 1.1,
+    text: '≤ 1.1×',
+  },
+  {
+    pair: ['viaduct-node', 'http-proxy-node'],
+    key: 'heap',
+    holds: (r) => r <= 1.1,
+    text: '≤ 1.1×',
+  },
 ];
 
 const median = (values) => {
@@ -161,26 +223,52 @@ const format = (value) => (Math.abs(value) >= 100 ? value.toFixed(0) : value.toF
 
 async function main() {
   const started = Date.now();
-  const upstream = track(spawn(process.execPath, [...NODE_FLAGS, here('upstream.mjs')], { stdio: ['ignore', 'pipe', 'inherit'] }));
+  const upstream = track(
+    spawn(process.execPath, [...NODE_FLAGS, here('upstream.mjs')], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
   const upstreamPort = await readyPort(upstream);
   const fronts = [];
   for (const name of FRONTS) {
-    const child = track(fork(here('front.mjs'), [name, String(upstreamPort)], { execArgv: ['--expose-gc', ...NODE_FLAGS], stdio: ['ignore', 'pipe', 'inherit', 'ipc'] }));
+    const child = track(
+      fork(here('front.mjs'), [name, String(upstreamPort)], {
+        execArgv: ['--expose-gc', ...NODE_FLAGS],
+        stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
+      }),
+    );
     const port = await readyPort(child);
-    fronts.push({ name, process: child, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}` });
+    fronts.push({
+      name,
+      process: child,
+      url: `http://127.0.0.1:${port}`,
+      wsUrl: `ws://127.0.0.1:${port}`,
+    });
   }
-  const load = track(fork(here('ws-load.mjs'), [], { execArgv: NODE_FLAGS, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }));
+  const load = track(
+    fork(here('ws-load.mjs'), [], {
+      execArgv: NODE_FLAGS,
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
 
   console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
   for (const front of fronts) {
     await httpLoad(`${front.url}/small`, 32, WARM_UP.http);
     await httpLoad(`${front.url}/large`, 8, WARM_UP.large);
-    await ask(load, { type: 'upgrades', url: front.wsUrl, concurrency: 8, seconds: WARM_UP.upgrades });
+    await ask(load, {
+      type: 'upgrades',
+      url: front.wsUrl,
+      concurrency: 8,
+      seconds: WARM_UP.upgrades,
+    });
     await ask(load, { type: 'echo', url: front.wsUrl, sockets: 32, seconds: WARM_UP.echo });
   }
 
   // results[metric][front] = one value per round; the p99 comes with the requests/s run.
-  const results = Object.fromEntries(METRICS.map((metric) => [metric.key, Object.fromEntries(FRONTS.map((name) => [name, []]))]));
+  const results = Object.fromEntries(
+    METRICS.map((metric) => [metric.key, Object.fromEntries(FRONTS.map((name) => [name, []]))]),
+  );
   for (const metric of MEASURED) {
     const rounds = roundsOf(metric);
     for (let round = 1; round <= rounds; round++) {
@@ -196,13 +284,18 @@ async function main() {
         }
       }
     }
-    console.error(`${metric.label}: ${rounds} round(s) done (${((Date.now() - started) / 1000).toFixed(0)} s)`);
+    console.error(
+      `${metric.label}: ${rounds} round(s) done (${((Date.now() - started) / 1000).toFixed(0)} s)`,
+    );
   }
 
-  const perRound = (key, [a, b]) => results[key][a].map((value, round) => value / results[key][b][round]);
+  const perRound = (key, [a, b]) =>
+    results[key][a].map((value, round) => value / results[key][b][round]);
   const ratio = (key, pair) => median(perRound(key, pair));
   const lines = [];
-  lines.push(`| metric | ${FRONTS.join(' | ')} | ${RATIOS.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} |`);
+  lines.push(
+    `| metric | ${FRONTS.join(' | ')} | ${RATIOS.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} |`,
+  );
   lines.push(`|---|${FRONTS.map(() => '---:').join('|')}|${RATIOS.map(() => '---:').join('|')}|`);
   for (const metric of METRICS) {
     const medians = FRONTS.map((name) => format(median(results[metric.key][name])));
@@ -218,7 +311,9 @@ async function main() {
     const value = median(rounds);
     const label = METRICS.find((metric) => metric.key === target.key).label;
     const meeting = `${rounds.filter(target.holds).length} of ${rounds.length}`;
-    lines.push(`| ${label}: ${target.pair[0]} ÷ ${target.pair[1]} ${target.text} | ${value.toFixed(2)}× | ${meeting} | ${target.holds(value) ? 'yes' : '**no**'} |`);
+    lines.push(
+      `| ${label}: ${target.pair[0]} ÷ ${target.pair[1]} ${target.text} | ${value.toFixed(2)}× | ${meeting} | ${target.holds(value) ? 'yes' : '**no**'} |`,
+    );
   }
   const cpu = cpus();
   console.log(lines.join('\n'));

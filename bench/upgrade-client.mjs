@@ -15,7 +15,11 @@ const SERVER_CLOSE = Buffer.from([0x88, 0x02, 0x03, 0xe8]);
 /** The handshake request for `url` (`ws://host:port/path`), built once per run. */
 export function handshakeFor(url) {
   const { host, hostname, port, pathname } = new URL(url);
-  return { hostname, port: Number(port), request: Buffer.from(handshake(pathname, { host }), 'latin1') };
+  return {
+    hostname,
+    port: Number(port),
+    request: Buffer.from(handshake(pathname, { host }), 'latin1'),
+  };
 }
 
 /**
@@ -33,13 +37,19 @@ export function upgradeAndClose({ hostname, port, request }) {
       headEnd = received.indexOf('\r\n\r\n');
       if (headEnd === -1) return;
       const head = received.toString('latin1', 0, headEnd);
-      if (head.startsWith('HTTP/1.1 101') && head.includes(HANDSHAKE_ACCEPT)) socket.write(CLIENT_CLOSE);
+      if (head.startsWith('HTTP/1.1 101') && head.includes(HANDSHAKE_ACCEPT))
+        socket.write(CLIENT_CLOSE);
       else socket.destroy(new Error(`no WebSocket handshake came back:\n${head}`));
     });
     socket.once('error', reject);
     socket.once('close', () => {
       if (headEnd !== -1 && received.subarray(headEnd + 4).equals(SERVER_CLOSE)) resolve();
-      else reject(new Error(`the tunnel closed without the upstream's close frame: ${JSON.stringify(received?.toString('latin1'))}`));
+      else
+        reject(
+          new Error(
+            `the tunnel closed without the upstream's close frame: ${JSON.stringify(received?.toString('latin1'))}`,
+          ),
+        );
     });
     socket.write(request);
   });

@@ -8,12 +8,17 @@ const LARGE = Buffer.alloc(1024 * 1024, 'x');
 
 const server = http.createServer((req, res) => {
   const body = req.url === '/large' ? LARGE : SMALL;
-  res.writeHead(200, { 'content-type': req.url === '/large' ? 'application/octet-stream' : 'application/json', 'content-length': body.length });
+  res.writeHead(200, {
+    'content-type': req.url === '/large' ? 'application/octet-stream' : 'application/json',
+    'content-length': body.length,
+  });
   res.end(body);
 });
 server.keepAliveTimeout = 30_000;
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false });
-server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => {
-  ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
-}));
+server.on('upgrade', (req, socket, head) =>
+  wss.handleUpgrade(req, socket, head, (ws) => {
+    ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  }),
+);
 server.listen(0, '127.0.0.1', () => console.log(`READY ${server.address().port}`));

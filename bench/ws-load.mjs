@@ -64,7 +64,9 @@ async function upgrades({ url, concurrency, seconds }) {
 async function hold({ url, count }) {
   // In batches, so the front's accept queue and the upstream keep up.
   for (let i = 0; i < count; i += 100) {
-    held.push(...(await Promise.all(Array.from({ length: Math.min(100, count - i) }, () => open(url)))));
+    held.push(
+      ...(await Promise.all(Array.from({ length: Math.min(100, count - i) }, () => open(url)))),
+    );
   }
   return { open: held.length };
 }

@@ -18,8 +18,10 @@ const port = process.env.PORT === undefined ? 3000 : Number(process.env.PORT);
 const host = process.env.HOST ?? '127.0.0.1';
 
 if (cluster.isPrimary) {
-  const count = process.env.WORKERS === 'auto' ? availableParallelism() : Number(process.env.WORKERS ?? 2);
-  if (!Number.isInteger(count) || count < 1) throw new TypeError(`WORKERS is a positive integer or "auto", not "${process.env.WORKERS}"`);
+  const count =
+    process.env.WORKERS === 'auto' ? availableParallelism() : Number(process.env.WORKERS ?? 2);
+  if (!Number.isInteger(count) || count < 1)
+    throw new TypeError(`WORKERS is a positive integer or "auto", not "${process.env.WORKERS}"`);
   const embedded = [];
   if (!process.env.API_TARGET) embedded.push(await startApiUpstream());
   if (!process.env.CHAT_TARGET) embedded.push(await startChatUpstream());
@@ -54,7 +56,9 @@ if (cluster.isPrimary) {
       for (const worker of Object.values(cluster.workers)) worker.process.kill('SIGKILL');
       process.exit(1);
     }, 10_000).unref();
-    const exited = workers.map((worker) => (worker.isDead() ? undefined : new Promise((resolve) => worker.once('exit', resolve))));
+    const exited = workers.map((worker) =>
+      worker.isDead() ? undefined : new Promise((resolve) => worker.once('exit', resolve)),
+    );
     for (const worker of workers) if (worker.isConnected()) worker.send('shutdown');
     Promise.all(exited).then(() => {
       for (const { server, wss } of embedded) {
@@ -70,7 +74,8 @@ if (cluster.isPrimary) {
     if (stopping) return;
     const how = signal ?? `exit code ${code}`;
     // A worker that never listened (port taken, bad target…) would fail again: give up instead of looping.
-    if (!listening.has(worker.id)) return stop(`worker ${worker.process.pid} failed to start (${how})`, 1);
+    if (!listening.has(worker.id))
+      return stop(`worker ${worker.process.pid} failed to start (${how})`, 1);
     console.log(`worker ${worker.process.pid} exited (${how}): starting another`);
     cluster.fork(env);
   });

@@ -56,8 +56,15 @@ export async function startExample({
   if (!chatTarget) embedded.push(await startChatUpstream());
   const chat = chatTarget ?? embedded.at(-1).url;
 
-  const apiProxy = createProxy({ target: api, headers: { response: { 'x-powered-by': null, ...responseHeaders } } });
-  const chatProxy = createProxy({ target: chat, timeouts: { read: 300_000 }, headers: { response: responseHeaders } });
+  const apiProxy = createProxy({
+    target: api,
+    headers: { response: { 'x-powered-by': null, ...responseHeaders } },
+  });
+  const chatProxy = createProxy({
+    target: chat,
+    timeouts: { read: 300_000 },
+    headers: { response: responseHeaders },
+  });
 
   const requireSession = (req, res, next) => {
     if (isSession(sessionSecret, cookieOf(req, SESSION_COOKIE))) return next();
@@ -66,15 +73,21 @@ export async function startExample({
 
   const app = express();
   app.disable('x-powered-by');
-  app.use((req, res, next) => {
+  app.use((_req, res, next) => {
     res.set(responseHeaders);
     next();
   });
   app.use(express.static(fileURLToPath(new URL('./public/', import.meta.url))));
-  app.post('/session', (req, res) => {
-    res.cookie(SESSION_COOKIE, sessionToken(sessionSecret), { httpOnly: true, sameSite: 'strict', path: '/' }).json({ ok: true });
+  app.post('/session', (_req, res) => {
+    res
+      .cookie(SESSION_COOKIE, sessionToken(sessionSecret), {
+        httpOnly: true,
+        sameSite: 'strict',
+        path: '/',
+      })
+      .json({ ok: true });
   });
-  app.get('/stats', (req, res) => res.json({ api: apiProxy.stats(), chat: chatProxy.stats() }));
+  app.get('/stats', (_req, res) => res.json({ api: apiProxy.stats(), chat: chatProxy.stats() }));
   app.use('/api', apiProxy);
   app.use('/chat', requireSession, chatProxy);
 

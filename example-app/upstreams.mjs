@@ -15,7 +15,9 @@ async function listen(server) {
 export async function startApiUpstream() {
   const app = express();
   app.use(express.json());
-  app.get('/time', (req, res) => res.json({ now: new Date().toISOString(), via: req.get('x-forwarded-host') ?? null }));
+  app.get('/time', (req, res) =>
+    res.json({ now: new Date().toISOString(), via: req.get('x-forwarded-host') ?? null }),
+  );
   app.post('/echo', (req, res) => res.json({ youSent: req.body }));
   const server = http.createServer(app);
   return { server, url: await listen(server) };
@@ -23,7 +25,7 @@ export async function startApiUpstream() {
 
 /** ws://…/room/<name>: every text message is relayed to everyone in the room. */
 export async function startChatUpstream() {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer((_req, res) => {
     res.writeHead(426, { 'content-type': 'text/plain' }).end('WebSocket only\n');
   });
   const wss = new WebSocketServer({ server });
@@ -36,7 +38,8 @@ export async function startChatUpstream() {
     ws.on('close', () => members.delete(ws));
     ws.on('message', (data, isBinary) => {
       if (isBinary) return;
-      for (const member of members) if (member.readyState === WebSocket.OPEN) member.send(String(data));
+      for (const member of members)
+        if (member.readyState === WebSocket.OPEN) member.send(String(data));
     });
   });
   return { server, wss, url: await listen(server) };

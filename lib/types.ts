@@ -19,7 +19,10 @@ export type HeaderValue = string | number | readonly string[];
  * One header rule: a value to set, `null` to remove the header, or a function of the incoming
  * request returning a value, `null` (remove) or `undefined` (leave the header as it is).
  */
-export type HeaderRule = HeaderValue | null | ((req: IncomingMessage) => HeaderValue | null | undefined);
+export type HeaderRule =
+  | HeaderValue
+  | null
+  | ((req: IncomingMessage) => HeaderValue | null | undefined);
 
 /** Header rules by header name (any case). */
 export type HeaderRules = Record<string, HeaderRule>;
@@ -38,7 +41,9 @@ export interface HeaderPolicyOptions {
  * `{ '^/old': '/new' }`: the first rule whose RegExp matches the path (with its query) replaces
  * it; or a function returning the new path, or `undefined` to keep it.
  */
-export type PathRewrite = Record<string, string> | ((path: string, req: IncomingMessage) => string | undefined);
+export type PathRewrite =
+  | Record<string, string>
+  | ((path: string, req: IncomingMessage) => string | undefined);
 
 /** An allowed `Origin`: an exact origin (case-insensitive) or a RegExp tested against it. */
 export type OriginRule = string | RegExp;

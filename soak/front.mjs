@@ -35,12 +35,20 @@ function logLine(level) {
   return (message) => {
     logCounts[level]++;
     if (level === 'debug') return;
-    const kind = `${level}: ${String(message).replace(/ for [A-Z]+ \S+/, ' for …').replace(/\d+/g, 'N').slice(0, 140)}`;
+    const kind = `${level}: ${String(message)
+      .replace(/ for [A-Z]+ \S+/, ' for …')
+      .replace(/\d+/g, 'N')
+      .slice(0, 140)}`;
     if (logKinds.has(kind)) logKinds.set(kind, logKinds.get(kind) + 1);
     else if (logKinds.size < MAX_KINDS) logKinds.set(kind, 1);
   };
 }
-const logger = { debug: logLine('debug'), info: logLine('info'), warn: logLine('warn'), error: logLine('error') };
+const logger = {
+  debug: logLine('debug'),
+  info: logLine('info'),
+  warn: logLine('warn'),
+  error: logLine('error'),
+};
 
 const proxy = createProxy({
   routes: {
@@ -67,7 +75,13 @@ proxy.on('close', (info) => {
   tunnelReasons[info.reason] = (tunnelReasons[info.reason] ?? 0) + 1;
   if (!['client', 'upstream', 'error'].includes(info.reason) && oddCloses.length < 10) {
     const { reason, duration, bytesFromClient, bytesFromUpstream } = info;
-    oddCloses.push({ reason, duration, bytesFromClient, bytesFromUpstream, at: Date.now() - started });
+    oddCloses.push({
+      reason,
+      duration,
+      bytesFromClient,
+      bytesFromUpstream,
+      at: Date.now() - started,
+    });
   }
 });
 
@@ -98,7 +112,9 @@ async function heapAfterGc() {
     await tick();
     const heapUsed = process.memoryUsage().heapUsed;
     if (least === undefined || heapUsed < least.heapUsed) {
-      const spaces = Object.fromEntries(getHeapSpaceStatistics().map((space) => [space.space_name, space.space_used_size]));
+      const spaces = Object.fromEntries(
+        getHeapSpaceStatistics().map((space) => [space.space_name, space.space_used_size]),
+      );
       least = { heapUsed, spaces, code: getHeapCodeStatistics() };
     }
   }
@@ -106,7 +122,9 @@ async function heapAfterGc() {
 }
 
 async function probe(message) {
-  const connections = await new Promise((resolve) => server.getConnections((error, count) => resolve(error ? -1 : count)));
+  const connections = await new Promise((resolve) =>
+    server.getConnections((error, count) => resolve(error ? -1 : count)),
+  );
   return {
     type: 'probe',
     id: message.id,
@@ -146,7 +164,9 @@ process.on('message', (message) => {
   if (!handler) return;
   handler(message).then(
     (reply) => process.connected && process.send(reply),
-    (error) => process.connected && process.send({ type: 'failed', id: message.id, error: String(error?.stack ?? error) }),
+    (error) =>
+      process.connected &&
+      process.send({ type: 'failed', id: message.id, error: String(error?.stack ?? error) }),
   );
 });
 // The driver goes away: so does this process.

@@ -18,7 +18,10 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Resolves with `fallback` when `promise` has not settled within `ms`. */
 export function bounded(promise, ms, fallback) {
   let timer;
-  return Promise.race([promise, new Promise((resolve) => (timer = setTimeout(() => resolve(fallback), ms)))]).finally(() => clearTimeout(timer));
+  return Promise.race([
+    promise,
+    new Promise((resolve) => (timer = setTimeout(() => resolve(fallback), ms))),
+  ]).finally(() => clearTimeout(timer));
 }
 
 function track(child) {
@@ -31,7 +34,10 @@ function track(child) {
 function readyOrExit(child, ms) {
   return bounded(
     new Promise((resolve) => {
-      child.on('message', (message) => message?.type === 'ready' && resolve({ ready: true, port: message.port }));
+      child.on(
+        'message',
+        (message) => message?.type === 'ready' && resolve({ ready: true, port: message.port }),
+      );
       child.once('exit', (code, signal) => resolve({ ready: false, code, signal }));
     }),
     ms,
@@ -75,10 +81,17 @@ export class Upstream {
   /** Starts the process; retries (bounded) while the port is still taken. */
   async start() {
     for (let attempt = 0; attempt < 50; attempt++) {
-      const child = track(fork(here('./upstream.mjs'), [String(this.port)], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] }));
+      const child = track(
+        fork(here('./upstream.mjs'), [String(this.port)], {
+          stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+        }),
+      );
       let stderr = '';
       child.stderr.on('data', (chunk) => (stderr = (stderr + chunk).slice(-2_000)));
-      child.on('message', (message) => message?.type === 'bad-upload' && this.badUploads.push(message.detail));
+      child.on(
+        'message',
+        (message) => message?.type === 'bad-upload' && this.badUploads.push(message.detail),
+      );
       const result = await readyOrExit(child, 15_000);
       if (result.ready) {
         this.child = child;
@@ -88,7 +101,10 @@ export class Upstream {
         return;
       }
       child.kill('SIGKILL');
-      if (result.code !== 98) throw new Error(`upstream ${this.name} did not start (${JSON.stringify(result)}): ${stderr}`);
+      if (result.code !== 98)
+        throw new Error(
+          `upstream ${this.name} did not start (${JSON.stringify(result)}): ${stderr}`,
+        );
       this.bindRetries++;
       await sleep(100);
     }
@@ -127,7 +143,12 @@ export class Front {
   }
 
   async start() {
-    const child = track(fork(here('./front.mjs'), this.args, { execArgv: ['--expose-gc'], stdio: ['ignore', 'pipe', 'pipe', 'ipc'] }));
+    const child = track(
+      fork(here('./front.mjs'), this.args, {
+        execArgv: ['--expose-gc'],
+        stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      }),
+    );
     this.child = child;
     child.on('error', (error) => (this.stderr += `\n[driver] IPC error: ${error.message}`));
     child.stdout.on('data', () => {});
@@ -146,7 +167,8 @@ export class Front {
       this.pending.clear();
     });
     const result = await readyOrExit(child, 15_000);
-    if (!result.ready) throw new Error(`the front did not start (${JSON.stringify(result)}): ${this.stderr}`);
+    if (!result.ready)
+      throw new Error(`the front did not start (${JSON.stringify(result)}): ${this.stderr}`);
     this.port = result.port;
   }
 
@@ -174,7 +196,9 @@ export class Front {
   /** Graceful close over IPC, then the process leaves once the channel is gone. */
   async close() {
     const reply = await this.ask({ type: 'close' }, 15_000);
-    const exited = this.exit ? Promise.resolve() : new Promise((resolve) => this.child.once('exit', resolve));
+    const exited = this.exit
+      ? Promise.resolve()
+      : new Promise((resolve) => this.child.once('exit', resolve));
     if (this.child.connected) this.child.disconnect();
     await bounded(exited, 10_000);
     return reply;

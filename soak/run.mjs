@@ -8,7 +8,15 @@ import http from 'node:http';
 import { join, resolve } from 'node:path';
 import { prng } from './bytes.mjs';
 import { Front, Upstream, killAllChildren, pickPort, sleep } from './processes.mjs';
-import { FAILURES, httpDownProbe, httpExchange, nextHttpSpec, nextWsSpec, wsDownProbe, wsSession } from './traffic.mjs';
+import {
+  FAILURES,
+  httpDownProbe,
+  httpExchange,
+  nextHttpSpec,
+  nextWsSpec,
+  wsDownProbe,
+  wsSession,
+} from './traffic.mjs';
 
 // ---------------------------------------------------------------------------------------------
 // Settings.
@@ -67,12 +75,24 @@ function record(kind, outcome, detail) {
   const row = tally.get(kind) ?? new Map();
   tally.set(kind, row);
   row.set(outcome, (row.get(outcome) ?? 0) + 1);
-  if (FAILURES.has(outcome) && failures.length < MAX_FAILURE_LINES) failures.push(`${kind}: ${outcome}: ${detail ?? ''}`);
+  if (FAILURES.has(outcome) && failures.length < MAX_FAILURE_LINES)
+    failures.push(`${kind}: ${outcome}: ${detail ?? ''}`);
 }
 
 const count = (kind, outcome) => tally.get(kind)?.get(outcome) ?? 0;
-const countAll = (outcome, kinds = [...tally.keys()]) => kinds.reduce((sum, kind) => sum + count(kind, outcome), 0);
-const HTTP_KINDS = ['get-small', 'get-large-cl', 'get-large-chunked', 'upload-cl', 'upload-chunked', 'slow-reader', 'abort-upload', 'abort-download', 'abort-waiting'];
+const countAll = (outcome, kinds = [...tally.keys()]) =>
+  kinds.reduce((sum, kind) => sum + count(kind, outcome), 0);
+const HTTP_KINDS = [
+  'get-small',
+  'get-large-cl',
+  'get-large-chunked',
+  'upload-cl',
+  'upload-chunked',
+  'slow-reader',
+  'abort-upload',
+  'abort-download',
+  'abort-waiting',
+];
 const WS_KINDS = ['ws-tunnel', 'ws-vanish'];
 
 /** What each probe while an upstream was down got: `s502` every time, or the run fails. */
@@ -112,7 +132,10 @@ async function killer(upstream, until, firstWithin) {
     const probe = upstream.name === 'http' ? httpDownProbe : wsDownProbe;
     const { outcome, detail } = await probe(front.port);
     downProbes[upstream.name].set(outcome, (downProbes[upstream.name].get(outcome) ?? 0) + 1);
-    if (outcome !== 's502' && failures.length < MAX_FAILURE_LINES) failures.push(`${upstream.name} upstream down: the front answered ${outcome} (${detail ?? ''}), not 502`);
+    if (outcome !== 's502' && failures.length < MAX_FAILURE_LINES)
+      failures.push(
+        `${upstream.name} upstream down: the front answered ${outcome} (${detail ?? ''}), not 502`,
+      );
     await sleep(between(...DOWNTIME));
     await upstream.restart();
   }
@@ -122,8 +145,13 @@ async function phase(name, until, firstKillWithin) {
   const started = Date.now();
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   let killerError;
-  const killers = upstreams.map((upstream) => killer(upstream, until, firstKillWithin).catch((error) => (killerError ??= error)));
-  const clients = [...Array.from({ length: HTTP_CLIENTS }, () => httpClient(agent, until)), ...Array.from({ length: WS_CLIENTS }, () => wsClient(until))];
+  const killers = upstreams.map((upstream) =>
+    killer(upstream, until, firstKillWithin).catch((error) => (killerError ??= error)),
+  );
+  const clients = [
+    ...Array.from({ length: HTTP_CLIENTS }, () => httpClient(agent, until)),
+    ...Array.from({ length: WS_CLIENTS }, () => wsClient(until)),
+  ];
   // Clients stop starting new work at `until` and finish what they had (each exchange is bounded).
   await Promise.all(clients);
   await Promise.all(killers);
@@ -158,12 +186,19 @@ const growth = (from, to) => `${to >= from ? '+' : ''}${(((to - from) / from) * 
 /** Why the front is not back to its baseline yet (nothing: it is). */
 function notSettled(base, probe) {
   const problems = [];
-  if (probe.connections !== 0) problems.push(`${probe.connections} client connections open on the server`);
-  if (probe.stats.requests.active !== 0) problems.push(`stats: ${probe.stats.requests.active} requests active`);
-  if (probe.stats.tunnels.active !== 0) problems.push(`stats: ${probe.stats.tunnels.active} tunnels active`);
-  if (tcpSockets(probe) > tcpSockets(base)) problems.push(`${tcpSockets(probe)} TCP sockets open (baseline ${tcpSockets(base)})`);
-  if (tcpServers(probe) !== tcpServers(base)) problems.push(`${tcpServers(probe)} TCP servers (baseline ${tcpServers(base)})`);
-  problems.push(...listenerDiff(base.listeners, probe.listeners).map((diff) => `listeners: ${diff}`));
+  if (probe.connections !== 0)
+    problems.push(`${probe.connections} client connections open on the server`);
+  if (probe.stats.requests.active !== 0)
+    problems.push(`stats: ${probe.stats.requests.active} requests active`);
+  if (probe.stats.tunnels.active !== 0)
+    problems.push(`stats: ${probe.stats.tunnels.active} tunnels active`);
+  if (tcpSockets(probe) > tcpSockets(base))
+    problems.push(`${tcpSockets(probe)} TCP sockets open (baseline ${tcpSockets(base)})`);
+  if (tcpServers(probe) !== tcpServers(base))
+    problems.push(`${tcpServers(probe)} TCP servers (baseline ${tcpServers(base)})`);
+  problems.push(
+    ...listenerDiff(base.listeners, probe.listeners).map((diff) => `listeners: ${diff}`),
+  );
   return problems;
 }
 
@@ -172,7 +207,11 @@ async function settle(base) {
   const started = Date.now();
   let probe;
   let problems = ['no answer from the front'];
-  for (let poll = 0; poll < SETTLE_BOUND / 50 && Date.now() - started < SETTLE_BOUND && front.alive; poll++) {
+  for (
+    let poll = 0;
+    poll < SETTLE_BOUND / 50 && Date.now() - started < SETTLE_BOUND && front.alive;
+    poll++
+  ) {
     probe = await front.probe();
     if (!probe) break;
     problems = notSettled(base, probe);
@@ -188,16 +227,33 @@ async function settle(base) {
 
 const MiB = (bytes) => `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
 const pad = (value, width) => String(value).padStart(width);
-const OUTCOMES = ['ok', 's502', 's503', 's504', 'reset', 'broken', 'aborted', 'vanished', 'wrong', 'hung'];
+const OUTCOMES = [
+  'ok',
+  's502',
+  's503',
+  's504',
+  'reset',
+  'broken',
+  'aborted',
+  'vanished',
+  'wrong',
+  'hung',
+];
 
 function trafficTable() {
   const known = new Set(OUTCOMES);
-  const extra = [...new Set([...tally.values()].flatMap((row) => [...row.keys()]))].filter((outcome) => !known.has(outcome));
+  const extra = [...new Set([...tally.values()].flatMap((row) => [...row.keys()]))].filter(
+    (outcome) => !known.has(outcome),
+  );
   const columns = [...OUTCOMES, ...extra];
-  const lines = [`  ${'kind'.padEnd(18)}${pad('total', 7)}${columns.map((c) => pad(c, 9)).join('')}`];
+  const lines = [
+    `  ${'kind'.padEnd(18)}${pad('total', 7)}${columns.map((c) => pad(c, 9)).join('')}`,
+  ];
   const row = (label, kinds) => {
     const total = columns.reduce((sum, c) => sum + countAll(c, kinds), 0);
-    lines.push(`  ${label.padEnd(18)}${pad(total, 7)}${columns.map((c) => pad(countAll(c, kinds) || '·', 9)).join('')}`);
+    lines.push(
+      `  ${label.padEnd(18)}${pad(total, 7)}${columns.map((c) => pad(countAll(c, kinds) || '·', 9)).join('')}`,
+    );
   };
   for (const kind of [...HTTP_KINDS, ...WS_KINDS]) if (tally.has(kind)) row(kind, [kind]);
   row('— http', HTTP_KINDS);
@@ -206,13 +262,20 @@ function trafficTable() {
 }
 
 const formatMap = (map) => [...map].map(([key, value]) => `${value} × ${key}`).join(', ') || 'none';
-const formatObject = (object) => Object.entries(object ?? {}).map(([key, value]) => `${key} ${value}`).join(', ') || 'none';
+const formatObject = (object) =>
+  Object.entries(object ?? {})
+    .map(([key, value]) => `${key} ${value}`)
+    .join(', ') || 'none';
 
 function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   const out = [];
   out.push('');
-  out.push(`viaduct soak — ${SECONDS} s (warm-up ${(WARMUP_MS / 1000).toFixed(1)} s), seed ${SEED}, front :${front?.port} → http :${upstreams?.[0].port}, ws :${upstreams?.[1].port}`);
-  out.push(`phases: ${phases.map((p) => `${p.name} ${(p.ms / 1000).toFixed(1)} s`).join(', ') || 'none'}`);
+  out.push(
+    `viaduct soak — ${SECONDS} s (warm-up ${(WARMUP_MS / 1000).toFixed(1)} s), seed ${SEED}, front :${front?.port} → http :${upstreams?.[0].port}, ws :${upstreams?.[1].port}`,
+  );
+  out.push(
+    `phases: ${phases.map((p) => `${p.name} ${(p.ms / 1000).toFixed(1)} s`).join(', ') || 'none'}`,
+  );
   out.push('');
   out.push('traffic (client-side outcomes; · = none)');
   out.push(trafficTable());
@@ -227,36 +290,79 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   out.push('front');
   const row = (label, value) => out.push(`  ${label.padEnd(34)}${value}`);
   const describe = (probe) =>
-    probe ? `connections ${probe.connections}, TCP sockets ${tcpSockets(probe)}, servers ${tcpServers(probe)}, requests active ${probe.stats.requests.active}, tunnels active ${probe.stats.tunnels.active}` : 'no answer';
+    probe
+      ? `connections ${probe.connections}, TCP sockets ${tcpSockets(probe)}, servers ${tcpServers(probe)}, requests active ${probe.stats.requests.active}, tunnels active ${probe.stats.tunnels.active}`
+      : 'no answer';
   row('before traffic', describe(pre));
   if (warm) row(`after warm-up (settled ${warm.ms} ms)`, describe(warm.probe));
   if (end) row(`at the end (settled ${end.ms} ms)`, describe(end.probe));
-  if (pre) row('listeners before traffic', `server ${formatObject(pre.listeners.server)}; proxy ${formatObject(pre.listeners.proxy)}`);
-  if (end?.probe) row('listeners at the end', `server ${formatObject(end.probe.listeners.server)}; proxy ${formatObject(end.probe.listeners.proxy)}`);
+  if (pre)
+    row(
+      'listeners before traffic',
+      `server ${formatObject(pre.listeners.server)}; proxy ${formatObject(pre.listeners.proxy)}`,
+    );
+  if (end?.probe)
+    row(
+      'listeners at the end',
+      `server ${formatObject(end.probe.listeners.server)}; proxy ${formatObject(end.probe.listeners.proxy)}`,
+    );
   if (pre?.heap) {
-    const heaps = [['before traffic', pre.heap], ['after warm-up', warm?.heap], ['at the end', end?.heap]].filter(([, heap]) => heap);
-    const growthNote = (pick) => (warm?.heap && end?.heap ? `   warm-up → end ${growth(pick(warm.heap), pick(end.heap))}` : '');
-    row('heap after GC: objects', heaps.map(([label, heap]) => `${label} ${MiB(objectBytes(heap))}`).join(', ') + growthNote(objectBytes));
-    row('  code + bytecode (V8)', heaps.map(([label, heap]) => `${label} ${MiB(codeBytes(heap))}`).join(', ') + growthNote(codeBytes));
-    row('  heapUsed (both)', heaps.map(([label, heap]) => `${label} ${MiB(heap.heapUsed)}`).join(', ') + growthNote((heap) => heap.heapUsed));
+    const heaps = [
+      ['before traffic', pre.heap],
+      ['after warm-up', warm?.heap],
+      ['at the end', end?.heap],
+    ].filter(([, heap]) => heap);
+    const growthNote = (pick) =>
+      warm?.heap && end?.heap ? `   warm-up → end ${growth(pick(warm.heap), pick(end.heap))}` : '';
+    row(
+      'heap after GC: objects',
+      heaps.map(([label, heap]) => `${label} ${MiB(objectBytes(heap))}`).join(', ') +
+        growthNote(objectBytes),
+    );
+    row(
+      '  code + bytecode (V8)',
+      heaps.map(([label, heap]) => `${label} ${MiB(codeBytes(heap))}`).join(', ') +
+        growthNote(codeBytes),
+    );
+    row(
+      '  heapUsed (both)',
+      heaps.map(([label, heap]) => `${label} ${MiB(heap.heapUsed)}`).join(', ') +
+        growthNote((heap) => heap.heapUsed),
+    );
   }
   const last = end?.probe ?? warm?.probe ?? pre;
   if (last) {
     const { requests, tunnels } = last.stats;
-    row('proxy.stats()', `requests total ${requests.total}, errors ${requests.errors}; tunnels total ${tunnels.total}, rejected ${tunnels.rejected}`);
+    row(
+      'proxy.stats()',
+      `requests total ${requests.total}, errors ${requests.errors}; tunnels total ${tunnels.total}, rejected ${tunnels.rejected}`,
+    );
     row('proxy error events by code', formatObject(last.errorCodes));
     row('tunnels closed by reason', formatObject(last.tunnelReasons));
     for (const odd of last.oddCloses ?? []) {
-      out.push(`    ${odd.reason} at ${(odd.at / 1000).toFixed(1)} s (front clock), open ${odd.duration} ms, ${odd.bytesFromClient} B from client, ${odd.bytesFromUpstream} B from upstream`);
+      out.push(
+        `    ${odd.reason} at ${(odd.at / 1000).toFixed(1)} s (front clock), open ${odd.duration} ms, ${odd.bytesFromClient} B from client, ${odd.bytesFromUpstream} B from upstream`,
+      );
     }
     row('log lines by level', formatObject(last.logs));
-    const kinds = Object.entries(last.logKinds ?? {}).sort((a, b) => b[1] - a[1]).slice(0, 8);
+    const kinds = Object.entries(last.logKinds ?? {})
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 8);
     for (const [kind, n] of kinds) out.push(`    ${pad(n, 6)} × ${kind}`);
   }
-  if (closed) row('graceful close', closed.reply ? `proxy.close() + server.close() in ${closed.reply.ms} ms, exit ${JSON.stringify(front.exit)}` : `no answer, exit ${JSON.stringify(front.exit)}`);
+  if (closed)
+    row(
+      'graceful close',
+      closed.reply
+        ? `proxy.close() + server.close() in ${closed.reply.ms} ms, exit ${JSON.stringify(front.exit)}`
+        : `no answer, exit ${JSON.stringify(front.exit)}`,
+    );
   out.push('');
   out.push('checks');
-  for (const check of checks) out.push(`  [${check.pass ? 'PASS' : 'FAIL'}] ${check.name}${check.pass ? '' : ` — ${check.why}`}`);
+  for (const check of checks)
+    out.push(
+      `  [${check.pass ? 'PASS' : 'FAIL'}] ${check.name}${check.pass ? '' : ` — ${check.why}`}`,
+    );
   if (error) out.push(`  [FAIL] the run itself — ${error}`);
   if (failures.length > 0) {
     out.push('');
@@ -266,23 +372,48 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   if (front?.stderr.trim()) {
     out.push('');
     out.push('front stderr (tail)');
-    out.push(front.stderr.trim().split('\n').slice(-20).map((line) => `  ${line}`).join('\n'));
+    out.push(
+      front.stderr
+        .trim()
+        .split('\n')
+        .slice(-20)
+        .map((line) => `  ${line}`)
+        .join('\n'),
+    );
   }
   const pass = !error && checks.every((check) => check.pass);
   out.push('');
   out.push(`RESULT: ${pass ? 'PASS' : 'FAIL'}`);
   console.log(out.join('\n'));
   // One machine-readable line, for test/soak.test.mjs.
-  const counts = Object.fromEntries([...tally].map(([kind, row]) => [kind, Object.fromEntries(row)]));
+  const counts = Object.fromEntries(
+    [...tally].map(([kind, row]) => [kind, Object.fromEntries(row)]),
+  );
   const result = {
     pass,
     seconds: SECONDS,
     seed: SEED,
     counts,
     totals: Object.fromEntries(OUTCOMES.map((o) => [o, countAll(o)])),
-    upstreams: (upstreams ?? []).map((u) => ({ name: u.name, kills: u.kills, restarts: u.restarts, downProbes: Object.fromEntries(downProbes[u.name]) })),
-    heap: warm?.heap && end?.heap ? { warm: warm.heap.heapUsed, end: end.heap.heapUsed, warmObjects: objectBytes(warm.heap), endObjects: objectBytes(end.heap) } : undefined,
-    failed: checks.filter((check) => !check.pass).map((check) => `${check.name}: ${check.why}`).concat(error ? [String(error)] : []),
+    upstreams: (upstreams ?? []).map((u) => ({
+      name: u.name,
+      kills: u.kills,
+      restarts: u.restarts,
+      downProbes: Object.fromEntries(downProbes[u.name]),
+    })),
+    heap:
+      warm?.heap && end?.heap
+        ? {
+            warm: warm.heap.heapUsed,
+            end: end.heap.heapUsed,
+            warmObjects: objectBytes(warm.heap),
+            endObjects: objectBytes(end.heap),
+          }
+        : undefined,
+    failed: checks
+      .filter((check) => !check.pass)
+      .map((check) => `${check.name}: ${check.why}`)
+      .concat(error ? [String(error)] : []),
   };
   console.log(`SOAK-RESULT ${JSON.stringify(result)}`);
   return pass;
@@ -312,45 +443,110 @@ async function main() {
 
     // Warm-up: every kind of traffic, and each upstream killed once, before the heap baseline.
     const started = Date.now();
-    phases.push(await phase('warm-up', started + WARMUP_MS, Math.max(300, WARMUP_MS - DOWNTIME[1] - 600)));
+    phases.push(
+      await phase('warm-up', started + WARMUP_MS, Math.max(300, WARMUP_MS - DOWNTIME[1] - 600)),
+    );
     report.warm = await settle(report.pre);
     if (SNAPSHOTS) await front.snapshot(join(SNAPSHOTS, 'front-warm.heapsnapshot'));
     // The main phase ends `--seconds` after the start (the warm-up's tail and the settling included),
     // yet lasts at least half of its nominal length.
-    phases.push(await phase('main', Math.max(started + TOTAL_MS, Date.now() + (TOTAL_MS - WARMUP_MS) / 2)));
+    phases.push(
+      await phase('main', Math.max(started + TOTAL_MS, Date.now() + (TOTAL_MS - WARMUP_MS) / 2)),
+    );
     report.end = await settle(report.pre);
     if (SNAPSHOTS) await front.snapshot(join(SNAPSHOTS, 'front-end.heapsnapshot'));
 
     const { warm, end } = report;
     const alive = front.alive;
     const checks = report.checks;
-    checks.push(check('front stayed up, no uncaught exception', alive, front.fatal ?? `the front exited ${JSON.stringify(front.exit)}`));
+    checks.push(
+      check(
+        'front stayed up, no uncaught exception',
+        alive,
+        front.fatal ?? `the front exited ${JSON.stringify(front.exit)}`,
+      ),
+    );
     const wrong = countAll('wrong');
     const hung = countAll('hung');
-    checks.push(check('every response complete and correct, an error status, or a reset', wrong === 0 && hung === 0, `${wrong} wrong, ${hung} hung (see failures)`));
+    checks.push(
+      check(
+        'every response complete and correct, an error status, or a reset',
+        wrong === 0 && hung === 0,
+        `${wrong} wrong, ${hung} hung (see failures)`,
+      ),
+    );
     const badUploads = upstreams.flatMap((u) => u.badUploads);
-    checks.push(check('no upload reached an upstream truncated yet complete', badUploads.length === 0, badUploads.slice(0, 5).join('; ')));
-    const notDown502 = upstreams.flatMap((u) => [...downProbes[u.name]].filter(([o]) => o !== 's502').map(([o, n]) => `${u.name}: ${n} × ${o}`));
-    const probes = upstreams.reduce((sum, u) => sum + [...downProbes[u.name].values()].reduce((a, b) => a + b, 0), 0);
-    checks.push(check('502 while an upstream is down', probes > 0 && notDown502.length === 0, probes === 0 ? 'no upstream was ever down' : notDown502.join(', ')));
-    checks.push(check('both upstreams killed and restarted', upstreams.every((u) => u.kills > 0 && u.restarts === u.kills), upstreams.map((u) => `${u.name} ${u.kills}/${u.restarts}`).join(', ')));
-    checks.push(check('back to baseline after warm-up (sockets, in-flight, listeners)', warm.problems.length === 0, warm.problems.join('; ')));
-    checks.push(check('back to baseline at the end (sockets, in-flight, listeners)', end.problems.length === 0, end.problems.join('; ')));
+    checks.push(
+      check(
+        'no upload reached an upstream truncated yet complete',
+        badUploads.length === 0,
+        badUploads.slice(0, 5).join('; '),
+      ),
+    );
+    const notDown502 = upstreams.flatMap((u) =>
+      [...downProbes[u.name]]
+        .filter(([o]) => o !== 's502')
+        .map(([o, n]) => `${u.name}: ${n} × ${o}`),
+    );
+    const probes = upstreams.reduce(
+      (sum, u) => sum + [...downProbes[u.name].values()].reduce((a, b) => a + b, 0),
+      0,
+    );
+    checks.push(
+      check(
+        '502 while an upstream is down',
+        probes > 0 && notDown502.length === 0,
+        probes === 0 ? 'no upstream was ever down' : notDown502.join(', '),
+      ),
+    );
+    checks.push(
+      check(
+        'both upstreams killed and restarted',
+        upstreams.every((u) => u.kills > 0 && u.restarts === u.kills),
+        upstreams.map((u) => `${u.name} ${u.kills}/${u.restarts}`).join(', '),
+      ),
+    );
+    checks.push(
+      check(
+        'back to baseline after warm-up (sockets, in-flight, listeners)',
+        warm.problems.length === 0,
+        warm.problems.join('; '),
+      ),
+    );
+    checks.push(
+      check(
+        'back to baseline at the end (sockets, in-flight, listeners)',
+        end.problems.length === 0,
+        end.problems.join('; '),
+      ),
+    );
     const [warmHeap, endHeap] = [warm.heap, end.heap];
-    const heapOk = warmHeap !== undefined && endHeap !== undefined && objectBytes(endHeap) <= objectBytes(warmHeap) * (1 + HEAP_TOLERANCE);
-    const heapChange = warmHeap && endHeap ? growth(objectBytes(warmHeap), objectBytes(endHeap)) : 'not measured';
+    const heapOk =
+      warmHeap !== undefined &&
+      endHeap !== undefined &&
+      objectBytes(endHeap) <= objectBytes(warmHeap) * (1 + HEAP_TOLERANCE);
+    const heapChange =
+      warmHeap && endHeap ? growth(objectBytes(warmHeap), objectBytes(endHeap)) : 'not measured';
     checks.push(
       check(
         `heap after GC (objects, i.e. heapUsed less V8 code) within ${HEAP_TOLERANCE * 100} % of the warm-up baseline (${heapChange})`,
         heapOk,
-        warmHeap && endHeap ? `${MiB(objectBytes(warmHeap))} → ${MiB(objectBytes(endHeap))}` : 'not measured (the front did not settle)',
+        warmHeap && endHeap
+          ? `${MiB(objectBytes(warmHeap))} → ${MiB(objectBytes(endHeap))}`
+          : 'not measured (the front did not settle)',
       ),
     );
     // Last: the graceful close, which also ends the front.
     if (front.alive) {
       const reply = await front.close();
       report.closed = { reply };
-      checks.push(check('graceful close resolves and the front exits 0', reply && front.exit?.code === 0, `reply ${JSON.stringify(reply)}, exit ${JSON.stringify(front.exit)}`));
+      checks.push(
+        check(
+          'graceful close resolves and the front exits 0',
+          reply && front.exit?.code === 0,
+          `reply ${JSON.stringify(reply)}, exit ${JSON.stringify(front.exit)}`,
+        ),
+      );
     }
   } catch (error) {
     report.error = error instanceof Error ? error.stack : String(error);

@@ -68,7 +68,13 @@ export function nextHttpSpec(random) {
   const chunkedResponse = random() < 0.5;
   // A third of the responses come slowly, so that upstream kills land mid-body (see upstream.mjs).
   const trickle = random() < 0.33 ? between(random, 1, 6) : 0;
-  const download = (size, chunked) => ({ kind, method: 'GET', path: `/api/bytes?size=${size}&chunked=${chunked ? 1 : 0}&seed=${seed}&trickle=${trickle}`, size, seed });
+  const download = (size, chunked) => ({
+    kind,
+    method: 'GET',
+    path: `/api/bytes?size=${size}&chunked=${chunked ? 1 : 0}&seed=${seed}&trickle=${trickle}`,
+    size,
+    seed,
+  });
   const upload = (size, respond, chunked) => ({
     kind,
     method: 'POST',
@@ -93,7 +99,10 @@ export function nextHttpSpec(random) {
     }
     case 'slow-reader': {
       const spec = download(largeSize(random), chunkedResponse);
-      spec.pauses = Array.from({ length: between(random, 1, 2) }, () => ({ at: Math.floor(random() * spec.size), ms: between(random, 200, 1_000) }));
+      spec.pauses = Array.from({ length: between(random, 1, 2) }, () => ({
+        at: Math.floor(random() * spec.size),
+        ms: between(random, 200, 1_000),
+      }));
       spec.pauses.sort((a, b) => a.at - b.at);
       return spec;
     }
@@ -139,8 +148,17 @@ export function httpExchange(port, agent, spec) {
       headers['x-expect-sha256'] = uploadHash;
       if (!spec.chunkedUpload) headers['content-length'] = spec.upload.length;
     }
-    const req = http.request({ agent, host: '127.0.0.1', port, method: spec.method, path: spec.path, headers });
-    req.on('error', (error) => finish(aborting ? 'aborted' : 'reset', `request: ${error.code ?? error.message}`));
+    const req = http.request({
+      agent,
+      host: '127.0.0.1',
+      port,
+      method: spec.method,
+      path: spec.path,
+      headers,
+    });
+    req.on('error', (error) =>
+      finish(aborting ? 'aborted' : 'reset', `request: ${error.code ?? error.message}`),
+    );
     req.on('response', (res) => onResponse(res));
 
     if (spec.abortWaitingAfter !== undefined) setTimeout(abort, spec.abortWaitingAfter);
@@ -201,18 +219,25 @@ export function httpExchange(port, agent, spec) {
         complete = true;
         const problems = [];
         const got = hash.digest('hex');
-        if (res.headers['x-body-sha256'] !== expectedHash) problems.push(`x-body-sha256 is not the body asked for (${spec.path})`);
+        if (res.headers['x-body-sha256'] !== expectedHash)
+          problems.push(`x-body-sha256 is not the body asked for (${spec.path})`);
         if (bytes !== spec.size || got !== expectedHash) {
-          problems.push(`body ${bytes}/${spec.size} B, sha256 ${got === expectedHash ? 'matches' : 'differs'} (${res.headers['transfer-encoding'] ?? `content-length ${res.headers['content-length']}`})`);
+          problems.push(
+            `body ${bytes}/${spec.size} B, sha256 ${got === expectedHash ? 'matches' : 'differs'} (${res.headers['transfer-encoding'] ?? `content-length ${res.headers['content-length']}`})`,
+          );
         }
         if (spec.upload && res.headers['x-received-sha256'] !== uploadHash) {
-          problems.push(`upstream received ${res.headers['x-received-bytes']}/${spec.upload.length} B of the upload, sha256 differs`);
+          problems.push(
+            `upstream received ${res.headers['x-received-bytes']}/${spec.upload.length} B of the upload, sha256 differs`,
+          );
         }
-        if (spec.abortUploadAt !== undefined) problems.push('a complete 200 to an upload the client abandoned');
+        if (spec.abortUploadAt !== undefined)
+          problems.push('a complete 200 to an upload the client abandoned');
         finish(problems.length === 0 ? 'ok' : 'wrong', `${spec.kind}: ${problems.join('; ')}`);
       });
       res.once('close', () => {
-        if (!ended) finish(aborting ? 'aborted' : 'reset', `response closed after ${bytes}/${spec.size} B`);
+        if (!ended)
+          finish(aborting ? 'aborted' : 'reset', `response closed after ${bytes}/${spec.size} B`);
       });
     }
     return () => req.destroy();
@@ -223,7 +248,8 @@ export function httpExchange(port, agent, spec) {
 export function nextWsSpec(random) {
   const count = between(random, 2, 24);
   const messages = Array.from({ length: count }, () => {
-    const size = random() < 0.85 ? between(random, 0, 4 * KiB) : between(random, 16 * KiB, 512 * KiB);
+    const size =
+      random() < 0.85 ? between(random, 0, 4 * KiB) : between(random, 16 * KiB, 512 * KiB);
     const bytes = bodySlice(seedOf(random), size);
     const binary = random() < 0.6;
     // Text frames must be UTF-8: base64 of the bytes.
@@ -267,7 +293,11 @@ function vanishInHandshake(port, spec) {
 export function wsSession(port, spec) {
   if (spec.vanishAfter === -1) return vanishInHandshake(port, spec);
   return operation((finish) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, { perMessageDeflate: false, handshakeTimeout: 20_000, maxPayload: 4 * 1024 * 1024 });
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, {
+      perMessageDeflate: false,
+      handshakeTimeout: 20_000,
+      maxPayload: 4 * 1024 * 1024,
+    });
     let opened = false;
     let closing = false;
     let sent = 0;
@@ -283,9 +313,14 @@ export function wsSession(port, spec) {
     };
     ws.on('error', (error) => {
       const refused = /Unexpected server response: (\d+)/.exec(error.message);
-      if (refused) finish(ERROR_STATUSES.has(Number(refused[1])) ? `s${refused[1]}` : 'wrong', `upgrade answered ${refused[1]}`);
+      if (refused)
+        finish(
+          ERROR_STATUSES.has(Number(refused[1])) ? `s${refused[1]}` : 'wrong',
+          `upgrade answered ${refused[1]}`,
+        );
       // ws's own protocol errors: the byte stream through the tunnel was corrupted.
-      else if (String(error.code).startsWith('WS_ERR')) finish('wrong', `${spec.kind}: ${error.code}: ${error.message}`);
+      else if (String(error.code).startsWith('WS_ERR'))
+        finish('wrong', `${spec.kind}: ${error.code}: ${error.message}`);
       else finish(opened ? 'broken' : 'reset', error.code ?? error.message);
     });
     ws.on('open', () => {
@@ -299,7 +334,10 @@ export function wsSession(port, spec) {
     ws.on('message', (data, isBinary) => {
       const expected = messages[received];
       if (!expected || isBinary !== expected.binary || !expected.expect.equals(data)) {
-        finish('wrong', `${spec.kind}: echo ${received} differs (${data.length} B, binary ${isBinary}; sent ${expected?.expect.length} B, binary ${expected?.binary})`);
+        finish(
+          'wrong',
+          `${spec.kind}: echo ${received} differs (${data.length} B, binary ${isBinary}; sent ${expected?.expect.length} B, binary ${expected?.binary})`,
+        );
         ws.terminate();
         return;
       }
@@ -317,7 +355,11 @@ export function wsSession(port, spec) {
     });
     ws.on('close', (code) => {
       if (closing && code === 1000) finish('ok');
-      else finish(opened ? 'broken' : 'reset', `closed ${code} after ${received}/${messages.length} echoes`);
+      else
+        finish(
+          opened ? 'broken' : 'reset',
+          `closed ${code} after ${received}/${messages.length} echoes`,
+        );
     });
     return () => ws.terminate();
   });
@@ -326,10 +368,13 @@ export function wsSession(port, spec) {
 /** While an upstream is down: what the front answers on HTTP (`agent: false`, a fresh connection). */
 export function httpDownProbe(port) {
   return operation((finish) => {
-    const req = http.get({ agent: false, host: '127.0.0.1', port, path: '/api/bytes?size=16&seed=1' }, (res) => {
-      res.resume();
-      res.once('close', () => finish(`s${res.statusCode}`));
-    });
+    const req = http.get(
+      { agent: false, host: '127.0.0.1', port, path: '/api/bytes?size=16&seed=1' },
+      (res) => {
+        res.resume();
+        res.once('close', () => finish(`s${res.statusCode}`));
+      },
+    );
     req.on('error', (error) => finish('reset', error.code ?? error.message));
     return () => req.destroy();
   });
@@ -338,7 +383,10 @@ export function httpDownProbe(port) {
 /** While the WebSocket upstream is down: what the front answers to an upgrade. */
 export function wsDownProbe(port) {
   return operation((finish) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, { perMessageDeflate: false, handshakeTimeout: 20_000 });
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, {
+      perMessageDeflate: false,
+      handshakeTimeout: 20_000,
+    });
     ws.on('error', (error) => {
       const refused = /Unexpected server response: (\d+)/.exec(error.message);
       finish(refused ? `s${refused[1]}` : 'reset', error.message);

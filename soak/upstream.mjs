@@ -84,9 +84,18 @@ function handle(req, res) {
       // The client names the body it means to send: an upload that ends "complete" but differs was
       // cut or corrupted on the way, and nobody else may be there to see it (the client may be gone).
       if (expected !== undefined && expected !== received) {
-        process.send?.({ type: 'bad-upload', detail: `${req.headers['transfer-encoding'] ?? `content-length ${req.headers['content-length']}`}: received ${bytes} B, sha256 differs from x-expect-sha256` });
+        process.send?.({
+          type: 'bad-upload',
+          detail: `${req.headers['transfer-encoding'] ?? `content-length ${req.headers['content-length']}`}: received ${bytes} B, sha256 differs from x-expect-sha256`,
+        });
       }
-      respond(res, { 'x-received-sha256': received, 'x-received-bytes': bytes }, bodySlice(seed, size), chunked, trickle);
+      respond(
+        res,
+        { 'x-received-sha256': received, 'x-received-bytes': bytes },
+        bodySlice(seed, size),
+        chunked,
+        trickle,
+      );
     });
     // An upload the proxy abandoned: nothing to answer.
     req.on('error', () => {});
@@ -97,7 +106,11 @@ function handle(req, res) {
 // Shorter than Node's 5 s default, so that the proxy's pooled upstream sockets go soon after the traffic.
 server.keepAliveTimeout = 1_500;
 
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4 * 1024 * 1024 });
+const wss = new WebSocketServer({
+  noServer: true,
+  perMessageDeflate: false,
+  maxPayload: 4 * 1024 * 1024,
+});
 server.on('upgrade', (req, socket, head) => {
   socket.on('error', () => {});
   // `?delay=MS`: the 101 comes that much later (a window for clients that leave during the handshake).
@@ -110,7 +123,7 @@ server.on('upgrade', (req, socket, head) => {
   if (delay > 0) setTimeout(accept, delay);
   else accept();
 });
-server.on('clientError', (error, socket) => socket.destroy());
+server.on('clientError', (_error, socket) => socket.destroy());
 
 server.once('error', (error) => {
   if (error.code === 'EADDRINUSE') process.exit(98);

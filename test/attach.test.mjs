@@ -9,7 +9,15 @@ import express4 from 'express4';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, handshakeThenReset, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  handshake,
+  handshakeThenReset,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { assertOnlyLiveTunnel, deferred } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -81,7 +89,14 @@ async function serve(app, { unmatched, other } = {}) {
   const detach = attach(server, app, { logger: quietLogger(), ...(unmatched && { unmatched }) });
   if (other === 'after') others = addOtherListener(server);
   const port = await listen(server);
-  return { server, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}`, detach, others };
+  return {
+    server,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    detach,
+    others,
+  };
 }
 
 /** An Express/Connect front like startFront's, attached with a quiet logger (startFront's attach logs to the console). */
@@ -96,78 +111,97 @@ async function appFront(kind, proxy, { mount = '', before = [], ...serveOptions 
 // ---------------------------------------------------------------------------------------------
 
 describe('attach(server, proxy | app): mounts apply to upgrades', () => {
-  test('attach(server, proxy) on a node:http server tunnels with the route table', BOUND, async () => {
-    const up = await startUpstream();
-    const proxy = createProxy({ logger: quietLogger(), routes: { '/chat': up.url } });
-    const front = await startFront('node', proxy);
-    const { ws, greeting } = await openSocket(`${front.wsUrl}/chat/x`);
-    assert.equal(greeting, 'hello:/chat/x');
-    assert.equal(await roundTrip(ws, 'hi'), 'echo:hi');
-    assert.equal(up.handshakes.length, 1);
-    ws.close();
-  });
+  test(
+    'attach(server, proxy) on a node:http server tunnels with the route table',
+    BOUND,
+    async () => {
+      const up = await startUpstream();
+      const proxy = createProxy({ logger: quietLogger(), routes: { '/chat': up.url } });
+      const front = await startFront('node', proxy);
+      const { ws, greeting } = await openSocket(`${front.wsUrl}/chat/x`);
+      assert.equal(greeting, 'hello:/chat/x');
+      assert.equal(await roundTrip(ws, 'hi'), 'echo:hi');
+      assert.equal(up.handshakes.length, 1);
+      ws.close();
+    },
+  );
 
   for (const kind of ['express5', 'express4', 'connect']) {
-    test(`attach(server, ${kind} app): app.use('/v1', proxy) → ws://…/v1/chat/x reaches the upstream as /chat/x`, BOUND, async () => {
-      const up = await startUpstream();
-      const proxy = createProxy({ target: up.url, logger: quietLogger() });
-      const front = await appFront(kind, proxy, { mount: '/v1' });
-      const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/x?room=1`);
-      assert.equal(greeting, 'hello:/chat/x?room=1');
-      assert.equal(up.handshakes.length, 1);
-      assert.equal(up.handshakes[0].url, '/chat/x?room=1');
-      assert.equal(await roundTrip(ws, 'hi'), 'echo:hi');
-      ws.close();
-    });
+    test(
+      `attach(server, ${kind} app): app.use('/v1', proxy) → ws://…/v1/chat/x reaches the upstream as /chat/x`,
+      BOUND,
+      async () => {
+        const up = await startUpstream();
+        const proxy = createProxy({ target: up.url, logger: quietLogger() });
+        const front = await appFront(kind, proxy, { mount: '/v1' });
+        const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/x?room=1`);
+        assert.equal(greeting, 'hello:/chat/x?room=1');
+        assert.equal(up.handshakes.length, 1);
+        assert.equal(up.handshakes[0].url, '/chat/x?room=1');
+        assert.equal(await roundTrip(ws, 'hi'), 'echo:hi');
+        ws.close();
+      },
+    );
   }
 });
 
 describe('middleware in front applies to upgrades', () => {
   for (const kind of ['express5', 'express4', 'connect']) {
     const express = kind !== 'connect';
-    test(`${kind}: an auth middleware's 401 reaches the ws client and the socket closes; the right header opens the tunnel`, BOUND, async () => {
-      const up = await startUpstream();
-      const proxy = createProxy({ target: up.url, logger: quietLogger() });
-      const auth = (req, res, next) => {
-        if (req.headers['x-token'] === 'secret') return next();
-        if (express) res.status(401).send('no');
-        else {
-          res.statusCode = 401;
-          res.end();
-        }
-      };
-      const front = await appFront(kind, proxy, { mount: '/v1', before: [auth] });
-      const expectedBody = express ? 'no' : '';
+    test(
+      `${kind}: an auth middleware's 401 reaches the ws client and the socket closes; the right header opens the tunnel`,
+      BOUND,
+      async () => {
+        const up = await startUpstream();
+        const proxy = createProxy({ target: up.url, logger: quietLogger() });
+        const auth = (req, res, next) => {
+          if (req.headers['x-token'] === 'secret') return next();
+          if (express) res.status(401).send('no');
+          else {
+            res.statusCode = 401;
+            res.end();
+          }
+        };
+        const front = await appFront(kind, proxy, { mount: '/v1', before: [auth] });
+        const expectedBody = express ? 'no' : '';
 
-      const refused = await openSocket(`${front.wsUrl}/v1/chat`);
-      assert.equal(refused.refused?.status, 401);
-      assert.equal(refused.refused.body, expectedBody);
+        const refused = await openSocket(`${front.wsUrl}/v1/chat`);
+        assert.equal(refused.refused?.status, 401);
+        assert.equal(refused.refused.body, expectedBody);
 
-      // On the wire: the 401 and its body, then the socket is closed (rawExchange resolves on close).
-      const raw = await rawExchange(front.port, handshake('/v1/chat'));
-      assert.equal(statusOf(raw), 401);
-      assert.equal(bodyOf(raw), expectedBody);
-      assert.equal(statusLines(raw).length, 1);
-      assert.equal(up.handshakes.length, 0);
+        // On the wire: the 401 and its body, then the socket is closed (rawExchange resolves on close).
+        const raw = await rawExchange(front.port, handshake('/v1/chat'));
+        assert.equal(statusOf(raw), 401);
+        assert.equal(bodyOf(raw), expectedBody);
+        assert.equal(statusLines(raw).length, 1);
+        assert.equal(up.handshakes.length, 0);
 
-      const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat`, { headers: { 'x-token': 'secret' } });
-      assert.equal(greeting, 'hello:/chat');
-      assert.equal(up.handshakes.length, 1);
-      ws.close();
-    });
+        const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat`, {
+          headers: { 'x-token': 'secret' },
+        });
+        assert.equal(greeting, 'hello:/chat');
+        assert.equal(up.handshakes.length, 1);
+        ws.close();
+      },
+    );
 
-    test(`${kind}: a middleware calling next(err) with err.status = 429 → 429, closed`, BOUND, async () => {
-      const up = await startUpstream();
-      const proxy = createProxy({ target: up.url, logger: quietLogger() });
-      const limit = (req, res, next) => next(Object.assign(new Error('slow down'), { status: 429 }));
-      const front = await appFront(kind, proxy, { mount: '/v1', before: [limit] });
-      const raw = await rawExchange(front.port, handshake('/v1/chat'));
-      assert.equal(statusOf(raw), 429);
-      assert.ok(!raw.includes('slow down'), 'the error message is not sent');
-      const refused = await openSocket(`${front.wsUrl}/v1/chat`);
-      assert.equal(refused.refused?.status, 429);
-      assert.equal(up.handshakes.length, 0);
-    });
+    test(
+      `${kind}: a middleware calling next(err) with err.status = 429 → 429, closed`,
+      BOUND,
+      async () => {
+        const up = await startUpstream();
+        const proxy = createProxy({ target: up.url, logger: quietLogger() });
+        const limit = (_req, _res, next) =>
+          next(Object.assign(new Error('slow down'), { status: 429 }));
+        const front = await appFront(kind, proxy, { mount: '/v1', before: [limit] });
+        const raw = await rawExchange(front.port, handshake('/v1/chat'));
+        assert.equal(statusOf(raw), 429);
+        assert.ok(!raw.includes('slow down'), 'the error message is not sent');
+        const refused = await openSocket(`${front.wsUrl}/v1/chat`);
+        assert.equal(refused.refused?.status, 429);
+        assert.equal(up.handshakes.length, 0);
+      },
+    );
   }
 });
 
@@ -182,7 +216,9 @@ describe('what middleware sees of an upgrade', () => {
         params: req.params,
         query: req.query,
         locals: res.locals === undefined ? 'none' : Object.keys(res.locals),
-        own: ['next', 'baseUrl', 'originalUrl', '_parsedUrl', 'params'].filter((name) => Object.hasOwn(req, name)),
+        own: ['next', 'baseUrl', 'originalUrl', '_parsedUrl', 'params'].filter((name) =>
+          Object.hasOwn(req, name),
+        ),
         symbols: Object.getOwnPropertySymbols(req).map(String),
       });
       next();
@@ -190,26 +226,30 @@ describe('what middleware sees of an upgrade', () => {
   }
 
   for (const kind of ['express5', 'express4', 'connect']) {
-    test(`${kind}: the same request properties and res.locals as for HTTP on the same path`, BOUND, async () => {
-      const up = await startUpstream();
-      const proxy = createProxy({ target: up.url, logger: quietLogger() });
-      const seen = [];
-      const front = await appFront(kind, proxy, { mount: '/v1', before: [observer(seen)] });
-      assert.equal((await request(`${front.url}/v1/chat/x?room=1`)).status, 200);
-      // Twice: attach learns the router's own symbols from the first upgrade and adds them to the next.
-      for (let i = 0; i < 2; i++) {
-        const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/x?room=1`);
-        assert.equal(greeting, 'hello:/chat/x?room=1');
-        ws.close();
-      }
-      assert.equal(seen.length, 3);
-      const [http, ...upgrades] = seen;
-      for (const upgrade of upgrades) assert.deepEqual(upgrade, http);
-      assert.equal(http.url, '/chat/x?room=1');
-      // Connect has no baseUrl, params or next: none is added to its requests.
-      if (kind === 'connect') assert.deepEqual(http.own, ['originalUrl', '_parsedUrl']);
-      else assert.equal(http.baseUrl, '/v1');
-    });
+    test(
+      `${kind}: the same request properties and res.locals as for HTTP on the same path`,
+      BOUND,
+      async () => {
+        const up = await startUpstream();
+        const proxy = createProxy({ target: up.url, logger: quietLogger() });
+        const seen = [];
+        const front = await appFront(kind, proxy, { mount: '/v1', before: [observer(seen)] });
+        assert.equal((await request(`${front.url}/v1/chat/x?room=1`)).status, 200);
+        // Twice: attach learns the router's own symbols from the first upgrade and adds them to the next.
+        for (let i = 0; i < 2; i++) {
+          const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/x?room=1`);
+          assert.equal(greeting, 'hello:/chat/x?room=1');
+          ws.close();
+        }
+        assert.equal(seen.length, 3);
+        const [http, ...upgrades] = seen;
+        for (const upgrade of upgrades) assert.deepEqual(upgrade, http);
+        assert.equal(http.url, '/chat/x?room=1');
+        // Connect has no baseUrl, params or next: none is added to its requests.
+        if (kind === 'connect') assert.deepEqual(http.own, ['originalUrl', '_parsedUrl']);
+        else assert.equal(http.baseUrl, '/v1');
+      },
+    );
   }
 });
 
@@ -233,7 +273,11 @@ describe('unmatched upgrades', () => {
   /** Opens a WebSocket on `/other`, which the other listener must have answered; returns it. */
   async function openOther(front) {
     const other = await openSocket(`${front.wsUrl}/other`);
-    assert.equal(other.greeting, 'other:hello', `the other listener's handshake completed (got ${JSON.stringify(other.refused)})`);
+    assert.equal(
+      other.greeting,
+      'other:hello',
+      `the other listener's handshake completed (got ${JSON.stringify(other.refused)})`,
+    );
     return other.ws;
   }
 
@@ -245,43 +289,59 @@ describe('unmatched upgrades', () => {
       return app;
     };
 
-    test(`'reject' (${handlerKind}): 404 and close, even with another listener; routed upgrades still tunnel`, BOUND, async () => {
-      const { up, proxy } = await chatOnly();
-      const front = await serve(handlerOf(proxy), { unmatched: 'reject' });
-      const raw = await rawExchange(front.port, handshake('/nothing'));
-      assert.equal(statusOf(raw), 404);
-      const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`);
-      assert.equal(greeting, 'hello:/chat');
-      assert.equal(up.handshakes.length, 1);
-      ws.close();
-    });
-
-    test(`'ignore' (${handlerKind}): the socket is left to another upgrade listener, which completes its handshake`, BOUND, async () => {
-      const { up, proxy } = await chatOnly();
-      const front = await serve(handlerOf(proxy), { unmatched: 'ignore', other: 'after' });
-      const other = await openOther(front);
-      assert.equal(await roundTrip(other, 'x'), 'other:x');
-      other.close();
-      await assertBothListenersServe(front, up);
-      assert.deepEqual(front.others.seen, ['/other', '/mine', '/chat']);
-    });
-
-    test(`'auto' (${handlerKind}): rejects with 404 when attach is the only listener`, BOUND, async () => {
-      const { proxy } = await chatOnly();
-      const front = await serve(handlerOf(proxy));
-      assert.equal(front.server.listenerCount('upgrade'), 1);
-      const raw = await rawExchange(front.port, handshake('/nothing'));
-      assert.equal(statusOf(raw), 404);
-    });
-
-    for (const order of ['after', 'before']) {
-      test(`'auto' (${handlerKind}): ignores when another listener exists (${order} attach)`, BOUND, async () => {
+    test(
+      `'reject' (${handlerKind}): 404 and close, even with another listener; routed upgrades still tunnel`,
+      BOUND,
+      async () => {
         const { up, proxy } = await chatOnly();
-        const front = await serve(handlerOf(proxy), { other: order });
+        const front = await serve(handlerOf(proxy), { unmatched: 'reject' });
+        const raw = await rawExchange(front.port, handshake('/nothing'));
+        assert.equal(statusOf(raw), 404);
+        const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`);
+        assert.equal(greeting, 'hello:/chat');
+        assert.equal(up.handshakes.length, 1);
+        ws.close();
+      },
+    );
+
+    test(
+      `'ignore' (${handlerKind}): the socket is left to another upgrade listener, which completes its handshake`,
+      BOUND,
+      async () => {
+        const { up, proxy } = await chatOnly();
+        const front = await serve(handlerOf(proxy), { unmatched: 'ignore', other: 'after' });
         const other = await openOther(front);
+        assert.equal(await roundTrip(other, 'x'), 'other:x');
         other.close();
         await assertBothListenersServe(front, up);
-      });
+        assert.deepEqual(front.others.seen, ['/other', '/mine', '/chat']);
+      },
+    );
+
+    test(
+      `'auto' (${handlerKind}): rejects with 404 when attach is the only listener`,
+      BOUND,
+      async () => {
+        const { proxy } = await chatOnly();
+        const front = await serve(handlerOf(proxy));
+        assert.equal(front.server.listenerCount('upgrade'), 1);
+        const raw = await rawExchange(front.port, handshake('/nothing'));
+        assert.equal(statusOf(raw), 404);
+      },
+    );
+
+    for (const order of ['after', 'before']) {
+      test(
+        `'auto' (${handlerKind}): ignores when another listener exists (${order} attach)`,
+        BOUND,
+        async () => {
+          const { up, proxy } = await chatOnly();
+          const front = await serve(handlerOf(proxy), { other: order });
+          const other = await openOther(front);
+          other.close();
+          await assertBothListenersServe(front, up);
+        },
+      );
     }
   }
 
@@ -292,46 +352,56 @@ describe('unmatched upgrades', () => {
       ['ignore', 'after'],
       ['ignore', 'before'],
     ]) {
-      test(`${kind}, '${unmatched}', other listener ${order} attach: the app's catch-all 404 never answers an upgrade no viaduct route takes, however late the other listener answers; a 401 in front of a viaduct route still does`, BOUND, async () => {
-        const { up, proxy } = await chatOnly();
-        const app = APPS[kind]();
-        let others;
-        app.use((req, res, next) => {
-          if (req.url.startsWith('/chat') && req.headers['x-token'] !== 'ok') {
-            res.statusCode = 401;
-            res.end('denied');
-          } else {
-            next();
-          }
-        });
-        app.use(proxy);
-        app.use((req, res) => {
-          res.statusCode = 404;
-          res.setHeader('content-type', 'text/plain');
-          res.end('nope');
-          others.appAnswered.resolve();
-        });
-        const front = await serve(app, { unmatched, other: order });
-        others = front.others;
+      test(
+        `${kind}, '${unmatched}', other listener ${order} attach: the app's catch-all 404 never answers an upgrade no viaduct route takes, however late the other listener answers; a 401 in front of a viaduct route still does`,
+        BOUND,
+        async () => {
+          const { up, proxy } = await chatOnly();
+          const app = APPS[kind]();
+          let others;
+          app.use((req, res, next) => {
+            if (req.url.startsWith('/chat') && req.headers['x-token'] !== 'ok') {
+              res.statusCode = 401;
+              res.end('denied');
+            } else {
+              next();
+            }
+          });
+          app.use(proxy);
+          app.use((_req, res) => {
+            res.statusCode = 404;
+            res.setHeader('content-type', 'text/plain');
+            res.end('nope');
+            others.appAnswered.resolve();
+          });
+          const front = await serve(app, { unmatched, other: order });
+          others = front.others;
 
-        const raw = await rawExchange(front.port, handshake('/other'), { until: /other:hello/ });
-        assert.equal(statusOf(raw), 101);
-        assert.deepEqual(statusLines(raw), ['HTTP/1.1 101 Switching Protocols'], 'our buffered 404 was dropped');
-        assert.ok(!raw.includes('nope'));
+          const raw = await rawExchange(front.port, handshake('/other'), { until: /other:hello/ });
+          assert.equal(statusOf(raw), 101);
+          assert.deepEqual(
+            statusLines(raw),
+            ['HTTP/1.1 101 Switching Protocols'],
+            'our buffered 404 was dropped',
+          );
+          assert.ok(!raw.includes('nope'));
 
-        // Answered by the other listener long after the app's 404 was ready: only its answer arrives.
-        const late = await rawExchange(front.port, handshake('/late'));
-        assert.equal(late, LATE_ANSWER);
+          // Answered by the other listener long after the app's 404 was ready: only its answer arrives.
+          const late = await rawExchange(front.port, handshake('/late'));
+          assert.equal(late, LATE_ANSWER);
 
-        // In front of a viaduct route, the middleware's answer is the one the client gets.
-        const denied = await rawExchange(front.port, handshake('/chat'));
-        assert.equal(statusOf(denied), 401);
-        assert.equal(bodyOf(denied), 'denied');
-        assert.equal(up.handshakes.length, 0);
-        const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`, { headers: { 'x-token': 'ok' } });
-        assert.equal(greeting, 'hello:/chat');
-        ws.close();
-      });
+          // In front of a viaduct route, the middleware's answer is the one the client gets.
+          const denied = await rawExchange(front.port, handshake('/chat'));
+          assert.equal(statusOf(denied), 401);
+          assert.equal(bodyOf(denied), 'denied');
+          assert.equal(up.handshakes.length, 0);
+          const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`, {
+            headers: { 'x-token': 'ok' },
+          });
+          assert.equal(greeting, 'hello:/chat');
+          ws.close();
+        },
+      );
     }
   }
 });
@@ -363,12 +433,22 @@ describe('one upgrade, at most one route', () => {
       const port = await listen(server);
 
       // The handshake and a first frame in one write; read until the echo of that frame.
-      const raw = await rawExchange(port, Buffer.concat([Buffer.from(handshake('/chat/x')), textFrame('ping')]), { until: /echo:ping/ });
+      const raw = await rawExchange(
+        port,
+        Buffer.concat([Buffer.from(handshake('/chat/x')), textFrame('ping')]),
+        { until: /echo:ping/ },
+      );
       assert.deepEqual(statusLines(raw), ['HTTP/1.1 101 Switching Protocols']);
       assert.ok(raw.includes('hello:/chat/x'));
-      assert.equal(upA.handshakes.length + upB.handshakes.length, 1, 'exactly one handshake reached an upstream');
-      const opened = proxyA.stats().tunnels.total + (inApp === 'B' ? proxyB.stats().tunnels.total : 0);
-      const rejected = proxyA.stats().tunnels.rejected + (inApp === 'B' ? proxyB.stats().tunnels.rejected : 0);
+      assert.equal(
+        upA.handshakes.length + upB.handshakes.length,
+        1,
+        'exactly one handshake reached an upstream',
+      );
+      const opened =
+        proxyA.stats().tunnels.total + (inApp === 'B' ? proxyB.stats().tunnels.total : 0);
+      const rejected =
+        proxyA.stats().tunnels.rejected + (inApp === 'B' ? proxyB.stats().tunnels.rejected : 0);
       assert.equal(opened, 1);
       assert.equal(rejected, 0);
     });
@@ -398,7 +478,11 @@ describe('detach and argument checks', () => {
     const server = http.createServer();
     const other = () => {};
     server.on('upgrade', other);
-    const detachA = attach(server, createProxy({ target: 'http://127.0.0.1:9', logger: quietLogger() }), { logger: quietLogger() });
+    const detachA = attach(
+      server,
+      createProxy({ target: 'http://127.0.0.1:9', logger: quietLogger() }),
+      { logger: quietLogger() },
+    );
     const detachB = attach(server, express5(), { logger: quietLogger() });
     assert.equal(server.listenerCount('upgrade'), 3);
     detachA();
@@ -407,54 +491,63 @@ describe('detach and argument checks', () => {
     assert.deepEqual(server.listeners('upgrade'), [other]);
   });
 
-  test('an invalid unmatched value or a non-function handler throws a TypeError, and adds no listener', BOUND, () => {
-    const server = http.createServer();
-    const proxy = createProxy({ target: 'http://127.0.0.1:9', logger: quietLogger() });
-    assert.throws(() => attach(server, proxy, { unmatched: 'sometimes' }), TypeError);
-    assert.throws(() => attach(server, proxy, { unmatched: true }), TypeError);
-    assert.throws(() => attach(server, {}), TypeError);
-    assert.throws(() => attach(server, null), TypeError);
-    assert.throws(() => attach(server, 'http://127.0.0.1:9'), TypeError);
-    assert.equal(server.listenerCount('upgrade'), 0);
-    // The valid modes are accepted.
-    for (const unmatched of ['auto', 'reject', 'ignore']) attach(server, proxy, { unmatched, logger: quietLogger() });
-    assert.equal(server.listenerCount('upgrade'), 3);
-  });
+  test(
+    'an invalid unmatched value or a non-function handler throws a TypeError, and adds no listener',
+    BOUND,
+    () => {
+      const server = http.createServer();
+      const proxy = createProxy({ target: 'http://127.0.0.1:9', logger: quietLogger() });
+      assert.throws(() => attach(server, proxy, { unmatched: 'sometimes' }), TypeError);
+      assert.throws(() => attach(server, proxy, { unmatched: true }), TypeError);
+      assert.throws(() => attach(server, {}), TypeError);
+      assert.throws(() => attach(server, null), TypeError);
+      assert.throws(() => attach(server, 'http://127.0.0.1:9'), TypeError);
+      assert.equal(server.listenerCount('upgrade'), 0);
+      // The valid modes are accepted.
+      for (const unmatched of ['auto', 'reject', 'ignore'])
+        attach(server, proxy, { unmatched, logger: quietLogger() });
+      assert.equal(server.listenerCount('upgrade'), 3);
+    },
+  );
 });
 
 describe('client resets during dispatch', () => {
   for (const kind of ['express5', 'connect']) {
-    test(`${kind}: a reset while an async middleware awaits does not crash; nothing is left open upstream`, BOUND, async () => {
-      const up = await startUpstream();
-      const upstreamSockets = [];
-      up.wss.on('connection', (ws, req) => upstreamSockets.push({ url: req.url, ws }));
-      const proxy = createProxy({ target: up.url, logger: quietLogger() });
+    test(
+      `${kind}: a reset while an async middleware awaits does not crash; nothing is left open upstream`,
+      BOUND,
+      async () => {
+        const up = await startUpstream();
+        const upstreamSockets = [];
+        up.wss.on('connection', (ws, req) => upstreamSockets.push({ url: req.url, ws }));
+        const proxy = createProxy({ target: up.url, logger: quietLogger() });
 
-      const inMiddleware = deferred();
-      const gate = deferred();
-      const afterNext = deferred();
-      const app = APPS[kind]();
-      app.use(async (req, res, next) => {
-        if (req.url === '/held') {
-          inMiddleware.resolve(req);
-          await gate.promise;
+        const inMiddleware = deferred();
+        const gate = deferred();
+        const afterNext = deferred();
+        const app = APPS[kind]();
+        app.use(async (req, _res, next) => {
+          if (req.url === '/held') {
+            inMiddleware.resolve(req);
+            await gate.promise;
+            next();
+            afterNext.resolve();
+            return;
+          }
           next();
-          afterNext.resolve();
-          return;
-        }
-        next();
-      });
-      app.use(proxy);
-      const front = await serve(app);
+        });
+        app.use(proxy);
+        const front = await serve(app);
 
-      await handshakeThenReset(front.port, '/held', inMiddleware.promise);
-      gate.resolve();
-      await afterNext.promise;
+        await handshakeThenReset(front.port, '/held', inMiddleware.promise);
+        gate.resolve();
+        await afterNext.promise;
 
-      // The process is alive and the server still tunnels.
-      const { ws, greeting } = await openSocket(`${front.wsUrl}/after`);
-      assert.equal(greeting, 'hello:/after');
-      await assertOnlyLiveTunnel(proxy, upstreamSockets, ws);
-    });
+        // The process is alive and the server still tunnels.
+        const { ws, greeting } = await openSocket(`${front.wsUrl}/after`);
+        assert.equal(greeting, 'hello:/after');
+        await assertOnlyLiveTunnel(proxy, upstreamSockets, ws);
+      },
+    );
   }
 });

@@ -42,7 +42,13 @@ function startRequest(port, { method = 'POST', path = '/', headers = {} } = {}) 
       res.on('data', (chunk) => chunks.push(chunk));
       res.on('end', () => {
         const body = Buffer.concat(chunks);
-        resolve({ status: res.statusCode, headers: res.headers, body, text: body.toString('utf8'), json: () => JSON.parse(body.toString('utf8')) });
+        resolve({
+          status: res.statusCode,
+          headers: res.headers,
+          body,
+          text: body.toString('utf8'),
+          json: () => JSON.parse(body.toString('utf8')),
+        });
       });
       res.on('error', reject);
     });
@@ -62,7 +68,15 @@ function fetchMayBeCut(port, path) {
       let error;
       res.on('data', (chunk) => (bytes += chunk.length));
       res.on('error', (e) => (error = e));
-      res.on('close', () => resolve({ status: res.statusCode, headers: res.headers, bytes, complete: res.complete, error }));
+      res.on('close', () =>
+        resolve({
+          status: res.statusCode,
+          headers: res.headers,
+          bytes,
+          complete: res.complete,
+          error,
+        }),
+      );
     });
     req.on('error', (error) => reject(error));
   });
@@ -84,7 +98,12 @@ async function startParsingUpstream(parserFactory) {
   const app = express5();
   app.use(parserFactory({ verify: (req, _res, buf) => (req.rawBody = Buffer.from(buf)) }));
   app.use((req, res) => {
-    seen.push({ method: req.method, headers: req.headers, raw: req.rawBody ?? Buffer.alloc(0), body: JSON.parse(JSON.stringify(req.body ?? null)) });
+    seen.push({
+      method: req.method,
+      headers: req.headers,
+      raw: req.rawBody ?? Buffer.alloc(0),
+      body: JSON.parse(JSON.stringify(req.body ?? null)),
+    });
     res.json({ ok: true });
   });
   // Express answers a body that does not match its Content-Length (or cannot be parsed) with an error.
@@ -109,7 +128,11 @@ async function frontWithFallback(kind, up, logger = quietLogger()) {
 
 /** One more ordinary request through the front, answered by the upstream. */
 async function assertServes(front, path = '/still-serving') {
-  const res = await within(request(`${front.url}${path}`), 2000, 'a good request after the failure');
+  const res = await within(
+    request(`${front.url}${path}`),
+    2000,
+    'a good request after the failure',
+  );
   assert.equal(res.status, 200, `a good request after the failure got ${res.status}: ${res.text}`);
 }
 
@@ -129,20 +152,39 @@ describe('streaming without buffering', () => {
           hash.update(chunk);
         });
         req.on('end', () => {
-          const text = JSON.stringify({ bytes, sha: hash.digest('hex'), te: req.headers['transfer-encoding'] ?? null, cl: req.headers['content-length'] ?? null });
-          res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+          const text = JSON.stringify({
+            bytes,
+            sha: hash.digest('hex'),
+            te: req.headers['transfer-encoding'] ?? null,
+            cl: req.headers['content-length'] ?? null,
+          });
+          res.writeHead(200, {
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(text),
+          });
           res.end(text);
         });
       });
-      const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+      const front = await startFront(
+        'express5',
+        createProxy({ target: up.url, logger: quietLogger() }),
+      );
       const headers = { 'content-type': 'application/octet-stream' };
       if (framing === 'content-length') headers['content-length'] = String(data.length);
-      const { req, response } = startRequest(front.port, { method: 'PUT', path: '/upload', headers });
+      const { req, response } = startRequest(front.port, {
+        method: 'PUT',
+        path: '/upload',
+        headers,
+      });
 
       req.write(data.subarray(0, 64 * KiB));
       // The rest is written only once the upstream holds the first bytes: a proxy that buffered the
       // body until the end would never let this resolve.
-      await within(firstChunk.promise, 3000, 'the upstream receiving the first chunk of an unfinished upload');
+      await within(
+        firstChunk.promise,
+        3000,
+        'the upstream receiving the first chunk of an unfinished upload',
+      );
       await writeChunks(req, data.subarray(64 * KiB), 64 * KiB);
       req.end();
 
@@ -165,12 +207,19 @@ describe('streaming without buffering', () => {
     const data = randomBytes(8 * MiB);
     const clientFirstChunk = deferred();
     let upstreamFinished = false;
-    const up = await startRawUpstream(async (req, res) => {
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(data.length) });
+    const up = await startRawUpstream(async (_req, res) => {
+      res.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        'content-length': String(data.length),
+      });
       res.write(data.subarray(0, 64 * KiB));
       try {
         // The rest is written only once the client holds the first bytes.
-        await within(clientFirstChunk.promise, 3000, 'the client receiving the first chunk of an unfinished download');
+        await within(
+          clientFirstChunk.promise,
+          3000,
+          'the client receiving the first chunk of an unfinished download',
+        );
       } catch {
         res.destroy();
         return;
@@ -195,7 +244,16 @@ describe('streaming without buffering', () => {
               bytes += chunk.length;
               hash.update(chunk);
             });
-            res.on('end', () => resolve({ status: res.statusCode, bytes, sha: hash.digest('hex'), finishedAtFirstChunk, complete: res.complete, length: res.headers['content-length'] }));
+            res.on('end', () =>
+              resolve({
+                status: res.statusCode,
+                bytes,
+                sha: hash.digest('hex'),
+                finishedAtFirstChunk,
+                complete: res.complete,
+                length: res.headers['content-length'],
+              }),
+            );
             res.on('error', reject);
           })
           .on('error', reject);
@@ -215,9 +273,16 @@ describe('streaming without buffering', () => {
 describe('chunked request bodies', () => {
   test('a chunked upload arrives complete and the upstream sees Transfer-Encoding: chunked', async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     const parts = ['first part;', 'second part;', 'third part'];
-    const { req, response } = startRequest(front.port, { method: 'POST', path: '/chunked', headers: { 'content-type': 'text/plain' } });
+    const { req, response } = startRequest(front.port, {
+      method: 'POST',
+      path: '/chunked',
+      headers: { 'content-type': 'text/plain' },
+    });
     for (const part of parts) {
       if (!req.write(part)) await once(req, 'drain');
     }
@@ -234,9 +299,16 @@ describe('chunked request bodies', () => {
   for (const method of ['DELETE', 'OPTIONS']) {
     test(`a chunked ${method} body stays chunked: no Content-Length: 0 followed by the body`, async () => {
       const up = await startUpstream();
-      const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
+      const front = await startFront(
+        'node',
+        createProxy({ target: up.url, logger: quietLogger() }),
+      );
       // Node's client frames a DELETE/OPTIONS body only when asked to.
-      const { req, response } = startRequest(front.port, { method, path: '/items/7', headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' } });
+      const { req, response } = startRequest(front.port, {
+        method,
+        path: '/items/7',
+        headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+      });
       req.write('{"reason":');
       req.end('"obsolete"}');
       const res = await within(response, 3000, `the ${method} response`);
@@ -263,7 +335,10 @@ describe('chunked request bodies', () => {
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('express5', proxy);
     const raw = await within(
-      rawExchange(front.port, 'POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n'),
+      rawExchange(
+        front.port,
+        'POST /te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+      ),
       3000,
       'the 501 answer',
     );
@@ -284,14 +359,24 @@ for (const [kind, express] of [
   describe(`bodies read by body parsers are re-sent from req.body (${kind})`, () => {
     test('express.json(): re-serialised with a correct Content-Length, also when the client sent it chunked', async () => {
       const up = await startParsingUpstream(express5.json);
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.json()] });
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.json()],
+      });
       const value = { name: 'Zoë', tags: ['a', 'b'], nested: { deep: [1, { x: null, y: true }] } };
       // Pretty-printed: the re-serialised (compact) body is shorter, so a stale length would show.
       const pretty = JSON.stringify(value, null, 2);
-      const res = await request(`${front.url}/json`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: pretty });
+      const res = await request(`${front.url}/json`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: pretty,
+      });
       assert.equal(res.status, 200, res.text);
 
-      const { req, response } = startRequest(front.port, { method: 'PATCH', path: '/json', headers: { 'content-type': 'application/json; charset=utf-8' } });
+      const { req, response } = startRequest(front.port, {
+        method: 'PATCH',
+        path: '/json',
+        headers: { 'content-type': 'application/json; charset=utf-8' },
+      });
       req.write(pretty.slice(0, 10));
       req.end(pretty.slice(10));
       assert.equal((await within(response, 3000, 'the chunked JSON response')).status, 200);
@@ -307,10 +392,18 @@ for (const [kind, express] of [
     });
 
     test('express.urlencoded({ extended: true }): nested objects and arrays parse back to the same structure', async () => {
-      const up = await startParsingUpstream((options) => express5.urlencoded({ extended: true, ...options }));
+      const up = await startParsingUpstream((options) =>
+        express5.urlencoded({ extended: true, ...options }),
+      );
       let parsedAtFront;
       const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
-        before: [express.urlencoded({ extended: true }), (req, _res, next) => ((parsedAtFront = JSON.parse(JSON.stringify(req.body))), next())],
+        before: [
+          express.urlencoded({ extended: true }),
+          (req, _res, next) => {
+            parsedAtFront = JSON.parse(JSON.stringify(req.body));
+            next();
+          },
+        ],
       });
       const form =
         'user%5Bname%5D=Ada+L&user[langs][]=en&user[langs][]=fr&user[address][city]=K%C3%B6ln' +
@@ -324,7 +417,11 @@ for (const [kind, express] of [
         flag: '',
         note: '50% off',
       };
-      const res = await request(`${front.url}/form`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: form });
+      const res = await request(`${front.url}/form`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: form,
+      });
       assert.equal(res.status, 200, res.text);
       assert.deepEqual(parsedAtFront, expected);
       const seen = up.seen[0];
@@ -334,8 +431,12 @@ for (const [kind, express] of [
     });
 
     test('express.urlencoded({ extended: true }): a one-element array stays an array', async () => {
-      const up = await startParsingUpstream((options) => express5.urlencoded({ extended: true, ...options }));
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.urlencoded({ extended: true })] });
+      const up = await startParsingUpstream((options) =>
+        express5.urlencoded({ extended: true, ...options }),
+      );
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.urlencoded({ extended: true })],
+      });
       const res = await request(`${front.url}/form`, {
         method: 'POST',
         headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -346,8 +447,12 @@ for (const [kind, express] of [
     });
 
     test('express.urlencoded({ extended: false }): repeated keys survive', async () => {
-      const up = await startParsingUpstream((options) => express5.urlencoded({ extended: false, ...options }));
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.urlencoded({ extended: false })] });
+      const up = await startParsingUpstream((options) =>
+        express5.urlencoded({ extended: false, ...options }),
+      );
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.urlencoded({ extended: false })],
+      });
       const res = await request(`${front.url}/flat`, {
         method: 'POST',
         headers: { 'content-type': 'application/x-www-form-urlencoded' },
@@ -357,19 +462,31 @@ for (const [kind, express] of [
       const seen = up.seen[0];
       assert.deepEqual(seen.body, { tag: ['a', 'b', 'c'], q: 'x y&z', empty: '' });
       assert.equal(seen.headers['content-length'], String(seen.raw.length));
-      assert.deepEqual(new URLSearchParams(seen.raw.toString('latin1')).getAll('tag'), ['a', 'b', 'c']);
+      assert.deepEqual(new URLSearchParams(seen.raw.toString('latin1')).getAll('tag'), [
+        'a',
+        'b',
+        'c',
+      ]);
     });
 
     test('express.text(): the same bytes in the declared charset', async () => {
-      const up = await startParsingUpstream((options) => express5.text({ type: 'text/*', ...options }));
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.text({ type: 'text/*' })] });
+      const up = await startParsingUpstream((options) =>
+        express5.text({ type: 'text/*', ...options }),
+      );
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.text({ type: 'text/*' })],
+      });
       const utf8 = Buffer.from('héllo wörld ✓ 日本', 'utf8');
       const latin1 = Buffer.from('café crème', 'latin1');
       for (const [type, bytes] of [
         ['text/plain; charset=utf-8', utf8],
         ['text/plain; charset=iso-8859-1', latin1],
       ]) {
-        const res = await request(`${front.url}/text`, { method: 'POST', headers: { 'content-type': type }, body: bytes });
+        const res = await request(`${front.url}/text`, {
+          method: 'POST',
+          headers: { 'content-type': type },
+          body: bytes,
+        });
         assert.equal(res.status, 200, res.text);
         const seen = up.seen.at(-1);
         assert.deepEqual(seen.raw, bytes, `the bytes of a ${type} body`);
@@ -379,9 +496,15 @@ for (const [kind, express] of [
 
     test('express.raw(): the same bytes', async () => {
       const up = await startParsingUpstream(express5.raw);
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.raw()] });
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.raw()],
+      });
       const bytes = randomBytes(48 * KiB);
-      const res = await request(`${front.url}/raw`, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
+      const res = await request(`${front.url}/raw`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: bytes,
+      });
       assert.equal(res.status, 200, res.text);
       const seen = up.seen[0];
       assert.equal(seen.headers['content-length'], String(bytes.length));
@@ -390,29 +513,47 @@ for (const [kind, express] of [
 
     test('a gzip-encoded JSON body that express.json() inflated arrives without Content-Encoding and with its inflated length', async () => {
       const up = await startParsingUpstream(express5.json);
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.json()] });
-      const value = { compressed: true, items: Array.from({ length: 50 }, (_, i) => ({ i, label: `item ${i}` })) };
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.json()],
+      });
+      const value = {
+        compressed: true,
+        items: Array.from({ length: 50 }, (_, i) => ({ i, label: `item ${i}` })),
+      };
       const gz = gzipSync(JSON.stringify(value));
-      const res = await request(`${front.url}/gz`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: gz });
+      const res = await request(`${front.url}/gz`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
+        body: gz,
+      });
       assert.equal(res.status, 200, res.text);
       const seen = up.seen[0];
       assert.equal(seen.error, undefined);
       assert.equal(seen.headers['content-encoding'], undefined);
-      assert.equal(seen.headers['content-length'], String(Buffer.byteLength(JSON.stringify(value))));
+      assert.equal(
+        seen.headers['content-length'],
+        String(Buffer.byteLength(JSON.stringify(value))),
+      );
       assert.deepEqual(seen.body, value);
     });
 
     test('a GET through express.json() is forwarded as a GET without a body', async () => {
       const up = await startUpstream();
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.json()] });
-      const res = await request(`${front.url}/things?page=2`, { headers: { accept: 'application/json' } });
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.json()],
+      });
+      const res = await request(`${front.url}/things?page=2`, {
+        headers: { accept: 'application/json' },
+      });
       assert.equal(res.status, 200);
       assert.equal(res.json().url, '/things?page=2');
       const seen = up.seen[0];
       assert.equal(seen.method, 'GET');
       assert.equal(seen.body.length, 0);
       assert.equal(seen.headers['transfer-encoding'], undefined);
-      assert.ok(seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0');
+      assert.ok(
+        seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0',
+      );
     });
 
     test('a GET whose stream a middleware already read is forwarded without a body, not refused', async () => {
@@ -427,14 +568,22 @@ for (const [kind, express] of [
       assert.equal(seen.method, 'GET');
       assert.equal(seen.body.length, 0);
       assert.equal(seen.headers['transfer-encoding'], undefined);
-      assert.ok(seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0');
+      assert.ok(
+        seen.headers['content-length'] === undefined || seen.headers['content-length'] === '0',
+      );
     });
 
     test('a body the parser does not take streams through untouched', async () => {
       const up = await startUpstream();
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), { before: [express.json()] });
+      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger() }), {
+        before: [express.json()],
+      });
       const bytes = randomBytes(200 * KiB); // above the parsers' 100 kb limit: it must not have been read by one
-      const res = await request(`${front.url}/bin`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes });
+      const res = await request(`${front.url}/bin`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/octet-stream' },
+        body: bytes,
+      });
       assert.equal(res.status, 200);
       const seen = up.seen[0];
       assert.equal(seen.headers['content-length'], String(bytes.length));
@@ -461,10 +610,17 @@ for (const [kind, express] of [
         const body = type.startsWith('multipart')
           ? '--XyZ\r\nContent-Disposition: form-data; name="field"\r\n\r\nvalue\r\n--XyZ--\r\n'
           : 'field=value';
-        const res = await request(`${front.url}/upload`, { method: 'POST', headers: { 'content-type': type }, body });
+        const res = await request(`${front.url}/upload`, {
+          method: 'POST',
+          headers: { 'content-type': type },
+          body,
+        });
         assert.equal(res.status, 500);
         assert.match(res.headers['content-type'], /^text\/plain/);
-        assert.ok(res.body.length > 0 && res.body.length < 200, `a short body, got ${res.body.length} bytes`);
+        assert.ok(
+          res.body.length > 0 && res.body.length < 200,
+          `a short body, got ${res.body.length} bytes`,
+        );
         assert.match(res.text, /^500 /);
         assert.equal(up.seen.length, 0);
         const errorLines = logger.lines.filter(([level]) => level === 'error');
@@ -486,18 +642,28 @@ describe('client aborts', () => {
     const upstreamReq = deferred();
     const firstChunk = deferred();
     const up = await startRawUpstream((req) => {
-      const closed = new Promise((resolve) => req.once('close', () => resolve({ complete: req.complete })));
+      const closed = new Promise((resolve) =>
+        req.once('close', () => resolve({ complete: req.complete })),
+      );
       req.once('data', () => firstChunk.resolve());
       upstreamReq.resolve({ closed });
     });
     const { proxy, front } = await frontWithFallback('express5', up);
-    const { req, response } = startRequest(front.port, { method: 'POST', path: '/upload', headers: { 'content-length': String(4 * MiB) } });
+    const { req, response } = startRequest(front.port, {
+      method: 'POST',
+      path: '/upload',
+      headers: { 'content-length': String(4 * MiB) },
+    });
     response.catch(() => {}); // the client's own abort
     req.write(randomBytes(64 * KiB));
     const { closed } = await within(upstreamReq.promise, 3000, 'the upstream request');
     await within(firstChunk.promise, 3000, 'the first chunk upstream');
     req.destroy();
-    const { complete } = await within(closed, 3000, "the upstream request's close after the client aborted");
+    const { complete } = await within(
+      closed,
+      3000,
+      "the upstream request's close after the client aborted",
+    );
     assert.equal(complete, false);
     assert.equal(proxy.stats().requests.active, 0);
     await assertServes(front);
@@ -508,7 +674,9 @@ describe('client aborts', () => {
     const up = await startRawUpstream((req, res) => {
       req.resume();
       req.once('end', () => {
-        const closed = new Promise((resolve) => res.once('close', () => resolve({ finished: res.writableFinished })));
+        const closed = new Promise((resolve) =>
+          res.once('close', () => resolve({ finished: res.writableFinished })),
+        );
         upstreamRes.resolve({ closed });
       });
     });
@@ -516,9 +684,17 @@ describe('client aborts', () => {
     const { req, response } = startRequest(front.port, { method: 'GET', path: '/slow' });
     response.catch(() => {}); // the client's own abort
     req.end();
-    const { closed } = await within(upstreamRes.promise, 3000, 'the upstream receiving the request');
+    const { closed } = await within(
+      upstreamRes.promise,
+      3000,
+      'the upstream receiving the request',
+    );
     req.destroy();
-    const { finished } = await within(closed, 3000, "the upstream response's close after the client aborted");
+    const { finished } = await within(
+      closed,
+      3000,
+      "the upstream response's close after the client aborted",
+    );
     assert.equal(finished, false);
     assert.equal(proxy.stats().requests.active, 0);
     await assertServes(front);
@@ -526,9 +702,14 @@ describe('client aborts', () => {
 
   test('mid-download: the upstream side is closed', async () => {
     const upstreamRes = deferred();
-    const up = await startRawUpstream((req, res) => {
-      const closed = new Promise((resolve) => res.once('close', () => resolve({ finished: res.writableFinished })));
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(8 * MiB) });
+    const up = await startRawUpstream((_req, res) => {
+      const closed = new Promise((resolve) =>
+        res.once('close', () => resolve({ finished: res.writableFinished })),
+      );
+      res.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        'content-length': String(8 * MiB),
+      });
       res.write(randomBytes(64 * KiB));
       upstreamRes.resolve({ closed });
     });
@@ -540,7 +721,11 @@ describe('client aborts', () => {
     await within(once(res, 'data'), 3000, 'the first bytes of the download');
     const { closed } = await upstreamRes.promise;
     req.destroy();
-    const { finished } = await within(closed, 3000, "the upstream response's close after the client aborted");
+    const { finished } = await within(
+      closed,
+      3000,
+      "the upstream response's close after the client aborted",
+    );
     assert.equal(finished, false);
     assert.equal(proxy.stats().requests.active, 0);
     await assertServes(front);
@@ -550,7 +735,7 @@ describe('client aborts', () => {
 describe('upstream aborts mid-body', () => {
   for (const framing of ['content-length', 'chunked']) {
     test(`a ${framing} response cut by the upstream is cut for the client too, never complete-looking`, async () => {
-      const up = await startRawUpstream((req, res) => {
+      const up = await startRawUpstream((_req, res) => {
         const headers = { 'content-type': 'application/octet-stream' };
         if (framing === 'content-length') headers['content-length'] = '100000';
         res.writeHead(200, headers);
@@ -560,14 +745,21 @@ describe('upstream aborts mid-body', () => {
       const errors = [];
       const { proxy, front } = await frontWithFallback('express5', up, logger);
       proxy.on('error', (error) => errors.push(error));
-      const result = await within(fetchMayBeCut(front.port, '/cut'), 3000, 'the end of the cut response');
+      const result = await within(
+        fetchMayBeCut(front.port, '/cut'),
+        3000,
+        'the end of the cut response',
+      );
       assert.equal(result.status, 200);
       assert.equal(result.complete, false);
       assert.ok(result.bytes <= 1000, `at most what the upstream sent, got ${result.bytes}`);
       assert.equal(errors.length, 1);
       assert.ok(errors[0] instanceof ProxyError);
       assert.equal(errors[0].code, 'EUPSTREAMABORTED');
-      assert.ok(logger.lines.some(([level, line]) => level === 'error' && /502/.test(line)), JSON.stringify(logger.lines));
+      assert.ok(
+        logger.lines.some(([level, line]) => level === 'error' && /502/.test(line)),
+        JSON.stringify(logger.lines),
+      );
       await assertServes(front);
     });
   }

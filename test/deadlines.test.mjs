@@ -13,7 +13,14 @@ import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startSilentUpstream, startUpstream } from './helpers/servers.mjs';
+import {
+  closeAll,
+  listen,
+  quietLogger,
+  startFront,
+  startSilentUpstream,
+  startUpstream,
+} from './helpers/servers.mjs';
 import { handshake, rawExchange, request, statusOf } from './helpers/clients.mjs';
 import { within } from './helpers/waiting.mjs';
 
@@ -41,7 +48,9 @@ function responseOf(req) {
     req.on('response', (res) => {
       const chunks = [];
       res.on('data', (chunk) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode, text: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () =>
+        resolve({ status: res.statusCode, text: Buffer.concat(chunks).toString('utf8') }),
+      );
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -64,7 +73,9 @@ function trackConnections(server) {
   server.on('connection', (socket) => {
     const connection = { port: socket.remotePort, peerEnded: false };
     socket.once('end', () => (connection.peerEnded = true));
-    connection.closed = new Promise((resolve) => socket.once('close', () => resolve(performance.now())));
+    connection.closed = new Promise((resolve) =>
+      socket.once('close', () => resolve(performance.now())),
+    );
     connections.push(connection);
   });
   return connections;
@@ -110,8 +121,12 @@ async function assertRetiredAfter(target, connections, min, max) {
   const endedAt = performance.now();
   assert.equal(res.status, 200);
   assert.equal(connections.length, 1);
-  const idle = (await within(connections[0].closed, max + 1000, 'the pooled socket closed')) - endedAt;
-  assert.ok(idle >= min && idle < max, `closed ${idle.toFixed(0)} ms after the response, expected ${min} to ${max}`);
+  const idle =
+    (await within(connections[0].closed, max + 1000, 'the pooled socket closed')) - endedAt;
+  assert.ok(
+    idle >= min && idle < max,
+    `closed ${idle.toFixed(0)} ms after the response, expected ${min} to ${max}`,
+  );
   assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
 }
 
@@ -157,7 +172,8 @@ function watchTimers(createdBy) {
     /** How many were created since the watch began. */
     created: () => created,
     /** Resolves once none is live. */
-    allCleared: () => (live.size === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve))),
+    allCleared: () =>
+      live.size === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve)),
     disable: () => hook.disable(),
   };
 }
@@ -166,30 +182,51 @@ function watchTimers(createdBy) {
 
 describe('read timeout (timeouts.read) on the sweep', () => {
   test('a response trickling a byte every 80 ms for 800 ms outlives read: 300: delivered whole, no error', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': TRICKLE.length });
       trickle(res);
     });
     const { front, errors } = await proxied({ target: up.url, timeouts: { read: 300 } });
-    const { res, ms } = await timed(() => within(request(`${front.url}/slow-response`), 3000, 'the trickled response'));
+    const { res, ms } = await timed(() =>
+      within(request(`${front.url}/slow-response`), 3000, 'the trickled response'),
+    );
     assert.equal(res.status, 200);
     // request() resolves on `end` only: the body arrived complete, with its Content-Length.
     assert.equal(res.text, TRICKLE);
-    assert.ok(ms >= 700, `the response took ${ms.toFixed(0)} ms: it trickled for longer than the read timeout`);
+    assert.ok(
+      ms >= 700,
+      `the response took ${ms.toFixed(0)} ms: it trickled for longer than the read timeout`,
+    );
     assert.deepEqual(errors, []);
   });
 
   test('a request body uploaded a byte every 80 ms for 800 ms outlives read: 300: bytes written upstream count as activity', async () => {
     const up = await startUpstream();
     const { front, errors } = await proxied({ target: up.url, timeouts: { read: 300 } });
-    const req = http.request(`${front.url}/slow-upload`, { method: 'POST', agent: false, headers: { 'content-type': 'text/plain' } });
-    const { res, ms } = await timed(async () => (await within(Promise.all([trickle(req), responseOf(req)]), 3000, 'the answer to the slow upload'))[1]);
+    const req = http.request(`${front.url}/slow-upload`, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'text/plain' },
+    });
+    const { res, ms } = await timed(
+      async () =>
+        (
+          await within(
+            Promise.all([trickle(req), responseOf(req)]),
+            3000,
+            'the answer to the slow upload',
+          )
+        )[1],
+    );
     assert.equal(res.status, 200, `got ${res.status}: ${res.text}`);
     // The upstream answers once it has read the whole body, echoing it.
     const seen = JSON.parse(res.text);
     assert.equal(seen.headers['transfer-encoding'], 'chunked');
     assert.equal(seen.body, TRICKLE);
-    assert.ok(ms >= 700, `the exchange took ${ms.toFixed(0)} ms: the upload was slower than the read timeout`);
+    assert.ok(
+      ms >= 700,
+      `the exchange took ${ms.toFixed(0)} ms: the upload was slower than the read timeout`,
+    );
     assert.deepEqual(errors, []);
   });
 
@@ -214,7 +251,9 @@ describe('read timeout (timeouts.read) on the sweep', () => {
       routes: { '/fast': { target: up.url, timeouts: { read: 100 } } },
       timeouts: { read: 2000 },
     });
-    const { res, ms } = await timed(() => within(request(`${front.url}/fast/silent`), 3000, 'the 504 on /fast'));
+    const { res, ms } = await timed(() =>
+      within(request(`${front.url}/fast/silent`), 3000, 'the 504 on /fast'),
+    );
     assert.equal(res.status, 504);
     // A 12 ms period: 100 to 124 ms. The default route's 250 ms period would take 250 ms at the least.
     assert.ok(ms >= 95 && ms < 200, `504 after ${ms.toFixed(0)} ms, expected 100 to 124`);
@@ -226,7 +265,7 @@ describe('read timeout (timeouts.read) on the sweep', () => {
 });
 
 describe('pooled upstream sockets', () => {
-  test("Keep-Alive: timeout=2 from the upstream: the proxy closes the pooled socket about 1 s after the response, before the upstream would", async () => {
+  test('Keep-Alive: timeout=2 from the upstream: the proxy closes the pooled socket about 1 s after the response, before the upstream would', async () => {
     const up = await startUpstream();
     up.server.keepAliveTimeout = 2000; // Node answers `Keep-Alive: timeout=2`
     // 2 s − 1 s, late by at most two 250 ms periods; the upstream itself would close at 2 s.
@@ -234,7 +273,7 @@ describe('pooled upstream sockets', () => {
   });
 
   test('Keep-Alive: timeout=1 from the upstream: the socket is not pooled, the next request opens a new connection', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.setHeader('keep-alive', 'timeout=1');
       return false;
     });
@@ -242,11 +281,21 @@ describe('pooled upstream sockets', () => {
     const connections = trackConnections(up.server);
     const { front } = await proxied({ target: up.url });
 
-    assert.equal((await within(request(`${front.url}/first`), 2000, 'the first response')).status, 200);
-    await within(connections[0].closed, 300, 'the first upstream connection closed right after its response');
+    assert.equal(
+      (await within(request(`${front.url}/first`), 2000, 'the first response')).status,
+      200,
+    );
+    await within(
+      connections[0].closed,
+      300,
+      'the first upstream connection closed right after its response',
+    );
     assert.ok(connections[0].peerEnded, 'the proxy closed the connection, not the upstream');
 
-    assert.equal((await within(request(`${front.url}/second`), 2000, 'the second response')).status, 200);
+    assert.equal(
+      (await within(request(`${front.url}/second`), 2000, 'the second response')).status,
+      200,
+    );
     assert.deepEqual(
       up.seen.map((r) => r.url),
       ['/first', '/second'],
@@ -257,7 +306,7 @@ describe('pooled upstream sockets', () => {
   });
 
   test('Keep-Alive: max=100, timeout=2: the hint counts wherever it is in the list', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.setHeader('keep-alive', 'max=100, timeout=2');
       return false;
     });
@@ -265,13 +314,17 @@ describe('pooled upstream sockets', () => {
     await assertRetiredAfter(up.url, trackConnections(up.server), 900, 1700);
   });
 
-  test('Keep-Alive: timeout=6 from the upstream: the pooled socket is kept past the 4 s default, until 5 s', { timeout: 10_000 }, async () => {
+  test('Keep-Alive: timeout=6 from the upstream: the pooled socket is kept past the 4 s default, until 5 s', {
+    timeout: 10_000,
+  }, async () => {
     const up = await startUpstream();
     up.server.keepAliveTimeout = 6000; // Node answers `Keep-Alive: timeout=6`; it would close at 6 s
     await assertRetiredAfter(up.url, trackConnections(up.server), 4900, 5700);
   });
 
-  test('no Keep-Alive hint from the upstream: the pooled socket is closed after 4 s idle', { timeout: 10_000 }, async () => {
+  test('no Keep-Alive hint from the upstream: the pooled socket is closed after 4 s idle', {
+    timeout: 10_000,
+  }, async () => {
     const up = await hintlessUpstream();
     // 4 s, late by at most two 250 ms periods.
     await assertRetiredAfter(up.url, up.connections, 3900, 4700);
@@ -279,13 +332,15 @@ describe('pooled upstream sockets', () => {
 });
 
 describe('the sweep', () => {
-  test('an upgrade the upstream never answers: 504 EREADTIMEOUT no earlier than read: 300, at most two periods late; viaduct armed no timer for it but the sweep\'s, which stops after', async () => {
+  test("an upgrade the upstream never answers: 504 EREADTIMEOUT no earlier than read: 300, at most two periods late; viaduct armed no timer for it but the sweep's, which stops after", async () => {
     const up = await startSilentUpstream();
     const { front, errors } = await proxied({ target: up.url, timeouts: { read: 300 } });
     const sweep = watchTimers(bySweep);
     const others = watchTimers(byViaductNotSweep);
     try {
-      const { res: raw, ms } = await timed(() => within(rawExchange(front.port, handshake('/chat')), 3000, 'the 504 and close'));
+      const { res: raw, ms } = await timed(() =>
+        within(rawExchange(front.port, handshake('/chat')), 3000, 'the 504 and close'),
+      );
       assert.equal(statusOf(raw), 504, raw);
       assert.equal(up.upgrades.length, 1, 'the handshake reached the upstream');
       // A 37 ms period: 300 to 374 ms after the connection, plus 150 ms for the loopback and a busy event loop.
@@ -295,7 +350,7 @@ describe('the sweep', () => {
         [[504, 'EREADTIMEOUT']],
       );
       assert.equal(sweep.created(), 1, 'the handshake started the sweep');
-      assert.equal(others.created(), 0, 'no connect or read timer of the handshake\'s own');
+      assert.equal(others.created(), 0, "no connect or read timer of the handshake's own");
       await within(sweep.allCleared(), 500, 'the sweep stopped once the handshake was answered');
     } finally {
       sweep.disable();
@@ -313,9 +368,16 @@ describe('the sweep', () => {
       const first = await proxied({ target: brief.url });
       assert.equal(sweep.timers().length, 0, 'an idle proxy runs no sweep');
 
-      assert.equal((await within(request(`${first.front.url}/a`), 2000, 'the response')).status, 200);
+      assert.equal(
+        (await within(request(`${first.front.url}/a`), 2000, 'the response')).status,
+        200,
+      );
       assert.equal(sweep.timers().length, 1, 'the sweep runs while a socket is pooled');
-      assert.equal(sweep.timers()[0].hasRef(), false, "the sweep's timer does not keep the process alive");
+      assert.equal(
+        sweep.timers()[0].hasRef(),
+        false,
+        "the sweep's timer does not keep the process alive",
+      );
       await within(briefConnections[0].closed, 3000, 'the pooled socket retired');
       await within(sweep.allCleared(), 500, 'the sweep stopped once nothing was left to watch');
 
@@ -323,7 +385,10 @@ describe('the sweep', () => {
       const long = await startUpstream();
       const longConnections = trackConnections(long.server);
       const second = await proxied({ target: long.url });
-      assert.equal((await within(request(`${second.front.url}/b`), 2000, 'the response')).status, 200);
+      assert.equal(
+        (await within(request(`${second.front.url}/b`), 2000, 'the response')).status,
+        200,
+      );
       assert.equal(sweep.timers().length, 1, 'the sweep runs while a socket is pooled');
       await within(second.proxy.close({ timeout: 1000 }), 1000, 'close()');
       await within(sweep.allCleared(), 500, 'the sweep stopped by close()');

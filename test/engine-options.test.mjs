@@ -16,7 +16,10 @@ after(closeAll);
 
 test('targets: a URL object, { host, port, protocol } and { socketPath } with its path, on both paths', async () => {
   const up = await startUpstream();
-  for (const target of [new URL(`${up.url}/base`), { host: '127.0.0.1', port: up.port, protocol: 'http', path: '/base' }]) {
+  for (const target of [
+    new URL(`${up.url}/base`),
+    { host: '127.0.0.1', port: up.port, protocol: 'http', path: '/base' },
+  ]) {
     const front = await startFront('node', createProxy({ target, logger: quietLogger() }));
     assert.equal((await request(`${front.url}/a?b=1`)).json().url, '/base/a?b=1');
   }
@@ -30,7 +33,10 @@ test('targets: a URL object, { host, port, protocol } and { socketPath } with it
   unix.listen(socketPath);
   await once(unix, 'listening');
   after(() => new Promise((resolve) => unix.close(resolve)));
-  const front = await startFront('node', createProxy({ target: { socketPath, path: '/base' }, logger: quietLogger() }));
+  const front = await startFront(
+    'node',
+    createProxy({ target: { socketPath, path: '/base' }, logger: quietLogger() }),
+  );
   assert.equal((await request(`${front.url}/a`)).text, 'unix:/base/a');
   const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`);
   assert.equal(greeting, 'hello:/base/chat');
@@ -47,7 +53,10 @@ test('agent: the given agent carries HTTP requests and upgrades', async () => {
     }
   }
   const agent = new CountingAgent({ keepAlive: false });
-  const front = await startFront('node', createProxy({ target: up.url, agent, logger: quietLogger() }));
+  const front = await startFront(
+    'node',
+    createProxy({ target: up.url, agent, logger: quietLogger() }),
+  );
   assert.equal((await request(`${front.url}/a`)).status, 200);
   assert.equal(connections.length, 1);
   const { ws, greeting } = await openSocket(`${front.wsUrl}/chat`);
@@ -57,22 +66,35 @@ test('agent: the given agent carries HTTP requests and upgrades', async () => {
 });
 
 test('cookieDomainRewrite and cookiePathRewrite rewrite Set-Cookie, per route', async () => {
-  const up = await startUpstream((req, res) => {
-    res.setHeader('set-cookie', ['a=1; Domain=upstream.internal; Path=/api', 'b=2; Path=/api/admin']);
+  const up = await startUpstream((_req, res) => {
+    res.setHeader('set-cookie', [
+      'a=1; Domain=upstream.internal; Path=/api',
+      'b=2; Path=/api/admin',
+    ]);
     res.end('ok');
   });
   const proxy = createProxy({
     routes: {
-      '/rewritten': { target: up.url, cookieDomainRewrite: 'front.example', cookiePathRewrite: { '/api': '/', '/api/admin': '/admin' } },
+      '/rewritten': {
+        target: up.url,
+        cookieDomainRewrite: 'front.example',
+        cookiePathRewrite: { '/api': '/', '/api/admin': '/admin' },
+      },
       '/untouched': up.url,
     },
     logger: quietLogger(),
   });
   const front = await startFront('express5', proxy);
   const rewritten = await request(`${front.url}/rewritten`);
-  assert.deepEqual(rewritten.headers['set-cookie'], ['a=1; Domain=front.example; Path=/', 'b=2; Path=/admin']);
+  assert.deepEqual(rewritten.headers['set-cookie'], [
+    'a=1; Domain=front.example; Path=/',
+    'b=2; Path=/admin',
+  ]);
   const untouched = await request(`${front.url}/untouched`);
-  assert.deepEqual(untouched.headers['set-cookie'], ['a=1; Domain=upstream.internal; Path=/api', 'b=2; Path=/api/admin']);
+  assert.deepEqual(untouched.headers['set-cookie'], [
+    'a=1; Domain=upstream.internal; Path=/api',
+    'b=2; Path=/api/admin',
+  ]);
 });
 
 test('autoRewrite points redirects to the upstream back at the host the client used', async () => {
@@ -81,7 +103,10 @@ test('autoRewrite points redirects to the upstream back at the host the client u
   });
   const plain = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
   assert.equal((await request(`${plain.url}/go`)).headers.location, `${up.url}/next?x=1`);
-  const rewriting = await startFront('node', createProxy({ target: up.url, autoRewrite: true, logger: quietLogger() }));
+  const rewriting = await startFront(
+    'node',
+    createProxy({ target: up.url, autoRewrite: true, logger: quietLogger() }),
+  );
   const res = await request(`${rewriting.url}/go`, { headers: { host: 'front.example:8080' } });
   assert.equal(res.status, 302);
   assert.equal(res.headers.location, 'http://front.example:8080/next?x=1');

@@ -8,8 +8,23 @@ import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, deadPort, quietLogger, startFront, startSilentUpstream, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  closeAll,
+  deadPort,
+  quietLogger,
+  startFront,
+  startSilentUpstream,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  handshake,
+  openSocket,
+  parseResponse,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -36,17 +51,26 @@ function get(port, path, headers = {}) {
 
 /** One more ordinary request, and one more WebSocket, through the front: it keeps serving. */
 async function assertServes(front, { ws = true } = {}) {
-  const res = await within(request(`${front.url}/good/after`), 2000, 'a good request after the failure');
+  const res = await within(
+    request(`${front.url}/good/after`),
+    2000,
+    'a good request after the failure',
+  );
   assert.equal(res.status, 200, `a good request after the failure got ${res.status}: ${res.text}`);
   if (ws) {
-    const { ws: socket, greeting } = await within(openSocket(`${front.wsUrl}/good/chat`), 2000, 'a good WebSocket after the failure');
+    const { ws: socket, greeting } = await within(
+      openSocket(`${front.wsUrl}/good/chat`),
+      2000,
+      'a good WebSocket after the failure',
+    );
     assert.equal(greeting, 'hello:/good/chat');
     assert.equal(await roundTrip(socket, 'ping'), 'echo:ping');
     socket.close();
   }
 }
 
-const BROWSER_ACCEPT = 'text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8';
+const BROWSER_ACCEPT =
+  'text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8';
 
 // ---------------------------------------------------------------------------------------------
 
@@ -56,14 +80,22 @@ describe('upstream refused', () => {
     const good = await startUpstream();
     const logger = quietLogger();
     const errors = [];
-    const proxy = createProxy({ target: `http://127.0.0.1:${port}`, routes: { '/good': good.url }, logger });
+    const proxy = createProxy({
+      target: `http://127.0.0.1:${port}`,
+      routes: { '/good': good.url },
+      logger,
+    });
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('express5', proxy);
 
     const res = await within(request(`${front.url}/x`), 3000, 'the HTTP answer');
     assert.equal(res.status, 502);
     // rawExchange resolves when the proxy closes the socket: the bound fails a socket left open.
-    const raw = await within(rawExchange(front.port, handshake('/chat')), 3000, 'the upgrade answer and close');
+    const raw = await within(
+      rawExchange(front.port, handshake('/chat')),
+      3000,
+      'the upgrade answer and close',
+    );
     assert.equal(statusOf(raw), 502);
     assert.match(raw, /\r\nconnection: close\r\n/i);
 
@@ -132,22 +164,41 @@ describe('connect timeout', () => {
     const good = await startUpstream();
     const logger = quietLogger();
     const errors = [];
-    const proxy = createProxy({ target: `http://127.0.0.1:${port}`, routes: { '/good': good.url }, timeouts: { connect: 200, read: 5000 }, logger });
+    const proxy = createProxy({
+      target: `http://127.0.0.1:${port}`,
+      routes: { '/good': good.url },
+      timeouts: { connect: 200, read: 5000 },
+      logger,
+    });
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('express5', proxy);
 
     let started = performance.now();
-    const res = await within(request(`${front.url}/x`, { headers: { accept: 'application/json' } }), 3000, 'the HTTP answer');
+    const res = await within(
+      request(`${front.url}/x`, { headers: { accept: 'application/json' } }),
+      3000,
+      'the HTTP answer',
+    );
     let elapsed = performance.now() - started;
     assert.equal(res.status, 504);
     assert.equal(res.json().status, 504);
-    assert.ok(elapsed >= 180 && elapsed < 1500, `504 after ${elapsed.toFixed(0)} ms, expected about 200`);
+    assert.ok(
+      elapsed >= 180 && elapsed < 1500,
+      `504 after ${elapsed.toFixed(0)} ms, expected about 200`,
+    );
 
     started = performance.now();
-    const raw = await within(rawExchange(front.port, handshake('/chat')), 3000, 'the upgrade answer and close');
+    const raw = await within(
+      rawExchange(front.port, handshake('/chat')),
+      3000,
+      'the upgrade answer and close',
+    );
     elapsed = performance.now() - started;
     assert.equal(statusOf(raw), 504);
-    assert.ok(elapsed >= 180 && elapsed < 1500, `504 after ${elapsed.toFixed(0)} ms, expected about 200`);
+    assert.ok(
+      elapsed >= 180 && elapsed < 1500,
+      `504 after ${elapsed.toFixed(0)} ms, expected about 200`,
+    );
 
     assert.deepEqual(
       errors.map((e) => [e instanceof ProxyError, e.status, e.code]),
@@ -166,7 +217,12 @@ describe('read timeout', () => {
     const silent = await startSilentUpstream();
     const good = await startUpstream();
     const errors = [];
-    const proxy = createProxy({ target: silent.url, routes: { '/good': good.url }, timeouts: { connect: 1000, read: 200 }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: silent.url,
+      routes: { '/good': good.url },
+      timeouts: { connect: 1000, read: 200 },
+      logger: quietLogger(),
+    });
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('node', proxy);
     const started = performance.now();
@@ -174,7 +230,10 @@ describe('read timeout', () => {
     const elapsed = performance.now() - started;
     assert.equal(res.status, 504);
     assert.equal(silent.requests.length, 1);
-    assert.ok(elapsed >= 180 && elapsed < 1500, `504 after ${elapsed.toFixed(0)} ms, expected about 200`);
+    assert.ok(
+      elapsed >= 180 && elapsed < 1500,
+      `504 after ${elapsed.toFixed(0)} ms, expected about 200`,
+    );
     assert.deepEqual(
       errors.map((e) => [e.status, e.code]),
       [[504, 'EREADTIMEOUT']],
@@ -188,15 +247,27 @@ describe('read timeout', () => {
     const silent = await startSilentUpstream();
     const good = await startUpstream();
     const errors = [];
-    const proxy = createProxy({ target: silent.url, routes: { '/good': good.url }, timeouts: { connect: 1000, read: 200 }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: silent.url,
+      routes: { '/good': good.url },
+      timeouts: { connect: 1000, read: 200 },
+      logger: quietLogger(),
+    });
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('express5', proxy);
     const started = performance.now();
-    const raw = await within(rawExchange(front.port, handshake('/chat')), 3000, 'the upgrade answer and close');
+    const raw = await within(
+      rawExchange(front.port, handshake('/chat')),
+      3000,
+      'the upgrade answer and close',
+    );
     const elapsed = performance.now() - started;
     assert.equal(statusOf(raw), 504);
     assert.equal(silent.upgrades.length, 1);
-    assert.ok(elapsed >= 180 && elapsed < 1500, `504 after ${elapsed.toFixed(0)} ms, expected about 200`);
+    assert.ok(
+      elapsed >= 180 && elapsed < 1500,
+      `504 after ${elapsed.toFixed(0)} ms, expected about 200`,
+    );
     assert.deepEqual(
       errors.map((e) => [e.status, e.code]),
       [[504, 'EREADTIMEOUT']],
@@ -209,13 +280,18 @@ describe('read timeout', () => {
   test('headers then silence mid-body: the client connection is cut after timeouts.read, not completed', async () => {
     const up = await startSilentUpstream();
     up.server.removeAllListeners('request');
-    up.server.on('request', (req, res) => {
+    up.server.on('request', (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '1000' });
       res.write('x'.repeat(100));
     });
     const good = await startUpstream();
     const errors = [];
-    const proxy = createProxy({ target: up.url, routes: { '/good': good.url }, timeouts: { connect: 1000, read: 200 }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: up.url,
+      routes: { '/good': good.url },
+      timeouts: { connect: 1000, read: 200 },
+      logger: quietLogger(),
+    });
     proxy.on('error', (error) => errors.push(error));
     const front = await startFront('express5', proxy);
     const result = await within(
@@ -229,7 +305,14 @@ describe('read timeout', () => {
               bytes += chunk.length;
             });
             res.on('error', () => {});
-            res.on('close', () => resolve({ status: res.statusCode, bytes, complete: res.complete, silentFor: performance.now() - firstByteAt }));
+            res.on('close', () =>
+              resolve({
+                status: res.statusCode,
+                bytes,
+                complete: res.complete,
+                silentFor: performance.now() - firstByteAt,
+              }),
+            );
           })
           .on('error', reject);
       }),
@@ -239,7 +322,10 @@ describe('read timeout', () => {
     assert.equal(result.status, 200);
     assert.equal(result.bytes, 100);
     assert.equal(result.complete, false);
-    assert.ok(result.silentFor >= 150 && result.silentFor < 1500, `cut after ${result.silentFor.toFixed(0)} ms of silence, expected about 200`);
+    assert.ok(
+      result.silentFor >= 150 && result.silentFor < 1500,
+      `cut after ${result.silentFor.toFixed(0)} ms of silence, expected about 200`,
+    );
     assert.deepEqual(
       errors.map((e) => [e.status, e.code]),
       [[504, 'EREADTIMEOUT']],
@@ -270,15 +356,27 @@ describe('error bodies', () => {
       ['none', undefined],
     ];
     const results = await within(
-      Promise.all(cases.flatMap((c) => accepts.map(([name, accept]) => get(front.port, c.path, accept ? { accept } : {}).then((res) => ({ c, name, res }))))),
+      Promise.all(
+        cases.flatMap((c) =>
+          accepts.map(([name, accept]) =>
+            get(front.port, c.path, accept ? { accept } : {}).then((res) => ({ c, name, res })),
+          ),
+        ),
+      ),
       3000,
       'the error answers',
     );
     for (const { c, name, res } of results) {
       const what = `${c.status} for ${c.path} with ${name} Accept`;
       assert.equal(res.status, c.status, what);
-      assert.ok(!res.text.includes(String(c.port)), `${what}: the body names the upstream port: ${res.text}`);
-      assert.ok(!res.text.includes('127.0.0.1'), `${what}: the body names the upstream address: ${res.text}`);
+      assert.ok(
+        !res.text.includes(String(c.port)),
+        `${what}: the body names the upstream port: ${res.text}`,
+      );
+      assert.ok(
+        !res.text.includes('127.0.0.1'),
+        `${what}: the body names the upstream address: ${res.text}`,
+      );
       if (name === 'json') {
         assert.match(res.headers['content-type'], /^application\/json/, what);
         const body = JSON.parse(res.text);
@@ -299,20 +397,39 @@ describe('error bodies', () => {
   test('on the upgrade path too: JSON for Accept: application/json, plain text otherwise, no upstream address', async () => {
     const refused = await deadPort();
     const good = await startUpstream();
-    const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: `http://127.0.0.1:${refused}`,
+      routes: { '/good': good.url },
+      logger: quietLogger(),
+    });
     const front = await startFront('node', proxy);
     for (const [name, accept] of [
       ['json', 'application/json'],
       ['none', undefined],
     ]) {
-      const raw = await within(rawExchange(front.port, handshake('/chat', { accept })), 3000, 'the upgrade answer');
+      const raw = await within(
+        rawExchange(front.port, handshake('/chat', { accept })),
+        3000,
+        'the upgrade answer',
+      );
       const res = parseResponse(raw);
       assert.equal(res.status, 502, name);
-      assert.equal(res.headers['content-length'], String(Buffer.byteLength(res.body, 'latin1')), name);
-      assert.ok(!res.body.includes(String(refused)) && !res.body.includes('127.0.0.1'), `${name}: ${res.body}`);
+      assert.equal(
+        res.headers['content-length'],
+        String(Buffer.byteLength(res.body, 'latin1')),
+        name,
+      );
+      assert.ok(
+        !res.body.includes(String(refused)) && !res.body.includes('127.0.0.1'),
+        `${name}: ${res.body}`,
+      );
       if (name === 'json') {
         assert.match(res.headers['content-type'], /^application\/json/);
-        assert.deepEqual(JSON.parse(res.body), { error: 'Bad Gateway', status: 502, message: JSON.parse(res.body).message });
+        assert.deepEqual(JSON.parse(res.body), {
+          error: 'Bad Gateway',
+          status: 502,
+          message: JSON.parse(res.body).message,
+        });
         assert.ok(JSON.parse(res.body).message.length > 0);
       } else {
         assert.match(res.headers['content-type'], /^text\/plain/);
@@ -360,7 +477,16 @@ describe('logging and the error event', () => {
       ['/nows/chat', 'upgrade', 404, 'ENOWS'],
     ];
     assert.deepEqual(
-      events.map(({ error, url, client }) => [url, client instanceof http.ServerResponse ? 'http' : client instanceof net.Socket ? 'upgrade' : typeof client, error.status, error.code]),
+      events.map(({ error, url, client }) => [
+        url,
+        client instanceof http.ServerResponse
+          ? 'http'
+          : client instanceof net.Socket
+            ? 'upgrade'
+            : typeof client,
+        error.status,
+        error.code,
+      ]),
       expected,
     );
     for (const { error } of events) {
@@ -381,12 +507,25 @@ describe('logging and the error event', () => {
     const refused = await deadPort();
     const good = await startUpstream();
     const logger = quietLogger();
-    const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger });
+    const proxy = createProxy({
+      target: `http://127.0.0.1:${refused}`,
+      routes: { '/good': good.url },
+      logger,
+    });
     assert.equal(proxy.listenerCount('error'), 0);
     const front = await startFront('express4', proxy);
     assert.equal((await within(request(`${front.url}/down`), 3000, 'the HTTP answer')).status, 502);
-    assert.equal(statusOf(await within(rawExchange(front.port, handshake('/down')), 3000, 'the upgrade answer')), 502);
-    assert.equal(logger.lines.filter(([level, line]) => level === 'error' && / 502 /.test(line)).length, 2, JSON.stringify(logger.lines));
+    assert.equal(
+      statusOf(
+        await within(rawExchange(front.port, handshake('/down')), 3000, 'the upgrade answer'),
+      ),
+      502,
+    );
+    assert.equal(
+      logger.lines.filter(([level, line]) => level === 'error' && / 502 /.test(line)).length,
+      2,
+      JSON.stringify(logger.lines),
+    );
     await assertServes(front);
   });
 
@@ -394,14 +533,29 @@ describe('logging and the error event', () => {
     const refused = await deadPort();
     const good = await startUpstream();
     const logger = quietLogger();
-    const proxy = createProxy({ target: `http://127.0.0.1:${refused}`, routes: { '/good': good.url }, logger });
+    const proxy = createProxy({
+      target: `http://127.0.0.1:${refused}`,
+      routes: { '/good': good.url },
+      logger,
+    });
     proxy.on('error', () => {
       throw new Error('error listener exploded');
     });
     const front = await startFront('express5', proxy);
     assert.equal((await within(request(`${front.url}/down`), 3000, 'the HTTP answer')).status, 502);
-    assert.equal(statusOf(await within(rawExchange(front.port, handshake('/down')), 3000, 'the upgrade answer')), 502);
-    assert.equal(logger.lines.filter(([level, line]) => level === 'error' && line.includes('error listener exploded')).length, 2, JSON.stringify(logger.lines));
+    assert.equal(
+      statusOf(
+        await within(rawExchange(front.port, handshake('/down')), 3000, 'the upgrade answer'),
+      ),
+      502,
+    );
+    assert.equal(
+      logger.lines.filter(
+        ([level, line]) => level === 'error' && line.includes('error listener exploded'),
+      ).length,
+      2,
+      JSON.stringify(logger.lines),
+    );
     await assertServes(front);
   });
 
@@ -416,17 +570,31 @@ describe('logging and the error event', () => {
     const res = await within(request(`${front.url}/good/a`), 3000, 'the HTTP answer');
     assert.equal(res.status, 200);
     assert.equal(res.json().url, '/good/a');
-    const { ws, greeting } = await within(openSocket(`${front.wsUrl}/good/chat`), 3000, 'the WebSocket');
+    const { ws, greeting } = await within(
+      openSocket(`${front.wsUrl}/good/chat`),
+      3000,
+      'the WebSocket',
+    );
     assert.equal(greeting, 'hello:/good/chat');
     ws.close();
-    assert.equal(logger.lines.filter(([level, line]) => level === 'error' && line.includes('proxyReq listener exploded')).length, 2, JSON.stringify(logger.lines));
+    assert.equal(
+      logger.lines.filter(
+        ([level, line]) => level === 'error' && line.includes('proxyReq listener exploded'),
+      ).length,
+      2,
+      JSON.stringify(logger.lines),
+    );
   });
 });
 
 describe('clients that vanish during an upgrade handshake', () => {
   /** The front's end of the next connection it accepts, with a promise of its close. */
   function nextFrontSocket(front) {
-    return new Promise((resolve) => front.server.once('connection', (socket) => resolve({ socket, closed: nextEvent(socket, 'close') })));
+    return new Promise((resolve) =>
+      front.server.once('connection', (socket) =>
+        resolve({ socket, closed: nextEvent(socket, 'close') }),
+      ),
+    );
   }
 
   /** A raw client connected to `front` that has sent a WebSocket handshake for /chat. */
@@ -442,16 +610,28 @@ describe('clients that vanish during an upgrade handshake', () => {
     const upstreamGotIt = deferred();
     slow.server.on('upgrade', () => upstreamGotIt.resolve(slow.upgrades.at(-1)));
     const good = await startUpstream();
-    const proxy = createProxy({ target: slow.url, routes: { '/good': good.url }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: slow.url,
+      routes: { '/good': good.url },
+      logger: quietLogger(),
+    });
     const front = await startFront('express5', proxy);
     const frontSide = nextFrontSocket(front);
 
     const client = await handshakingClient(front);
-    const upstream = await within(upstreamGotIt.promise, 3000, 'the handshake reaching the upstream');
+    const upstream = await within(
+      upstreamGotIt.promise,
+      3000,
+      'the handshake reaching the upstream',
+    );
     client.resetAndDestroy();
 
     await within((await frontSide).closed, 3000, "the front's socket closing");
-    await within(upstream.closed, 3000, 'the upstream handshake connection closing after the client reset');
+    await within(
+      upstream.closed,
+      3000,
+      'the upstream handshake connection closing after the client reset',
+    );
     const stats = proxy.stats();
     assert.equal(stats.tunnels.active, 0);
     assert.equal(stats.tunnels.total, 0);
@@ -463,7 +643,12 @@ describe('clients that vanish during an upgrade handshake', () => {
     const up = await startUpstream();
     const upstreamClosed = deferred();
     up.wss.on('connection', (ws) => ws.once('close', () => upstreamClosed.resolve()));
-    const proxy = createProxy({ target: up.url, routes: { '/good': up.url }, timeouts: { read: 5000 }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: up.url,
+      routes: { '/good': up.url },
+      timeouts: { read: 5000 },
+      logger: quietLogger(),
+    });
     let opened = 0;
     proxy.on('open', () => opened++);
     const tunnelClosed = nextEvent(proxy, 'close');
@@ -488,7 +673,12 @@ describe('clients that vanish during an upgrade handshake', () => {
   test('a client that sends a handshake and vanishes while the upstream is silent: cleaned up by timeouts.read at the latest', async () => {
     const slow = await startSilentUpstream();
     const good = await startUpstream();
-    const proxy = createProxy({ target: slow.url, routes: { '/good': good.url }, timeouts: { read: 300 }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: slow.url,
+      routes: { '/good': good.url },
+      timeouts: { read: 300 },
+      logger: quietLogger(),
+    });
     const front = await startFront('express5', proxy);
     const frontSide = nextFrontSocket(front);
 
@@ -497,7 +687,11 @@ describe('clients that vanish during an upgrade handshake', () => {
 
     await within((await frontSide).closed, 2000, "the front's socket closing");
     // Whether or not the handshake reached the upstream before the proxy noticed, nothing stays open there.
-    await within(Promise.all(slow.upgrades.map((u) => u.closed)), 2000, 'the upstream handshake connection closing');
+    await within(
+      Promise.all(slow.upgrades.map((u) => u.closed)),
+      2000,
+      'the upstream handshake connection closing',
+    );
     const stats = proxy.stats();
     assert.equal(stats.tunnels.active, 0);
     assert.equal(stats.tunnels.total, 0);

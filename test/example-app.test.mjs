@@ -25,7 +25,9 @@ async function openSession(url) {
 
 /** Opens a chat socket; resolves once it is open (the chat upstream sends no greeting). */
 function joinChat(url, room, cookie) {
-  const ws = new WebSocket(new URL(`chat/room/${room}`, url.replace('http', 'ws')), { headers: cookie ? { cookie } : {} });
+  const ws = new WebSocket(new URL(`chat/room/${room}`, url.replace('http', 'ws')), {
+    headers: cookie ? { cookie } : {},
+  });
   return new Promise((resolve, reject) => {
     ws.once('open', () => resolve({ ws }));
     ws.once('unexpected-response', (_req, res) => resolve({ refused: res.statusCode }));
@@ -38,7 +40,11 @@ describe('npm start', () => {
     const { scripts } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
     const [command, ...args] = scripts.start.split(' ');
     assert.equal(command, 'node');
-    const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, PORT: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, {
+      cwd: root,
+      env: { ...process.env, PORT: '0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     after(() => child.exitCode === null && child.kill('SIGKILL'));
     let output = '';
     child.stderr.on('data', (chunk) => (output += chunk));
@@ -96,16 +102,30 @@ describe('example app', () => {
 describe('the page in a real browser', () => {
   const chromium = '/usr/bin/chromium';
   const present = existsSync(chromium);
-  const skip = present || process.env.CI ? false : 'Chromium is not installed: run `apt-get install -y chromium` (CI installs it; with CI set its absence fails)';
+  const skip =
+    present || process.env.CI
+      ? false
+      : 'Chromium is not installed: run `apt-get install -y chromium` (CI installs it; with CI set its absence fails)';
 
-  test('loads, shows the API answer, chats between two tabs, shows live stats and takes a screenshot', { skip, timeout: 60_000 }, async () => {
+  test('loads, shows the API answer, chats between two tabs, shows live stats and takes a screenshot', {
+    skip,
+    timeout: 60_000,
+  }, async () => {
     assert.ok(present, `CI is set but ${chromium} is missing: .ci/run installs it with apt-get`);
     const { chromium: launcher } = await import('playwright-core');
     const example = await startExample({ port: 0 });
     after(() => example.close());
     const browser = await launcher.launch({
       executablePath: chromium,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
     after(() => browser.close());
     const context = await browser.newContext();
@@ -117,7 +137,10 @@ describe('the page in a real browser', () => {
     await tab1.locator('#api-result', { hasText: '"now"' }).waitFor();
     assert.match(await tab1.textContent('#api-result'), /^200 /);
 
-    for (const [tab, name] of [[tab1, 'ada'], [tab2, 'grace']]) {
+    for (const [tab, name] of [
+      [tab1, 'ada'],
+      [tab2, 'grace'],
+    ]) {
       await tab.fill('#room', 'browser-test');
       await tab.fill('#name', name);
       await tab.click('#join button');
@@ -127,7 +150,9 @@ describe('the page in a real browser', () => {
     await tab1.click('#say button');
     await tab2.locator('#messages li', { hasText: 'ada: hello from tab 1' }).waitFor();
 
-    await tab2.locator('#stats-rows tr[data-proxy="chat"] td:nth-child(5)', { hasText: '2' }).waitFor();
+    await tab2
+      .locator('#stats-rows tr[data-proxy="chat"] td:nth-child(5)', { hasText: '2' })
+      .waitFor();
     const dir = mkdtempSync(join(tmpdir(), 'viaduct-screenshot-'));
     after(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'chat.png');
@@ -137,13 +162,21 @@ describe('the page in a real browser', () => {
 });
 
 describe('inside a Vite dev server', () => {
-  test('the plugin proxies /api and /chat through viaduct while Vite HMR keeps its own socket', { timeout: 60_000 }, async () => {
+  test('the plugin proxies /api and /chat through viaduct while Vite HMR keeps its own socket', {
+    timeout: 60_000,
+  }, async () => {
     const { createServer } = await import('vite');
     const up = await startUpstream();
     const dir = mkdtempSync(join(tmpdir(), 'viaduct-vite-'));
     after(() => rmSync(dir, { recursive: true, force: true }));
-    writeFileSync(join(dir, 'index.html'), '<!doctype html><title>vite</title><script type="module">console.log(1)</script>');
-    const plugin = viaductPlugin({ routes: { '/api': up.url, '/chat': up.url }, logger: quietLogger() });
+    writeFileSync(
+      join(dir, 'index.html'),
+      '<!doctype html><title>vite</title><script type="module">console.log(1)</script>',
+    );
+    const plugin = viaductPlugin({
+      routes: { '/api': up.url, '/chat': up.url },
+      logger: quietLogger(),
+    });
     const vite = await createServer({
       configFile: false,
       root: dir,

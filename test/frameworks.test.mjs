@@ -6,8 +6,23 @@ import http from 'node:http';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { createProxy, attach } from 'viaduct';
-import { FRONT_KINDS, closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  FRONT_KINDS,
+  closeAll,
+  deadPort,
+  listen,
+  quietLogger,
+  startFront,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  handshake,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 
 after(closeAll);
 
@@ -17,7 +32,11 @@ const MOUNTABLE = new Set(['express5', 'express4', 'connect']);
 function echoUpstream() {
   return startUpstream((req, res, record) => {
     if (req.method !== 'POST') return false;
-    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': record.body.length, 'x-seen-url': req.url });
+    res.writeHead(200, {
+      'content-type': 'application/octet-stream',
+      'content-length': record.body.length,
+      'x-seen-url': req.url,
+    });
     res.end(record.body);
   });
 }
@@ -56,7 +75,11 @@ for (const kind of FRONT_KINDS) {
       assert.equal(up.seen[0].headers['x-client'], 'c1');
 
       const body = randomBytes(200_000);
-      const post = await request(`${front.url}/upload`, { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' } });
+      const post = await request(`${front.url}/upload`, {
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/octet-stream' },
+      });
       assert.equal(post.status, 200);
       assert.equal(post.headers['x-seen-url'], '/upload');
       assert.equal(up.seen[1].method, 'POST');
@@ -76,7 +99,11 @@ for (const kind of FRONT_KINDS) {
     if (MOUNTABLE.has(kind)) {
       test("mounted at '/v1': the forwarded path is mount-relative on both paths", async () => {
         const up = await echoUpstream();
-        const front = await startFront(kind, createProxy({ target: `${up.url}/base`, logger: quietLogger() }), { mount: '/v1' });
+        const front = await startFront(
+          kind,
+          createProxy({ target: `${up.url}/base`, logger: quietLogger() }),
+          { mount: '/v1' },
+        );
 
         const get = await request(`${front.url}/v1/items?x=1`);
         assert.equal(get.status, 200);
@@ -91,8 +118,14 @@ for (const kind of FRONT_KINDS) {
         const outside = await request(`${front.url}/items`);
         assert.equal(outside.status, 404);
         assert.equal(statusOf(await rawExchange(front.port, handshake('/chat'))), 404);
-        assert.deepEqual(up.seen.map((r) => r.url), ['/base/items?x=1', '/base/upload']);
-        assert.deepEqual(up.handshakes.map((h) => h.url), ['/base/chat']);
+        assert.deepEqual(
+          up.seen.map((r) => r.url),
+          ['/base/items?x=1', '/base/upload'],
+        );
+        assert.deepEqual(
+          up.handshakes.map((h) => h.url),
+          ['/base/chat'],
+        );
       });
 
       test("no route: next() is called; the framework's own 404, or a later middleware, answers", async () => {
@@ -102,7 +135,11 @@ for (const kind of FRONT_KINDS) {
         const plain = await startFront(kind, proxy);
         const notFound = await request(`${plain.url}/other`);
         assert.equal(notFound.status, 404);
-        assert.match(notFound.text, /Cannot GET \/other/, "the framework's 404 page, not the proxy's");
+        assert.match(
+          notFound.text,
+          /Cannot GET \/other/,
+          "the framework's 404 page, not the proxy's",
+        );
         assert.equal(statusOf(await rawExchange(plain.port, handshake('/other'))), 404);
 
         const withLater = await startFront(kind, proxy);
@@ -115,13 +152,19 @@ for (const kind of FRONT_KINDS) {
         assert.equal(later.status, 418);
         assert.equal(later.text, 'later middleware saw /other?x=1');
         assert.equal((await request(`${withLater.url}/api/x`)).json().url, '/api/x');
-        assert.deepEqual(up.seen.map((r) => r.url), ['/api/x']);
+        assert.deepEqual(
+          up.seen.map((r) => r.url),
+          ['/api/x'],
+        );
         assert.equal(up.handshakes.length, 0);
       });
     } else {
       test('no route: 404 from the proxy, for a request and an upgrade', async () => {
         const up = await startUpstream();
-        const front = await startFront(kind, createProxy({ routes: { '/api': up.url }, logger: quietLogger() }));
+        const front = await startFront(
+          kind,
+          createProxy({ routes: { '/api': up.url }, logger: quietLogger() }),
+        );
         const res = await request(`${front.url}/other`);
         assert.equal(res.status, 404);
         assert.match(res.headers['content-type'], /^text\/plain/);
@@ -132,7 +175,10 @@ for (const kind of FRONT_KINDS) {
 
     test('a dead upstream: a proxy-made 502 on both paths', async () => {
       const dead = await deadPort();
-      const front = await startFront(kind, createProxy({ target: `http://127.0.0.1:${dead}`, logger: quietLogger() }));
+      const front = await startFront(
+        kind,
+        createProxy({ target: `http://127.0.0.1:${dead}`, logger: quietLogger() }),
+      );
       const res = await request(`${front.url}/x`);
       assert.equal(res.status, 502);
       assert.match(res.headers['content-type'], /^text\/plain/);
@@ -155,7 +201,9 @@ describe('wiring by hand', () => {
 
     assert.equal((await request(`http://127.0.0.1:${port}/api/a`)).json().url, '/api/a');
     const body = randomBytes(10_000);
-    assert.ok((await request(`http://127.0.0.1:${port}/api/b`, { method: 'POST', body })).body.equals(body));
+    assert.ok(
+      (await request(`http://127.0.0.1:${port}/api/b`, { method: 'POST', body })).body.equals(body),
+    );
     await wsRoundTrip(`ws://127.0.0.1:${port}/api/chat`, '/api/chat');
     assert.equal(statusOf(await rawExchange(port, handshake('/other'))), 404);
 
@@ -182,7 +230,10 @@ describe('wiring by hand', () => {
     // No route: upgrade() returns false and the listener destroys the socket, so nothing is written.
     assert.equal(await rawExchange(port, handshake('/other')), '');
     assert.deepEqual(taken, [true, false]);
-    assert.deepEqual(up.handshakes.map((h) => h.url), ['/chat/room']);
+    assert.deepEqual(
+      up.handshakes.map((h) => h.url),
+      ['/chat/room'],
+    );
     assert.equal((await request(`http://127.0.0.1:${port}/chat/x`)).json().url, '/chat/x');
   });
 });

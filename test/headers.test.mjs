@@ -6,8 +6,26 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { once } from 'node:events';
 import { createProxy } from 'viaduct';
-import { FRONT_KINDS, closeAll, deadPort, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
-import { HANDSHAKE_ACCEPT as ACCEPT, handshake, openSocket, parseResponse, rawExchange, rawRequest, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  FRONT_KINDS,
+  closeAll,
+  deadPort,
+  quietLogger,
+  refusingUpstream,
+  startFront,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  HANDSHAKE_ACCEPT as ACCEPT,
+  handshake,
+  openSocket,
+  parseResponse,
+  rawExchange,
+  rawRequest,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 
 after(closeAll);
 
@@ -50,7 +68,15 @@ describe('hop-by-hop headers', () => {
     assert.equal(parseResponse(raw).status, 200);
     assert.equal(up.seen.length, 1);
     const seen = up.seen[0].headers;
-    for (const name of ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'x-secret']) {
+    for (const name of [
+      'keep-alive',
+      'proxy-connection',
+      'te',
+      'trailer',
+      'upgrade',
+      'proxy-authorization',
+      'x-secret',
+    ]) {
       assert.equal(seen[name], undefined, `${name} reached the upstream`);
     }
     assert.notEqual(seen.connection, 'close, X-Secret');
@@ -60,7 +86,10 @@ describe('hop-by-hop headers', () => {
 
   test('request: hop-by-hop and Connection-listed headers never reach the upstream on an upgrade', async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     const head = await upgradeHead(front.port, '/chat', {
       connection: 'Upgrade, X-Secret',
       upgrade: 'WebSocket',
@@ -75,7 +104,14 @@ describe('hop-by-hop headers', () => {
     assert.equal(head.status, 101);
     assert.equal(up.handshakes.length, 1);
     const seen = up.handshakes[0].headers;
-    for (const name of ['keep-alive', 'proxy-connection', 'te', 'trailer', 'proxy-authorization', 'x-secret']) {
+    for (const name of [
+      'keep-alive',
+      'proxy-connection',
+      'te',
+      'trailer',
+      'proxy-authorization',
+      'x-secret',
+    ]) {
       assert.equal(seen[name], undefined, `${name} reached the upstream`);
     }
     assert.equal(seen.connection, 'upgrade');
@@ -84,7 +120,7 @@ describe('hop-by-hop headers', () => {
   });
 
   test('response: hop-by-hop and Connection-listed headers from the upstream never reach the client', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.setHeader('Keep-Alive', 'timeout=99, max=7');
       res.setHeader('Proxy-Authenticate', 'Basic realm="up"');
       res.setHeader('Trailer', 'X-Checksum');
@@ -96,14 +132,19 @@ describe('hop-by-hop headers', () => {
       res.end('dy');
     });
     // Control: the upstream really sends all of them.
-    const direct = parseResponse(await rawExchange(up.port, rawRequest('GET', '/', { Host: 'x' }), { until: END_OF_HEAD }));
+    const direct = parseResponse(
+      await rawExchange(up.port, rawRequest('GET', '/', { Host: 'x' }), { until: END_OF_HEAD }),
+    );
     assert.equal(direct.headers['keep-alive'], 'timeout=99, max=7');
     assert.equal(direct.headers['proxy-authenticate'], 'Basic realm="up"');
     assert.equal(direct.headers.trailer, 'X-Checksum');
     assert.equal(direct.headers['x-secret'], '1');
     assert.equal(direct.headers.connection, 'x-secret');
 
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     const res = await request(`${front.url}/hop`);
     assert.equal(res.status, 200);
     assert.equal(res.text, 'body');
@@ -118,7 +159,13 @@ describe('hop-by-hop headers', () => {
   test('response: hop-by-hop headers of a 101 never reach the client; the proxy sets Connection/Upgrade', async () => {
     const up = await startUpstream();
     up.wss.on('headers', (headers) =>
-      headers.push('Keep-Alive: timeout=9', 'Connection: x-secret', 'X-Secret: 1', 'Proxy-Authenticate: Basic', 'X-End-To-End: kept'),
+      headers.push(
+        'Keep-Alive: timeout=9',
+        'Connection: x-secret',
+        'X-Secret: 1',
+        'Proxy-Authenticate: Basic',
+        'X-End-To-End: kept',
+      ),
     );
     const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
     const head = await upgradeHead(front.port, '/chat');
@@ -157,13 +204,21 @@ describe('upstream connections', () => {
     assert.equal((await request(`${front.url}/one`)).status, 200);
     assert.equal((await request(`${front.url}/two`)).status, 200);
     assert.equal(up.seen.length, 2);
-    assert.ok(up.seen[0].socket === up.seen[1].socket, 'the second request came on a new upstream connection');
-    for (const record of up.seen) assert.notEqual(String(record.headers.connection).toLowerCase(), 'close');
+    assert.ok(
+      up.seen[0].socket === up.seen[1].socket,
+      'the second request came on a new upstream connection',
+    );
+    for (const record of up.seen)
+      assert.notEqual(String(record.headers.connection).toLowerCase(), 'close');
   });
 
   test('an upgrade sends Connection: upgrade and the Upgrade value; the 101 carries Accept, Connection, Upgrade and the policy', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ target: up.url, logger: quietLogger(), headers: { response: { 'x-policy': 'on-101' } } });
+    const proxy = createProxy({
+      target: up.url,
+      logger: quietLogger(),
+      headers: { response: { 'x-policy': 'on-101' } },
+    });
     const front = await startFront('express4', proxy);
     const head = await upgradeHead(front.port, '/room');
     assert.equal(head.status, 101);
@@ -191,13 +246,19 @@ describe('headers.request', () => {
     'x-fn-null': () => null,
     'x-fn-undefined': () => undefined,
   };
-  const clientHeaders = { cookie: 'session=1', 'x-fn-null': 'client', 'x-fn-undefined': 'client', 'x-string': 'client' };
+  const clientHeaders = {
+    cookie: 'session=1',
+    'x-fn-null': 'client',
+    'x-fn-undefined': 'client',
+    'x-string': 'client',
+  };
 
   function assertPolicy(seen) {
     assert.equal(seen.headers['x-string'], 'str');
     assert.equal(seen.headers['x-number'], '42');
     const arrayLines = [];
-    for (let i = 0; i < seen.rawHeaders.length; i += 2) if (seen.rawHeaders[i].toLowerCase() === 'x-array') arrayLines.push(seen.rawHeaders[i + 1]);
+    for (let i = 0; i < seen.rawHeaders.length; i += 2)
+      if (seen.rawHeaders[i].toLowerCase() === 'x-array') arrayLines.push(seen.rawHeaders[i + 1]);
     assert.deepEqual(arrayLines, ['a', 'b']);
     assert.equal(seen.headers.cookie, undefined);
     assert.equal(seen.headers['x-fn-null'], undefined);
@@ -207,7 +268,10 @@ describe('headers.request', () => {
   for (const kind of FRONT_KINDS) {
     test(`set, remove and function rules on HTTP requests and upgrade requests (${kind})`, async () => {
       const up = await startUpstream();
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger(), headers: { request: rules } }));
+      const front = await startFront(
+        kind,
+        createProxy({ target: up.url, logger: quietLogger(), headers: { request: rules } }),
+      );
       const res = await request(`${front.url}/p?q=1`, { headers: clientHeaders });
       assert.equal(res.status, 200);
       assertPolicy(up.seen[0]);
@@ -267,14 +331,17 @@ describe('headers.response', () => {
   }
 
   test('set, remove and function rules on proxied responses', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.setHeader('x-drop', 'upstream');
       res.setHeader('x-fn-null', 'upstream');
       res.setHeader('x-fn-undefined', 'upstream');
       res.setHeader('x-policy', 'upstream');
       res.end('ok');
     });
-    const front = await startFront('connect', createProxy({ target: up.url, logger: quietLogger(), headers: { response: rules } }));
+    const front = await startFront(
+      'connect',
+      createProxy({ target: up.url, logger: quietLogger(), headers: { response: rules } }),
+    );
     const res = await request(`${front.url}/r`);
     assert.equal(res.status, 200);
     assertRulesApplied(res.headers);
@@ -282,10 +349,20 @@ describe('headers.response', () => {
 
   test("'x-powered-by': null removes Express's header", async () => {
     const up = await startUpstream();
-    const control = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const control = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     assert.equal((await request(`${control.url}/`)).headers['x-powered-by'], 'Express');
     for (const kind of ['express5', 'express4']) {
-      const front = await startFront(kind, createProxy({ target: up.url, logger: quietLogger(), headers: { response: { 'x-powered-by': null } } }));
+      const front = await startFront(
+        kind,
+        createProxy({
+          target: up.url,
+          logger: quietLogger(),
+          headers: { response: { 'x-powered-by': null } },
+        }),
+      );
       const res = await request(`${front.url}/`);
       assert.equal(res.status, 200);
       assert.equal(res.headers['x-powered-by'], undefined, kind);
@@ -295,14 +372,22 @@ describe('headers.response', () => {
   test('applied to proxy-made errors: 502 from a dead upstream and 400 from a dot-segment path, on both paths', async () => {
     const port = await deadPort();
     const logger = quietLogger();
-    const front = await startFront('express5', createProxy({ target: `http://127.0.0.1:${port}`, logger, headers: { response: rules } }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: `http://127.0.0.1:${port}`, logger, headers: { response: rules } }),
+    );
     const bad = await request(`${front.url}/x`);
     assert.equal(bad.status, 502);
     assert.equal(bad.headers['x-policy'], 'yes');
     assert.equal(bad.headers['x-fn'], 'fn:GET');
     assert.equal(bad.headers['x-list'], '1, 2');
 
-    const dots = parseResponse(await rawExchange(front.port, rawRequest('GET', '/a/../b', { Host: 'x', Connection: 'close' })));
+    const dots = parseResponse(
+      await rawExchange(
+        front.port,
+        rawRequest('GET', '/a/../b', { Host: 'x', Connection: 'close' }),
+      ),
+    );
     assert.equal(dots.status, 400);
     assert.equal(dots.headers['x-policy'], 'yes');
     assert.equal(dots.headers['x-fn'], 'fn:GET');
@@ -323,7 +408,9 @@ describe('headers.response', () => {
       'HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nX-Drop: upstream\r\nX-Fn-Undefined: upstream\r\n\r\nno',
     );
     const up = await startUpstream();
-    up.wss.on('headers', (headers) => headers.push('X-Drop: upstream', 'X-Fn-Null: upstream', 'X-Fn-Undefined: upstream'));
+    up.wss.on('headers', (headers) =>
+      headers.push('X-Drop: upstream', 'X-Fn-Null: upstream', 'X-Fn-Undefined: upstream'),
+    );
     const proxy = createProxy({
       logger: quietLogger(),
       headers: { response: rules },
@@ -357,19 +444,57 @@ describe('invalid header values', () => {
     ['an array item with LF', ['ok', 'b\nad']],
   ]) {
     test(`a static value with ${label} throws a TypeError at createProxy time (request and response, top level and route)`, () => {
-      assert.throws(() => createProxy({ target, logger: quietLogger(), headers: { request: { 'x-bad': value } } }), TypeError);
-      assert.throws(() => createProxy({ target, logger: quietLogger(), headers: { response: { 'x-bad': value } } }), TypeError);
-      assert.throws(() => createProxy({ logger: quietLogger(), routes: { '/r': { target, headers: { request: { 'x-bad': value } } } } }), TypeError);
-      assert.throws(() => createProxy({ logger: quietLogger(), routes: { '/r': { target, headers: { response: { 'x-bad': value } } } } }), TypeError);
+      assert.throws(
+        () =>
+          createProxy({ target, logger: quietLogger(), headers: { request: { 'x-bad': value } } }),
+        TypeError,
+      );
+      assert.throws(
+        () =>
+          createProxy({ target, logger: quietLogger(), headers: { response: { 'x-bad': value } } }),
+        TypeError,
+      );
+      assert.throws(
+        () =>
+          createProxy({
+            logger: quietLogger(),
+            routes: { '/r': { target, headers: { request: { 'x-bad': value } } } },
+          }),
+        TypeError,
+      );
+      assert.throws(
+        () =>
+          createProxy({
+            logger: quietLogger(),
+            routes: { '/r': { target, headers: { response: { 'x-bad': value } } } },
+          }),
+        TypeError,
+      );
       // Control: the same rule with a clean value is accepted.
-      assert.equal(typeof createProxy({ target, logger: quietLogger(), headers: { request: { 'x-bad': 'clean' } } }), 'function');
+      assert.equal(
+        typeof createProxy({
+          target,
+          logger: quietLogger(),
+          headers: { request: { 'x-bad': 'clean' } },
+        }),
+        'function',
+      );
     });
   }
 
   test('an invalid header name throws a TypeError at createProxy time', () => {
     for (const name of ['bad name', 'x:y', 'x\r\ny', '', 'bad\0']) {
-      assert.throws(() => createProxy({ target, logger: quietLogger(), headers: { request: { [name]: 'v' } } }), TypeError, JSON.stringify(name));
-      assert.throws(() => createProxy({ target, logger: quietLogger(), headers: { response: { [name]: 'v' } } }), TypeError, JSON.stringify(name));
+      assert.throws(
+        () => createProxy({ target, logger: quietLogger(), headers: { request: { [name]: 'v' } } }),
+        TypeError,
+        JSON.stringify(name),
+      );
+      assert.throws(
+        () =>
+          createProxy({ target, logger: quietLogger(), headers: { response: { [name]: 'v' } } }),
+        TypeError,
+        JSON.stringify(name),
+      );
     }
   });
 
@@ -379,7 +504,16 @@ describe('invalid header values', () => {
     const proxy = createProxy({
       target: up.url,
       logger,
-      headers: { request: { 'x-bad': (req) => (req.headers['x-kind'] === 'nul' ? 'a\0b' : req.headers['x-kind'] === 'lf' ? 'a\nb' : 'a\r\nx-injected: 1') } },
+      headers: {
+        request: {
+          'x-bad': (req) =>
+            req.headers['x-kind'] === 'nul'
+              ? 'a\0b'
+              : req.headers['x-kind'] === 'lf'
+                ? 'a\nb'
+                : 'a\r\nx-injected: 1',
+        },
+      },
     });
     const front = await startFront('express5', proxy);
     for (const kind of ['crlf', 'lf', 'nul']) {
@@ -390,17 +524,24 @@ describe('invalid header values', () => {
     }
     assert.equal(up.seen.length, 0);
     assert.equal(up.handshakes.length, 0);
-    assert.ok(logger.lines.some(([level, line]) => level === 'warn' && /x-bad/.test(line)), 'a warn line names the header');
+    assert.ok(
+      logger.lines.some(([level, line]) => level === 'warn' && /x-bad/.test(line)),
+      'a warn line names the header',
+    );
   });
 
   test('a response-rule function returning CR/LF/NUL leaves that header out and logs; the response goes out', async () => {
-    const up = await startUpstream((req, res) => {
+    const up = await startUpstream((_req, res) => {
       res.setHeader('x-bad', 'from-upstream');
       res.end('fine');
     });
     up.wss.on('headers', (headers) => headers.push('X-Bad: from-upstream'));
     const logger = quietLogger();
-    const proxy = createProxy({ target: up.url, logger, headers: { response: { 'x-bad': () => 'a\r\nx-injected: 1', 'x-good': 'g' } } });
+    const proxy = createProxy({
+      target: up.url,
+      logger,
+      headers: { response: { 'x-bad': () => 'a\r\nx-injected: 1', 'x-good': 'g' } },
+    });
     const front = await startFront('node', proxy);
     const res = await request(`${front.url}/r`);
     assert.equal(res.status, 200);
@@ -408,14 +549,20 @@ describe('invalid header values', () => {
     assert.equal(res.headers['x-bad'], undefined);
     assert.equal(res.headers['x-injected'], undefined);
     assert.equal(res.headers['x-good'], 'g');
-    assert.ok(logger.lines.some(([level, line]) => level === 'error' && /x-bad/.test(line)), 'an error line names the header');
+    assert.ok(
+      logger.lines.some(([level, line]) => level === 'error' && /x-bad/.test(line)),
+      'an error line names the header',
+    );
 
     const head = await upgradeHead(front.port, '/w');
     assert.equal(head.status, 101);
     assert.equal(head.headers['x-bad'], undefined);
     assert.equal(head.headers['x-injected'], undefined);
     assert.equal(head.headers['x-good'], 'g');
-    assert.equal(logger.lines.filter(([level, line]) => level === 'error' && /x-bad/.test(line)).length, 2);
+    assert.equal(
+      logger.lines.filter(([level, line]) => level === 'error' && /x-bad/.test(line)).length,
+      2,
+    );
   });
 });
 
@@ -446,21 +593,34 @@ describe('forwarded', () => {
 
   test("'forwarded': RFC 7239 Forwarded (host quoted when it has a port), no X-Forwarded-*, on both paths", async () => {
     const up = await startUpstream();
-    const front = await startFront('connect', createProxy({ target: up.url, logger: quietLogger(), forwarded: 'forwarded' }));
+    const front = await startFront(
+      'connect',
+      createProxy({ target: up.url, logger: quietLogger(), forwarded: 'forwarded' }),
+    );
     await request(`${front.url}/h`);
     await request(`${front.url}/h`, { headers: { host: 'example.com' } });
-    assert.equal(up.seen[0].headers.forwarded, `for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`);
+    assert.equal(
+      up.seen[0].headers.forwarded,
+      `for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`,
+    );
     assert.equal(up.seen[1].headers.forwarded, 'for=127.0.0.1;host=example.com;proto=http');
-    for (const name of FORWARDING_NAMES.filter((n) => n !== 'forwarded')) assert.equal(up.seen[0].headers[name], undefined, name);
+    for (const name of FORWARDING_NAMES.filter((n) => n !== 'forwarded'))
+      assert.equal(up.seen[0].headers[name], undefined, name);
 
     await upgradeHead(front.port, '/w', { host: `127.0.0.1:${front.port}` });
-    assert.equal(up.handshakes[0].headers.forwarded, `for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`);
+    assert.equal(
+      up.handshakes[0].headers.forwarded,
+      `for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`,
+    );
     assert.equal(up.handshakes[0].headers['x-forwarded-for'], undefined);
   });
 
   test('false: no forwarding headers at all, on both paths', async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger(), forwarded: false }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger(), forwarded: false }),
+    );
     await request(`${front.url}/h`, { headers: INCOMING_FORWARDING });
     await request(`${front.url}/h`);
     await upgradeHead(front.port, '/w', INCOMING_FORWARDING);
@@ -474,7 +634,10 @@ describe('trustProxy', () => {
   /** Sends incoming forwarding headers on both paths and returns what the upstream saw for each. */
   async function forwardingSeen(front, up) {
     await request(`${front.url}/h`, { headers: INCOMING_FORWARDING });
-    await upgradeHead(front.port, '/w', { ...INCOMING_FORWARDING, host: `127.0.0.1:${front.port}` });
+    await upgradeHead(front.port, '/w', {
+      ...INCOMING_FORWARDING,
+      host: `127.0.0.1:${front.port}`,
+    });
     return [
       ['HTTP', up.seen.at(-1).headers],
       ['upgrade', up.handshakes.at(-1).headers],
@@ -503,23 +666,41 @@ describe('trustProxy', () => {
 
   test('false: incoming forwarding headers are dropped and replaced (even when Express trusts loopback)', async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger(), trustProxy: false }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger(), trustProxy: false }),
+    );
     front.app.set('trust proxy', 'loopback');
     assertReplaced(await forwardingSeen(front, up), front);
   });
 
   test('true: incoming forwarding headers are kept and appended to', async () => {
     const up = await startUpstream();
-    const front = await startFront('connect', createProxy({ target: up.url, logger: quietLogger(), trustProxy: true }));
+    const front = await startFront(
+      'connect',
+      createProxy({ target: up.url, logger: quietLogger(), trustProxy: true }),
+    );
     assertAppended(await forwardingSeen(front, up), front);
   });
 
   test("true with 'forwarded': the incoming Forwarded is appended to", async () => {
     const up = await startUpstream();
-    const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger(), trustProxy: true, forwarded: 'forwarded' }));
+    const front = await startFront(
+      'node',
+      createProxy({
+        target: up.url,
+        logger: quietLogger(),
+        trustProxy: true,
+        forwarded: 'forwarded',
+      }),
+    );
     const results = await forwardingSeen(front, up);
     for (const [path, h] of results) {
-      assert.equal(h.forwarded, `for=1.2.3.4, for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`, path);
+      assert.equal(
+        h.forwarded,
+        `for=1.2.3.4, for=127.0.0.1;host="127.0.0.1:${front.port}";proto=http`,
+        path,
+      );
     }
   });
 
@@ -552,7 +733,10 @@ describe('trustProxy', () => {
 describe('changeOrigin', () => {
   test("false: the upstream sees the client's Host, on both paths", async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     await request(`${front.url}/h`, { headers: { host: 'example.com:8080' } });
     await request(`${front.url}/h`);
     await upgradeHead(front.port, '/w', { host: 'chat.example' });
@@ -563,7 +747,10 @@ describe('changeOrigin', () => {
 
   test("true: the upstream Host is the target's host:port, on both paths", async () => {
     const up = await startUpstream();
-    const front = await startFront('connect', createProxy({ target: up.url, logger: quietLogger(), changeOrigin: true }));
+    const front = await startFront(
+      'connect',
+      createProxy({ target: up.url, logger: quietLogger(), changeOrigin: true }),
+    );
     await request(`${front.url}/h`, { headers: { host: 'example.com:8080' } });
     await upgradeHead(front.port, '/w', { host: 'chat.example' });
     assert.equal(up.seen[0].headers.host, `127.0.0.1:${up.port}`);
@@ -574,7 +761,11 @@ describe('changeOrigin', () => {
 
   test('a route may override changeOrigin', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ logger: quietLogger(), changeOrigin: true, routes: { '/keep': { target: up.url, changeOrigin: false }, '/': up.url } });
+    const proxy = createProxy({
+      logger: quietLogger(),
+      changeOrigin: true,
+      routes: { '/keep': { target: up.url, changeOrigin: false }, '/': up.url },
+    });
     const front = await startFront('node', proxy);
     await request(`${front.url}/keep/x`, { headers: { host: 'example.com' } });
     await request(`${front.url}/other`, { headers: { host: 'example.com' } });
@@ -586,7 +777,10 @@ describe('changeOrigin', () => {
 describe('Expect: 100-continue', () => {
   test('the client gets 100 Continue, then the response; the upstream sees the body and no Expect', async () => {
     const up = await startUpstream();
-    const front = await startFront('express5', createProxy({ target: up.url, logger: quietLogger() }));
+    const front = await startFront(
+      'express5',
+      createProxy({ target: up.url, logger: quietLogger() }),
+    );
     const socket = net.connect(front.port, '127.0.0.1');
     let received = '';
     const gotContinue = new Promise((resolve) => {
@@ -614,13 +808,21 @@ describe('Expect: 100-continue', () => {
     assert.equal(up.seen.length, 1);
     assert.equal(up.seen[0].headers.expect, undefined);
     assert.equal(up.seen[0].body.toString(), 'hello');
-    assert.equal(received.match(/100 Continue/g).length, 1, 'exactly one 100 Continue reached the client');
+    assert.equal(
+      received.match(/100 Continue/g).length,
+      1,
+      'exactly one 100 Continue reached the client',
+    );
   });
 
   test('with a client that sends the body at once (Node http), the response arrives and no Expect goes upstream', async () => {
     const up = await startUpstream();
     const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
-    const res = await request(`${front.url}/e`, { method: 'POST', headers: { expect: '100-continue', 'content-type': 'text/plain' }, body: 'abc' });
+    const res = await request(`${front.url}/e`, {
+      method: 'POST',
+      headers: { expect: '100-continue', 'content-type': 'text/plain' },
+      body: 'abc',
+    });
     assert.equal(res.status, 200);
     assert.equal(res.json().body, 'abc');
     assert.equal(res.json().headers.expect, undefined);

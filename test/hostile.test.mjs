@@ -9,8 +9,26 @@ import { afterEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { createProxy } from 'viaduct';
-import { FRONT_KINDS, closeAll, listen, quietLogger, refusingUpstream, startFront, startUpstream } from './helpers/servers.mjs';
-import { HANDSHAKE_ACCEPT as ACCEPT, SWITCHING_PROTOCOLS as SWITCHING, handshake, openSocket, parseResponse, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  FRONT_KINDS,
+  closeAll,
+  listen,
+  quietLogger,
+  refusingUpstream,
+  startFront,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  HANDSHAKE_ACCEPT as ACCEPT,
+  SWITCHING_PROTOCOLS as SWITCHING,
+  handshake,
+  openSocket,
+  parseResponse,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 afterEach(closeAll);
@@ -44,7 +62,9 @@ function hostileHttp(lines, body = '', { method = 'POST', target = '/h' } = {}) 
 function hostileUpgrade(lines, body = '', { method = 'GET', target = '/chat' } = {}) {
   const base = handshake(target).replace(/^GET /, `${method} `).slice(0, -2);
   const head = `${base}${lines.map((line) => `${line}\r\n`).join('')}\r\n`;
-  return Buffer.isBuffer(body) ? Buffer.concat([Buffer.from(head, 'latin1'), body]) : `${head}${body}`;
+  return Buffer.isBuffer(body)
+    ? Buffer.concat([Buffer.from(head, 'latin1'), body])
+    : `${head}${body}`;
 }
 
 /** A masked (client-to-server) WebSocket text frame, payload < 126 bytes. */
@@ -76,7 +96,11 @@ async function tapInto(port) {
     outbound.on('close', () => inbound.destroy());
   });
   const tapPort = await listen(server);
-  return { url: `http://127.0.0.1:${tapPort}`, connections, bytes: () => connections.map((c) => c.bytes).join('') };
+  return {
+    url: `http://127.0.0.1:${tapPort}`,
+    connections,
+    bytes: () => connections.map((c) => c.bytes).join(''),
+  };
 }
 
 /**
@@ -87,7 +111,13 @@ async function tapInto(port) {
 async function recordingUpstream(answer) {
   const connections = [];
   const server = net.createServer((socket) => {
-    const conn = { before: '', after: '', answered: false, closed: nextEvent(socket, 'close'), waiters: [] };
+    const conn = {
+      before: '',
+      after: '',
+      answered: false,
+      closed: nextEvent(socket, 'close'),
+      waiters: [],
+    };
     connections.push(conn);
     socket.on('error', () => {});
     socket.on('data', (chunk) => {
@@ -134,7 +164,11 @@ function responsesIn(raw) {
     if (status >= 100 && status < 200) length = 0;
     else if (headers['content-length'] !== undefined) length = Number(headers['content-length']);
     else {
-      assert.match(headers.connection ?? '', /close/i, 'a response without a length runs to the close');
+      assert.match(
+        headers.connection ?? '',
+        /close/i,
+        'a response without a length runs to the close',
+      );
       length = rest.length - end - 4;
     }
     responses.push({ status, headers, body: rest.slice(end + 4, end + 4 + length) });
@@ -203,7 +237,11 @@ function openExchange(front, bytes) {
 
 /** Nothing at all reached the upstream: no connection to it, no request parsed by it, no handshake. */
 function assertUpstreamUntouched({ up, tap }) {
-  assert.equal(tap.connections.length, 0, `no connection to the upstream; it got ${JSON.stringify(tap.bytes())}`);
+  assert.equal(
+    tap.connections.length,
+    0,
+    `no connection to the upstream; it got ${JSON.stringify(tap.bytes())}`,
+  );
   assert.equal(up.seen.length, 0);
   assert.equal(up.handshakes.length, 0);
 }
@@ -217,15 +255,27 @@ async function assertServes({ up, front }, { seen = 0, handshakes = 0 } = {}) {
   const res = await within(request(`${front.url}/after`), 2000, 'a good request afterwards');
   assert.equal(res.status, 200, `a good request afterwards got ${res.status}: ${res.text}`);
   assert.equal(res.json().url, '/after');
-  const { ws, greeting } = await within(openSocket(`${front.wsUrl}/after-ws`), 2000, 'a good WebSocket afterwards');
+  const { ws, greeting } = await within(
+    openSocket(`${front.wsUrl}/after-ws`),
+    2000,
+    'a good WebSocket afterwards',
+  );
   assert.equal(greeting, 'hello:/after-ws');
   assert.equal(await within(roundTrip(ws, 'ping'), 2000, 'a round trip afterwards'), 'echo:ping');
   const closed = nextEvent(ws, 'close');
   ws.close();
   await within(closed, 2000, 'the good WebSocket closed');
-  assert.equal(up.seen.length, seen + 1, `no hostile request reached the upstream late: ${JSON.stringify(up.seen.map((r) => r.url))}`);
+  assert.equal(
+    up.seen.length,
+    seen + 1,
+    `no hostile request reached the upstream late: ${JSON.stringify(up.seen.map((r) => r.url))}`,
+  );
   assert.equal(up.seen.at(-1).url, '/after');
-  assert.equal(up.handshakes.length, handshakes + 1, 'no hostile handshake reached the upstream late');
+  assert.equal(
+    up.handshakes.length,
+    handshakes + 1,
+    'no hostile handshake reached the upstream late',
+  );
   assert.equal(up.handshakes.at(-1).url, '/after-ws');
 }
 
@@ -331,21 +381,31 @@ for (const kind of KINDS) {
       const answerName = c.answer === NODE_431 ? '431' : '400';
       test(`HTTP: ${c.name} → Node's ${answerName}, closed, nothing upstream`, BOUND, async () => {
         const s = await setup(kind);
-        const raw = await exchange(s.front, hostileHttp(c.lines, c.body ?? SMUGGLED, { target: c.target?.replace('/chat', '/h') }));
-        assert.equal(raw, c.answer, 'exactly one answer, Node\'s own, then the close');
+        const raw = await exchange(
+          s.front,
+          hostileHttp(c.lines, c.body ?? SMUGGLED, { target: c.target?.replace('/chat', '/h') }),
+        );
+        assert.equal(raw, c.answer, "exactly one answer, Node's own, then the close");
         assert.deepEqual(s.errors, [], 'the proxy never saw the request');
         assertUpstreamUntouched(s);
         await assertServes(s);
       });
 
-      test(`upgrade: ${c.name} → Node's ${answerName}, closed, no handshake upstream`, BOUND, async () => {
-        const s = await setup(kind);
-        const raw = await exchange(s.front, hostileUpgrade(c.lines, c.body ?? SMUGGLED, { target: c.target }));
-        assert.equal(raw, c.answer, 'exactly one answer, Node\'s own, then the close');
-        assert.deepEqual(s.errors, [], 'the proxy never saw the upgrade');
-        assertUpstreamUntouched(s);
-        await assertServes(s);
-      });
+      test(
+        `upgrade: ${c.name} → Node's ${answerName}, closed, no handshake upstream`,
+        BOUND,
+        async () => {
+          const s = await setup(kind);
+          const raw = await exchange(
+            s.front,
+            hostileUpgrade(c.lines, c.body ?? SMUGGLED, { target: c.target }),
+          );
+          assert.equal(raw, c.answer, "exactly one answer, Node's own, then the close");
+          assert.deepEqual(s.errors, [], 'the proxy never saw the upgrade');
+          assertUpstreamUntouched(s);
+          await assertServes(s);
+        },
+      );
     }
   });
 }
@@ -360,7 +420,10 @@ for (const kind of KINDS) {
 const proxyHttpRefusals = [
   {
     name: 'Transfer-Encoding: identity, chunked',
-    bytes: hostileHttp(['Transfer-Encoding: identity, chunked'], `5\r\nhello\r\n0\r\n\r\n${SMUGGLED}`),
+    bytes: hostileHttp(
+      ['Transfer-Encoding: identity, chunked'],
+      `5\r\nhello\r\n0\r\n\r\n${SMUGGLED}`,
+    ),
     status: 501,
     body: '501 Not Implemented: Only the chunked transfer coding is supported.\n',
     code: 'EUNSUPPORTEDTE',
@@ -391,25 +454,33 @@ const proxyHttpRefusals = [
 for (const kind of KINDS) {
   describe(`${kind} front: refused by the proxy, a request pipelined behind`, () => {
     for (const c of proxyHttpRefusals) {
-      test(`${c.name} → the proxy's ${c.status} with Connection: close, closed; neither request forwarded`, BOUND, async () => {
-        const s = await setup(kind);
-        const warm = await within(request(`${s.front.url}/warm`), 2000, 'warming the upstream pool');
-        assert.equal(warm.status, 200);
-        const mark = s.tap.bytes().length;
-        const raw = await exchange(s.front, c.bytes);
-        const res = onlyResponse(raw, c.status);
-        assert.equal(res.headers.connection, 'close');
-        assert.equal(res.body, c.body);
-        assert.deepEqual(s.errors, [c.code]);
-        assert.deepEqual(
-          s.up.seen.map((r) => r.url),
-          ['/warm'],
-          'the request pipelined behind an answer with Connection: close was processed (forwarded upstream)',
-        );
-        assert.doesNotMatch(s.tap.bytes().slice(mark), /smuggled|hello/);
-        assert.equal(s.up.handshakes.length, 0);
-        await assertServes(s, { seen: 1 });
-      });
+      test(
+        `${c.name} → the proxy's ${c.status} with Connection: close, closed; neither request forwarded`,
+        BOUND,
+        async () => {
+          const s = await setup(kind);
+          const warm = await within(
+            request(`${s.front.url}/warm`),
+            2000,
+            'warming the upstream pool',
+          );
+          assert.equal(warm.status, 200);
+          const mark = s.tap.bytes().length;
+          const raw = await exchange(s.front, c.bytes);
+          const res = onlyResponse(raw, c.status);
+          assert.equal(res.headers.connection, 'close');
+          assert.equal(res.body, c.body);
+          assert.deepEqual(s.errors, [c.code]);
+          assert.deepEqual(
+            s.up.seen.map((r) => r.url),
+            ['/warm'],
+            'the request pipelined behind an answer with Connection: close was processed (forwarded upstream)',
+          );
+          assert.doesNotMatch(s.tap.bytes().slice(mark), /smuggled|hello/);
+          assert.equal(s.up.handshakes.length, 0);
+          await assertServes(s, { seen: 1 });
+        },
+      );
     }
   });
 }
@@ -419,10 +490,19 @@ for (const kind of KINDS) {
 // one answer, then the close; the pipelined request is neither answered nor forwarded.
 
 const proxyRefusals = [
-  { name: 'POST with Upgrade: websocket', bytes: () => hostileUpgrade([], SMUGGLED, { method: 'POST' }) },
-  { name: 'no Sec-WebSocket-Key', bytes: () => handshake('/chat', { 'sec-websocket-key': undefined }) + SMUGGLED },
+  {
+    name: 'POST with Upgrade: websocket',
+    bytes: () => hostileUpgrade([], SMUGGLED, { method: 'POST' }),
+  },
+  {
+    name: 'no Sec-WebSocket-Key',
+    bytes: () => handshake('/chat', { 'sec-websocket-key': undefined }) + SMUGGLED,
+  },
   // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is to be ignored; RFC 6455 asks for HTTP/1.1.
-  { name: 'HTTP/1.0 handshake', bytes: () => handshake('/chat').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n') + SMUGGLED },
+  {
+    name: 'HTTP/1.0 handshake',
+    bytes: () => handshake('/chat').replace(' HTTP/1.1\r\n', ' HTTP/1.0\r\n') + SMUGGLED,
+  },
   {
     name: 'Upgrade: h2c (with HTTP2-Settings)',
     bytes: () =>
@@ -449,7 +529,10 @@ for (const kind of KINDS) {
         const raw = await exchange(s.front, bytes());
         const res = onlyResponse(raw, 400);
         assert.equal(res.headers.connection, 'close');
-        assert.equal(res.body, '400 Bad Request: Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.\n');
+        assert.equal(
+          res.body,
+          '400 Bad Request: Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.\n',
+        );
         assert.deepEqual(s.errors, ['EBADUPGRADE']);
         assertUpstreamUntouched(s);
         assert.equal(s.proxy.stats().tunnels.rejected, 1);
@@ -459,78 +542,114 @@ for (const kind of KINDS) {
 
     for (const { name, version } of versionCases) {
       // The version is the upstream's business: the proxy forwards the handshake, the upstream (ws) refuses it.
-      test(`${name} → forwarded once; the upstream's 400 is passed on, closed; the pipelined request is not forwarded`, BOUND, async () => {
-        const s = await setup(kind);
-        const raw = await exchange(s.front, handshake('/chat', { 'sec-websocket-version': version }) + SMUGGLED);
-        const res = onlyResponse(raw, 400);
-        assert.equal(res.headers.connection, 'close');
-        assert.equal(res.body, 'Missing or invalid Sec-WebSocket-Version header');
-        assert.deepEqual(s.errors, []);
-        assert.equal(s.up.handshakes.length, 1);
-        assert.equal(s.up.handshakes[0].url, '/chat');
-        assert.equal(s.up.handshakes[0].headers['sec-websocket-version'], version);
-        assert.equal(s.up.seen.length, 0, 'the pipelined request never reached the upstream as HTTP');
-        assert.equal(s.tap.connections.length, 1);
-        assert.deepEqual(requestLines(s.tap.bytes()), ['GET /chat HTTP/1.1\r\n'], 'exactly one request on the upstream connection');
-        assert.doesNotMatch(s.tap.bytes(), /smuggled/);
-        assert.equal(s.proxy.stats().tunnels.rejected, 1);
-        await assertServes(s, { handshakes: 1 });
-      });
+      test(
+        `${name} → forwarded once; the upstream's 400 is passed on, closed; the pipelined request is not forwarded`,
+        BOUND,
+        async () => {
+          const s = await setup(kind);
+          const raw = await exchange(
+            s.front,
+            handshake('/chat', { 'sec-websocket-version': version }) + SMUGGLED,
+          );
+          const res = onlyResponse(raw, 400);
+          assert.equal(res.headers.connection, 'close');
+          assert.equal(res.body, 'Missing or invalid Sec-WebSocket-Version header');
+          assert.deepEqual(s.errors, []);
+          assert.equal(s.up.handshakes.length, 1);
+          assert.equal(s.up.handshakes[0].url, '/chat');
+          assert.equal(s.up.handshakes[0].headers['sec-websocket-version'], version);
+          assert.equal(
+            s.up.seen.length,
+            0,
+            'the pipelined request never reached the upstream as HTTP',
+          );
+          assert.equal(s.tap.connections.length, 1);
+          assert.deepEqual(
+            requestLines(s.tap.bytes()),
+            ['GET /chat HTTP/1.1\r\n'],
+            'exactly one request on the upstream connection',
+          );
+          assert.doesNotMatch(s.tap.bytes(), /smuggled/);
+          assert.equal(s.proxy.stats().tunnels.rejected, 1);
+          await assertServes(s, { handshakes: 1 });
+        },
+      );
     }
 
     // A WebSocket handshake has no body (RFC 6455 §4.1: a GET; RFC 9110 §9.3.1: content in a GET has no
     // meaning and is a known smuggling vector). Node's front hands the body bytes over as the upgrade's
     // `head`; forwarded, the upstream would see a head announcing a body that only comes after its 101.
     const bodyCases = [
-      { name: 'Content-Length: N, a WebSocket frame as the body', lines: (frame) => [`Content-Length: ${frame.length}`], body: (frame) => frame },
+      {
+        name: 'Content-Length: N, a WebSocket frame as the body',
+        lines: (frame) => [`Content-Length: ${frame.length}`],
+        body: (frame) => frame,
+      },
       {
         name: 'Transfer-Encoding: chunked, a WebSocket frame as the chunk',
         lines: () => ['Transfer-Encoding: chunked'],
-        body: (frame) => Buffer.concat([Buffer.from(`${frame.length.toString(16)}\r\n`), frame, Buffer.from('\r\n0\r\n\r\n')]),
+        body: (frame) =>
+          Buffer.concat([
+            Buffer.from(`${frame.length.toString(16)}\r\n`),
+            frame,
+            Buffer.from('\r\n0\r\n\r\n'),
+          ]),
       },
     ];
     for (const b of bodyCases) {
-      test(`GET upgrade announcing a body (${b.name}) → 400, closed, no handshake upstream`, BOUND, async () => {
-        const s = await setup(kind);
-        const frame = maskedTextFrame('made-of-body-bytes');
-        const client = openExchange(s.front, hostileUpgrade(b.lines(frame), b.body(frame)));
-        const head = await within(client.head, 2000, 'the answer');
-        if (statusOf(head) !== 400) {
-          // Not refused: let the upstream show what it made of the body bytes (a message, or a protocol
-          // error that closes the tunnel), for the failure message below.
-          await within(Promise.race([s.up.firstMessage, client.closed]), 1000, 'a message upstream or the close').catch(() => {});
-          client.socket.destroy();
-        }
-        assert.equal(
-          statusOf(head),
-          400,
-          `an upgrade with a body is refused; got ${JSON.stringify(head.slice(0, 120))}, ` +
-            `the upstream's handshake headers ${JSON.stringify(s.up.handshakes[0]?.headers)}, its WebSocket messages ${JSON.stringify(s.up.messages)}`,
-        );
-        const raw = await within(client.closed, 2000, 'the close after the 400');
-        assert.equal(responsesIn(raw).length, 1);
-        assertUpstreamUntouched(s);
-        assert.deepEqual(s.up.messages, []);
-        await assertServes(s);
-      });
+      test(
+        `GET upgrade announcing a body (${b.name}) → 400, closed, no handshake upstream`,
+        BOUND,
+        async () => {
+          const s = await setup(kind);
+          const frame = maskedTextFrame('made-of-body-bytes');
+          const client = openExchange(s.front, hostileUpgrade(b.lines(frame), b.body(frame)));
+          const head = await within(client.head, 2000, 'the answer');
+          if (statusOf(head) !== 400) {
+            // Not refused: let the upstream show what it made of the body bytes (a message, or a protocol
+            // error that closes the tunnel), for the failure message below.
+            await within(
+              Promise.race([s.up.firstMessage, client.closed]),
+              1000,
+              'a message upstream or the close',
+            ).catch(() => {});
+            client.socket.destroy();
+          }
+          assert.equal(
+            statusOf(head),
+            400,
+            `an upgrade with a body is refused; got ${JSON.stringify(head.slice(0, 120))}, ` +
+              `the upstream's handshake headers ${JSON.stringify(s.up.handshakes[0]?.headers)}, its WebSocket messages ${JSON.stringify(s.up.messages)}`,
+          );
+          const raw = await within(client.closed, 2000, 'the close after the 400');
+          assert.equal(responsesIn(raw).length, 1);
+          assertUpstreamUntouched(s);
+          assert.deepEqual(s.up.messages, []);
+          await assertServes(s);
+        },
+      );
     }
 
     if (kind !== 'node') {
-      test('a middleware answers the upgrade with 401: that answer only, closed; the pipelined request is neither answered nor forwarded', BOUND, async () => {
-        const deny = (req, res, next) => {
-          if (req.headers['x-deny'] === undefined) return next();
-          res.statusCode = 401;
-          res.setHeader('content-type', 'text/plain');
-          res.setHeader('content-length', '7');
-          res.end('denied\n');
-        };
-        const s = await setup(kind, { before: [deny] });
-        const raw = await exchange(s.front, handshake('/chat', { 'x-deny': '1' }) + SMUGGLED);
-        const res = onlyResponse(raw, 401);
-        assert.equal(res.body, 'denied\n');
-        assertUpstreamUntouched(s);
-        await assertServes(s);
-      });
+      test(
+        'a middleware answers the upgrade with 401: that answer only, closed; the pipelined request is neither answered nor forwarded',
+        BOUND,
+        async () => {
+          const deny = (req, res, next) => {
+            if (req.headers['x-deny'] === undefined) return next();
+            res.statusCode = 401;
+            res.setHeader('content-type', 'text/plain');
+            res.setHeader('content-length', '7');
+            res.end('denied\n');
+          };
+          const s = await setup(kind, { before: [deny] });
+          const raw = await exchange(s.front, handshake('/chat', { 'x-deny': '1' }) + SMUGGLED);
+          const res = onlyResponse(raw, 401);
+          assert.equal(res.body, 'denied\n');
+          assertUpstreamUntouched(s);
+          await assertServes(s);
+        },
+      );
     }
   });
 }
@@ -538,94 +657,133 @@ for (const kind of KINDS) {
 // ---------------------------------------------------------------------------------------------
 // A request pipelined behind an upgrade in the same write: never an HTTP request upstream.
 
-const FORBIDDEN = 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nnope\n';
+const FORBIDDEN =
+  'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nnope\n';
 
 for (const kind of KINDS) {
   describe(`${kind} front: a request pipelined behind an upgrade`, () => {
-    test('the upstream refuses (403, then closes; refusingUpstream): its answer only, closed; the upstream got exactly one request', BOUND, async () => {
-      const refusing = await refusingUpstream(FORBIDDEN);
-      const s = await setup(kind, { routes: { '/refused': refusing.url } });
-      const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
-      const res = onlyResponse(raw, 403);
-      assert.equal(res.body, 'nope\n');
-      assert.equal(res.headers.connection, 'close');
-      assert.equal(refusing.heads.length, 1, 'one request head, and nothing after it');
-      assert.deepEqual(requestLines(refusing.heads[0]), ['GET /refused/chat HTTP/1.1\r\n']);
-      assert.ok(refusing.heads[0].endsWith('\r\n\r\n'), 'nothing behind the head');
-      assert.doesNotMatch(refusing.heads[0], /smuggled/);
-      assertUpstreamUntouched(s);
-      await assertServes(s);
-    });
+    test(
+      'the upstream refuses (403, then closes; refusingUpstream): its answer only, closed; the upstream got exactly one request',
+      BOUND,
+      async () => {
+        const refusing = await refusingUpstream(FORBIDDEN);
+        const s = await setup(kind, { routes: { '/refused': refusing.url } });
+        const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
+        const res = onlyResponse(raw, 403);
+        assert.equal(res.body, 'nope\n');
+        assert.equal(res.headers.connection, 'close');
+        assert.equal(refusing.heads.length, 1, 'one request head, and nothing after it');
+        assert.deepEqual(requestLines(refusing.heads[0]), ['GET /refused/chat HTTP/1.1\r\n']);
+        assert.ok(refusing.heads[0].endsWith('\r\n\r\n'), 'nothing behind the head');
+        assert.doesNotMatch(refusing.heads[0], /smuggled/);
+        assertUpstreamUntouched(s);
+        await assertServes(s);
+      },
+    );
 
-    test('the upstream refuses (403) and keeps its connection open: the proxy closes it; it got exactly one head, nothing after', BOUND, async () => {
-      const raw403 = await recordingUpstream(FORBIDDEN);
-      const s = await setup(kind, { routes: { '/refused': raw403.url } });
-      const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
-      const res = onlyResponse(raw, 403);
-      assert.equal(res.body, 'nope\n');
-      assert.equal(raw403.connections.length, 1);
-      const [conn] = raw403.connections;
-      await within(conn.closed, 2000, 'the proxy closing the refused upstream connection');
-      assert.deepEqual(requestLines(conn.before), ['GET /refused/chat HTTP/1.1\r\n']);
-      assert.ok(conn.before.endsWith('\r\n\r\n'), `nothing behind the head, got ${JSON.stringify(conn.before)}`);
-      assert.equal(conn.after, '', 'no byte after the refusal');
-      assert.equal(raw403.connections.length, 1, 'no second connection for the pipelined request');
-      assertUpstreamUntouched(s);
-      await assertServes(s);
-    });
+    test(
+      'the upstream refuses (403) and keeps its connection open: the proxy closes it; it got exactly one head, nothing after',
+      BOUND,
+      async () => {
+        const raw403 = await recordingUpstream(FORBIDDEN);
+        const s = await setup(kind, { routes: { '/refused': raw403.url } });
+        const raw = await exchange(s.front, handshake('/refused/chat') + SMUGGLED);
+        const res = onlyResponse(raw, 403);
+        assert.equal(res.body, 'nope\n');
+        assert.equal(raw403.connections.length, 1);
+        const [conn] = raw403.connections;
+        await within(conn.closed, 2000, 'the proxy closing the refused upstream connection');
+        assert.deepEqual(requestLines(conn.before), ['GET /refused/chat HTTP/1.1\r\n']);
+        assert.ok(
+          conn.before.endsWith('\r\n\r\n'),
+          `nothing behind the head, got ${JSON.stringify(conn.before)}`,
+        );
+        assert.equal(conn.after, '', 'no byte after the refusal');
+        assert.equal(
+          raw403.connections.length,
+          1,
+          'no second connection for the pipelined request',
+        );
+        assertUpstreamUntouched(s);
+        await assertServes(s);
+      },
+    );
 
-    test('the upstream accepts (raw 101): the pipelined bytes arrive only after the 101, as tunnel data, byte for byte', BOUND, async () => {
-      const raw101 = await recordingUpstream(SWITCHING);
-      const s = await setup(kind, { routes: { '/accepted': raw101.url } });
-      const client = net.connect(s.front.port, '127.0.0.1');
-      client.on('error', () => {});
-      let received = '';
-      const head = deferred();
-      client.on('data', (chunk) => {
-        received += chunk.toString('latin1');
-        if (received.includes('\r\n\r\n')) head.resolve();
-      });
-      const clientClosed = nextEvent(client, 'close');
-      client.write(handshake('/accepted/chat') + SMUGGLED);
-      await within(head.promise, 2000, 'the 101');
-      assert.equal(statusOf(received), 101);
-      assert.equal(parseResponse(received).headers['sec-websocket-accept'], ACCEPT);
-      assert.equal(raw101.connections.length, 1);
-      const [conn] = raw101.connections;
-      await within(afterHolds(conn, SMUGGLED.length), 2000, 'the pipelined bytes as tunnel data');
-      assert.deepEqual(requestLines(conn.before), ['GET /accepted/chat HTTP/1.1\r\n'], 'before its 101 the upstream got one request head');
-      assert.ok(conn.before.endsWith('\r\n\r\n'), `nothing behind the head before the 101, got ${JSON.stringify(conn.before)}`);
-      assert.equal(conn.after, SMUGGLED, 'after the 101: the pipelined bytes, unchanged, once');
-      client.destroy();
-      await within(clientClosed, 2000, 'the client closed');
-      await within(conn.closed, 2000, 'the tunnel torn down upstream');
-      assert.equal(raw101.connections.length, 1);
-      assertUpstreamUntouched(s);
-      await assertServes(s);
-    });
+    test(
+      'the upstream accepts (raw 101): the pipelined bytes arrive only after the 101, as tunnel data, byte for byte',
+      BOUND,
+      async () => {
+        const raw101 = await recordingUpstream(SWITCHING);
+        const s = await setup(kind, { routes: { '/accepted': raw101.url } });
+        const client = net.connect(s.front.port, '127.0.0.1');
+        client.on('error', () => {});
+        let received = '';
+        const head = deferred();
+        client.on('data', (chunk) => {
+          received += chunk.toString('latin1');
+          if (received.includes('\r\n\r\n')) head.resolve();
+        });
+        const clientClosed = nextEvent(client, 'close');
+        client.write(handshake('/accepted/chat') + SMUGGLED);
+        await within(head.promise, 2000, 'the 101');
+        assert.equal(statusOf(received), 101);
+        assert.equal(parseResponse(received).headers['sec-websocket-accept'], ACCEPT);
+        assert.equal(raw101.connections.length, 1);
+        const [conn] = raw101.connections;
+        await within(afterHolds(conn, SMUGGLED.length), 2000, 'the pipelined bytes as tunnel data');
+        assert.deepEqual(
+          requestLines(conn.before),
+          ['GET /accepted/chat HTTP/1.1\r\n'],
+          'before its 101 the upstream got one request head',
+        );
+        assert.ok(
+          conn.before.endsWith('\r\n\r\n'),
+          `nothing behind the head before the 101, got ${JSON.stringify(conn.before)}`,
+        );
+        assert.equal(conn.after, SMUGGLED, 'after the 101: the pipelined bytes, unchanged, once');
+        client.destroy();
+        await within(clientClosed, 2000, 'the client closed');
+        await within(conn.closed, 2000, 'the tunnel torn down upstream');
+        assert.equal(raw101.connections.length, 1);
+        assertUpstreamUntouched(s);
+        await assertServes(s);
+      },
+    );
 
-    test('the upstream accepts (ws): the pipelined bytes are tunnel data, never parsed as HTTP; ws closes on them; closed', BOUND, async () => {
-      const s = await setup(kind);
-      const raw = await exchange(s.front, handshake('/chat') + SMUGGLED, 'the 101, then the close the upstream makes');
-      assert.equal(statusOf(raw), 101);
-      const afterHead = Buffer.from(parseResponse(raw).body, 'latin1');
-      // The upstream's greeting frame, then its close frame: 1002 (protocol error) for "GET ..." as a frame.
-      const close = afterHead.subarray(afterHead.length - 4);
-      assert.equal(close[0], 0x88, `a close frame last, got ${afterHead.toString('hex')}`);
-      assert.equal(close.readUInt16BE(2), 1002);
-      assert.equal(s.up.handshakes.length, 1);
-      assert.equal(s.up.handshakes[0].url, '/chat');
-      assert.equal(s.up.seen.length, 0, 'the pipelined request was never an HTTP request upstream');
-      assert.deepEqual(s.up.messages, [], 'no message either: "GET ..." is no valid frame');
-      // Upstream, through the tap: one head, then the pipelined bytes unchanged (as tunnel data; that they
-      // come only after the 101 is shown with the raw upstream above).
-      assert.equal(s.tap.connections.length, 1);
-      const bytes = s.tap.bytes();
-      const headEnd = bytes.indexOf('\r\n\r\n') + 4;
-      assert.match(bytes.slice(0, headEnd), /^GET \/chat HTTP\/1\.1\r\n/);
-      assert.equal(bytes.slice(headEnd), SMUGGLED);
-      await assertServes(s, { handshakes: 1 });
-    });
+    test(
+      'the upstream accepts (ws): the pipelined bytes are tunnel data, never parsed as HTTP; ws closes on them; closed',
+      BOUND,
+      async () => {
+        const s = await setup(kind);
+        const raw = await exchange(
+          s.front,
+          handshake('/chat') + SMUGGLED,
+          'the 101, then the close the upstream makes',
+        );
+        assert.equal(statusOf(raw), 101);
+        const afterHead = Buffer.from(parseResponse(raw).body, 'latin1');
+        // The upstream's greeting frame, then its close frame: 1002 (protocol error) for "GET ..." as a frame.
+        const close = afterHead.subarray(afterHead.length - 4);
+        assert.equal(close[0], 0x88, `a close frame last, got ${afterHead.toString('hex')}`);
+        assert.equal(close.readUInt16BE(2), 1002);
+        assert.equal(s.up.handshakes.length, 1);
+        assert.equal(s.up.handshakes[0].url, '/chat');
+        assert.equal(
+          s.up.seen.length,
+          0,
+          'the pipelined request was never an HTTP request upstream',
+        );
+        assert.deepEqual(s.up.messages, [], 'no message either: "GET ..." is no valid frame');
+        // Upstream, through the tap: one head, then the pipelined bytes unchanged (as tunnel data; that they
+        // come only after the 101 is shown with the raw upstream above).
+        assert.equal(s.tap.connections.length, 1);
+        const bytes = s.tap.bytes();
+        const headEnd = bytes.indexOf('\r\n\r\n') + 4;
+        assert.match(bytes.slice(0, headEnd), /^GET \/chat HTTP\/1\.1\r\n/);
+        assert.equal(bytes.slice(headEnd), SMUGGLED);
+        await assertServes(s, { handshakes: 1 });
+      },
+    );
   });
 }
 
@@ -639,17 +797,26 @@ const LAST = 'GET /last HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n
 const expectCases = [
   {
     name: 'Content-Length: 5 and its body, then another request',
-    bytes: hostileHttp(['Expect: 100-continue', 'Content-Length: 5', 'Content-Type: text/plain'], `hello${LAST}`),
+    bytes: hostileHttp(
+      ['Expect: 100-continue', 'Content-Length: 5', 'Content-Type: text/plain'],
+      `hello${LAST}`,
+    ),
     body: 'hello',
   },
   {
     name: 'a body (Content-Length) that is itself a request, then another request',
-    bytes: hostileHttp(['Expect: 100-continue', `Content-Length: ${IN_BODY.length}`, 'Content-Type: text/plain'], `${IN_BODY}${LAST}`),
+    bytes: hostileHttp(
+      ['Expect: 100-continue', `Content-Length: ${IN_BODY.length}`, 'Content-Type: text/plain'],
+      `${IN_BODY}${LAST}`,
+    ),
     body: IN_BODY,
   },
   {
     name: 'a chunked body that is itself a request, then another request',
-    bytes: hostileHttp(['Expect: 100-continue', 'Transfer-Encoding: chunked', 'Content-Type: text/plain'], `${IN_BODY.length.toString(16)}\r\n${IN_BODY}\r\n0\r\n\r\n${LAST}`),
+    bytes: hostileHttp(
+      ['Expect: 100-continue', 'Transfer-Encoding: chunked', 'Content-Type: text/plain'],
+      `${IN_BODY.length.toString(16)}\r\n${IN_BODY}\r\n0\r\n\r\n${LAST}`,
+    ),
     body: IN_BODY,
   },
 ];
@@ -657,30 +824,42 @@ const expectCases = [
 for (const kind of KINDS) {
   describe(`${kind} front: a request smuggled behind Expect: 100-continue`, () => {
     for (const c of expectCases) {
-      test(`${c.name}: 100, 200, 200; the upstream sees exactly POST (that body) and GET /last`, BOUND, async () => {
-        const s = await setup(kind);
-        const raw = await exchange(s.front, c.bytes, 'both answers and the close');
-        const responses = responsesIn(raw);
-        assert.deepEqual(
-          responses.map((r) => r.status),
-          [100, 200, 200],
-          `100 Continue, then one answer per request; got ${JSON.stringify(raw.slice(0, 400))}`,
-        );
-        assert.equal(JSON.parse(responses[1].body).url, '/h');
-        assert.equal(JSON.parse(responses[2].body).url, '/last');
-        assert.deepEqual(
-          s.up.seen.map((r) => [r.method, r.url, r.body.toString('latin1')]),
-          [
-            ['POST', '/h', c.body],
-            ['GET', '/last', ''],
-          ],
-        );
-        assert.equal(s.up.seen[0].headers.expect, undefined, 'the front answered the expectation; it is not forwarded');
-        assert.equal(s.up.seen.filter((r) => r.url === '/in-body').length, 0, 'no request built from body bytes');
-        assert.deepEqual(s.errors, []);
-        assert.equal(s.up.handshakes.length, 0);
-        await assertServes(s, { seen: 2 });
-      });
+      test(
+        `${c.name}: 100, 200, 200; the upstream sees exactly POST (that body) and GET /last`,
+        BOUND,
+        async () => {
+          const s = await setup(kind);
+          const raw = await exchange(s.front, c.bytes, 'both answers and the close');
+          const responses = responsesIn(raw);
+          assert.deepEqual(
+            responses.map((r) => r.status),
+            [100, 200, 200],
+            `100 Continue, then one answer per request; got ${JSON.stringify(raw.slice(0, 400))}`,
+          );
+          assert.equal(JSON.parse(responses[1].body).url, '/h');
+          assert.equal(JSON.parse(responses[2].body).url, '/last');
+          assert.deepEqual(
+            s.up.seen.map((r) => [r.method, r.url, r.body.toString('latin1')]),
+            [
+              ['POST', '/h', c.body],
+              ['GET', '/last', ''],
+            ],
+          );
+          assert.equal(
+            s.up.seen[0].headers.expect,
+            undefined,
+            'the front answered the expectation; it is not forwarded',
+          );
+          assert.equal(
+            s.up.seen.filter((r) => r.url === '/in-body').length,
+            0,
+            'no request built from body bytes',
+          );
+          assert.deepEqual(s.errors, []);
+          assert.equal(s.up.handshakes.length, 0);
+          await assertServes(s, { seen: 2 });
+        },
+      );
     }
   });
 }

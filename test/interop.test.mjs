@@ -23,7 +23,14 @@ import { io as ioClient } from 'socket.io-client';
 import { WebSocket, WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  handshake,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
@@ -35,16 +42,29 @@ after(closeAll);
 const CHROMIUM = '/usr/bin/chromium';
 const chromiumPresent = existsSync(CHROMIUM);
 const skipBrowser =
-  chromiumPresent || process.env.CI ? false : 'Chromium is not installed: run `apt-get install -y chromium` (CI installs it; with CI set its absence fails)';
+  chromiumPresent || process.env.CI
+    ? false
+    : 'Chromium is not installed: run `apt-get install -y chromium` (CI installs it; with CI set its absence fails)';
 
 let browserLaunch;
 /** The file's one browser, launched on first use and closed after the file. */
 function browser() {
-  assert.ok(chromiumPresent, `CI is set but ${CHROMIUM} is missing: .ci/run installs it with apt-get`);
+  assert.ok(
+    chromiumPresent,
+    `CI is set but ${CHROMIUM} is missing: .ci/run installs it with apt-get`,
+  );
   browserLaunch ??= import('playwright-core').then(({ chromium }) =>
     chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     }),
   );
   return browserLaunch;
@@ -77,7 +97,14 @@ async function serve(app, { prepare, attachFirst = false } = {}) {
   const prepared = prepare?.(server);
   if (!attachFirst) attach(server, app, { logger: attachLogger });
   const port = await listen(server);
-  return { server, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}`, attachLogger, prepared };
+  return {
+    server,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    attachLogger,
+    prepared,
+  };
 }
 
 /** A quiet logger that also resolves `matched` with `[level, message]` for the first line matching `pattern`. */
@@ -99,18 +126,31 @@ function socketIoClients() {
   const clients = [];
   after(() => clients.forEach((socket) => socket.disconnect()));
   return (url, options = {}) => {
-    const socket = ioClient(url, { forceNew: true, reconnection: false, timeout: 3_000, ...options });
+    const socket = ioClient(url, {
+      forceNew: true,
+      reconnection: false,
+      timeout: 3_000,
+      ...options,
+    });
     clients.push(socket);
     // The engine exists as soon as the manager opened (autoConnect): listen before it can upgrade.
-    const upgraded = new Promise((resolve) => socket.io.engine.once('upgrade', (transport) => resolve(transport.name)));
+    const upgraded = new Promise((resolve) =>
+      socket.io.engine.once('upgrade', (transport) => resolve(transport.name)),
+    );
     const upgradeErrors = [];
-    socket.io.engine.on('upgradeError', (error) => upgradeErrors.push(String(error?.message ?? error)));
+    socket.io.engine.on('upgradeError', (error) =>
+      upgradeErrors.push(String(error?.message ?? error)),
+    );
     // A connect_error rejects with what the transport saw (its `description`: a status, or the ws error).
     const connected = new Promise((resolve, reject) => {
       socket.once('connect', () => resolve(socket));
       socket.once('connect_error', (error) => {
         const seen = error.description?.message ?? error.description;
-        reject(Object.assign(new Error(`connect_error: ${error.message} (${seen})`), { original: error }));
+        reject(
+          Object.assign(new Error(`connect_error: ${error.message} (${seen})`), {
+            original: error,
+          }),
+        );
       });
     });
     return { socket, connected, upgraded, upgradeErrors };
@@ -132,13 +172,22 @@ async function socketIoUpstream() {
 
 /** `echo` round-trips on `socket`, over whatever transport it is on, within 3 s. */
 async function assertEchoes(socket, message) {
-  assert.equal(await within(socket.timeout(2_000).emitWithAck('echo', message), 3_000, `the echo of ${message}`), `echo:${message}`);
+  assert.equal(
+    await within(
+      socket.timeout(2_000).emitWithAck('echo', message),
+      3_000,
+      `the echo of ${message}`,
+    ),
+    `echo:${message}`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
 
 describe('socket.io v4 as the upstream, through viaduct', () => {
-  test('default transports: long-polling through the proxy, then the upgrade to websocket through a tunnel', { timeout: 10_000 }, async () => {
+  test('default transports: long-polling through the proxy, then the upgrade to websocket through a tunnel', {
+    timeout: 10_000,
+  }, async () => {
     const up = await socketIoUpstream();
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
     const app = express();
@@ -150,19 +199,31 @@ describe('socket.io v4 as the upstream, through viaduct', () => {
     await within(client.connected, 3_000, 'the socket.io connection');
     assert.equal(client.socket.io.engine.transport.name, 'polling', 'it starts on long-polling');
     await assertEchoes(client.socket, 'over polling');
-    assert.equal(await within(client.upgraded, 3_000, `the upgrade to websocket (upgrade errors: ${client.upgradeErrors})`), 'websocket');
+    assert.equal(
+      await within(
+        client.upgraded,
+        3_000,
+        `the upgrade to websocket (upgrade errors: ${client.upgradeErrors})`,
+      ),
+      'websocket',
+    );
     assert.equal(client.socket.io.engine.transport.name, 'websocket');
     await assertEchoes(client.socket, 'over websocket');
 
     const stats = proxy.stats();
-    assert.ok(stats.requests.total >= 2, `the polling requests went through the proxy (${stats.requests.total})`);
+    assert.ok(
+      stats.requests.total >= 2,
+      `the polling requests went through the proxy (${stats.requests.total})`,
+    );
     assert.equal(stats.requests.errors, 0);
     assert.equal(stats.tunnels.total, 1, 'one tunnel: the upgraded transport');
     assert.equal(stats.tunnels.active, 1);
     assert.ok(up.requests.some((url) => url.startsWith('/socket.io/?EIO=4&transport=polling')));
   });
 
-  test("transports: ['websocket'] only: one tunnel, no HTTP request", { timeout: 10_000 }, async () => {
+  test("transports: ['websocket'] only: one tunnel, no HTTP request", {
+    timeout: 10_000,
+  }, async () => {
     const up = await socketIoUpstream();
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
     const app = express();
@@ -179,7 +240,9 @@ describe('socket.io v4 as the upstream, through viaduct', () => {
     assert.equal(proxy.stats().tunnels.active, 1);
   });
 
-  test("an auth middleware in front (app.use('/socket.io', requireToken, proxy)) refuses both transports without the header and admits both with it", { timeout: 10_000 }, async () => {
+  test("an auth middleware in front (app.use('/socket.io', requireToken, proxy)) refuses both transports without the header and admits both with it", {
+    timeout: 10_000,
+  }, async () => {
     const up = await socketIoUpstream();
     const proxy = createProxy({ target: `${up.url}/socket.io`, logger: quietLogger() });
     const requireToken = (req, res, next) => {
@@ -202,11 +265,25 @@ describe('socket.io v4 as the upstream, through viaduct', () => {
 
     // The clients without it: a connect_error each, carrying the 401.
     const pollingClient = open(front.url);
-    const pollingError = await within(pollingClient.connected.then(() => assert.fail('connected without the token'), (error) => error.original), 3_000, 'connect_error (polling)');
+    const pollingError = await within(
+      pollingClient.connected.then(
+        () => assert.fail('connected without the token'),
+        (error) => error.original,
+      ),
+      3_000,
+      'connect_error (polling)',
+    );
     assert.equal(pollingError.message, 'xhr poll error');
     assert.equal(pollingError.description, 401);
     const wsClient = open(front.url, { transports: ['websocket'] });
-    const wsError = await within(wsClient.connected.then(() => assert.fail('connected without the token'), (error) => error.original), 3_000, 'connect_error (websocket)');
+    const wsError = await within(
+      wsClient.connected.then(
+        () => assert.fail('connected without the token'),
+        (error) => error.original,
+      ),
+      3_000,
+      'connect_error (websocket)',
+    );
     assert.equal(wsError.message, 'websocket error');
     assert.match(String(wsError.description?.message ?? wsError.description), /401/);
     assert.equal(up.requests.length, 0, 'nothing reached socket.io');
@@ -215,8 +292,19 @@ describe('socket.io v4 as the upstream, through viaduct', () => {
     // With it: both transports connect, and the polling one upgrades through the same middleware.
     const extraHeaders = { 'x-token': 'letmein' };
     const admitted = open(front.url, { extraHeaders });
-    await within(admitted.connected, 3_000, 'the socket.io connection with the token (polling first)');
-    assert.equal(await within(admitted.upgraded, 3_000, `the upgrade with the token (upgrade errors: ${admitted.upgradeErrors})`), 'websocket');
+    await within(
+      admitted.connected,
+      3_000,
+      'the socket.io connection with the token (polling first)',
+    );
+    assert.equal(
+      await within(
+        admitted.upgraded,
+        3_000,
+        `the upgrade with the token (upgrade errors: ${admitted.upgradeErrors})`,
+      ),
+      'websocket',
+    );
     await assertEchoes(admitted.socket, 'admitted');
     const admittedWs = open(front.url, { extraHeaders, transports: ['websocket'] });
     await within(admittedWs.connected, 3_000, 'the websocket-only connection with the token');
@@ -254,7 +342,9 @@ describe('socket.io on the same server as attach(server, app)', () => {
       attachFirst,
       prepare: (server) => {
         const io = new SocketIOServer(server, ioOptions);
-        io.on('connection', (socket) => socket.on('echo', (message, ack) => ack(`echo:${message}`)));
+        io.on('connection', (socket) =>
+          socket.on('echo', (message, ack) => ack(`echo:${message}`)),
+        );
         if (engineMiddleware) io.engine.use(engineMiddleware);
         after(() => io.close());
         return io;
@@ -272,7 +362,9 @@ describe('socket.io on the same server as attach(server, app)', () => {
     const refused = await openSocket(`${front.wsUrl}/chat/room`);
     assert.equal(refused.refused?.status, 401, 'a ws client gets unexpected-response 401');
     assert.equal(front.up.handshakes.length, 0);
-    const { ws, greeting } = await openSocket(`${front.wsUrl}/chat/room`, { headers: { 'x-token': 'ok' } });
+    const { ws, greeting } = await openSocket(`${front.wsUrl}/chat/room`, {
+      headers: { 'x-token': 'ok' },
+    });
     assert.equal(greeting, 'hello:/room');
     assert.equal(await roundTrip(ws, 'hi'), 'echo:hi');
     ws.close();
@@ -281,9 +373,13 @@ describe('socket.io on the same server as attach(server, app)', () => {
   const SLOW = 150; // ms: far more than a turn of the event loop
 
   for (const attachFirst of [false, true]) {
-    const order = attachFirst ? 'attach before new Server(server)' : 'new Server(server) before attach';
+    const order = attachFirst
+      ? 'attach before new Server(server)'
+      : 'new Server(server) before attach';
 
-    test(`async io.engine.use() middleware (${SLOW} ms), ${order}: polling then websocket, with the app's 401 (no token) and 404 (token) never written on socket.io's sockets`, { timeout: 10_000 }, async () => {
+    test(`async io.engine.use() middleware (${SLOW} ms), ${order}: polling then websocket, with the app's 401 (no token) and 404 (token) never written on socket.io's sockets`, {
+      timeout: 10_000,
+    }, async () => {
       const ran = [];
       const front = await sharedFront({
         attachFirst,
@@ -297,7 +393,14 @@ describe('socket.io on the same server as attach(server, app)', () => {
       const clients = [open(front.url), open(front.url, { extraHeaders: { 'x-token': 'ok' } })];
       for (const [i, client] of clients.entries()) {
         await within(client.connected, 3_000, `socket.io connection ${i}`);
-        assert.equal(await within(client.upgraded, 3_000, `the upgrade of connection ${i} (upgrade errors: ${client.upgradeErrors})`), 'websocket');
+        assert.equal(
+          await within(
+            client.upgraded,
+            3_000,
+            `the upgrade of connection ${i} (upgrade errors: ${client.upgradeErrors})`,
+          ),
+          'websocket',
+        );
         assert.equal(client.socket.io.engine.transport.name, 'websocket');
         await assertEchoes(client.socket, `client ${i}`);
       }
@@ -307,14 +410,20 @@ describe('socket.io on the same server as attach(server, app)', () => {
       assert.ok(front.answered.every((a) => a.url.startsWith('/socket.io/')));
 
       // On the wire, websocket-only: socket.io's 101 and open packet, and nothing of the app's.
-      const raw = await rawExchange(front.port, handshake('/socket.io/?EIO=4&transport=websocket'), { until: /"sid"/ });
+      const raw = await rawExchange(
+        front.port,
+        handshake('/socket.io/?EIO=4&transport=websocket'),
+        { until: /"sid"/ },
+      );
       assert.deepEqual(statusLines(raw), ['HTTP/1.1 101 Switching Protocols']);
       assert.ok(!raw.includes('denied') && !raw.includes('nope'), JSON.stringify(raw));
 
       await assertChatRouteStillGuarded(front);
     });
 
-    test(`async allowRequest (${SLOW} ms), ${order}: a websocket-only client connects, with the app's 401 and 404 never written on its socket`, { timeout: 10_000 }, async () => {
+    test(`async allowRequest (${SLOW} ms), ${order}: a websocket-only client connects, with the app's 401 and 404 never written on its socket`, {
+      timeout: 10_000,
+    }, async () => {
       const asked = [];
       const front = await sharedFront({
         attachFirst,
@@ -327,7 +436,10 @@ describe('socket.io on the same server as attach(server, app)', () => {
       });
       const open = socketIoClients();
       // websocket-only: allowRequest runs on the handshake, which is then the upgrade itself.
-      const clients = [open(front.url, { transports: ['websocket'] }), open(front.url, { transports: ['websocket'], extraHeaders: { 'x-token': 'ok' } })];
+      const clients = [
+        open(front.url, { transports: ['websocket'] }),
+        open(front.url, { transports: ['websocket'], extraHeaders: { 'x-token': 'ok' } }),
+      ];
       for (const [i, client] of clients.entries()) {
         await within(client.connected, 3_000, `socket.io connection ${i}`);
         assert.equal(client.socket.io.engine.transport.name, 'websocket');
@@ -336,7 +448,11 @@ describe('socket.io on the same server as attach(server, app)', () => {
       assert.deepEqual(asked, ['websocket', 'websocket']);
       assert.deepEqual(front.answered.map((a) => a.status).sort(), [401, 404]);
 
-      const raw = await rawExchange(front.port, handshake('/socket.io/?EIO=4&transport=websocket'), { until: /"sid"/ });
+      const raw = await rawExchange(
+        front.port,
+        handshake('/socket.io/?EIO=4&transport=websocket'),
+        { until: /"sid"/ },
+      );
       assert.deepEqual(statusLines(raw), ['HTTP/1.1 101 Switching Protocols']);
       assert.ok(!raw.includes('denied') && !raw.includes('nope'), JSON.stringify(raw));
 
@@ -390,7 +506,9 @@ describe('a slow viaduct handshake next to socket.io', () => {
     return { ...front, up, proxy, ...watched };
   }
 
-  test("socket.io's default destroyUpgrade ends the socket after 1 s: the tunnel is cut and the proxy logs why", { timeout: 10_000 }, async () => {
+  test("socket.io's default destroyUpgrade ends the socket after 1 s: the tunnel is cut and the proxy logs why", {
+    timeout: 10_000,
+  }, async () => {
     const front = await slowFront({});
     const started = Date.now();
     const ws = new WebSocket(`${front.wsUrl}/chat/slow`);
@@ -400,7 +518,10 @@ describe('a slow viaduct handshake next to socket.io', () => {
     await within(nextEvent(ws, 'close'), 3_000, 'the client socket closed');
     const elapsed = Date.now() - started;
     assert.equal(opened, false, 'no 101 reached the client');
-    assert.ok(elapsed >= 900 && elapsed < UPSTREAM_DELAY, `cut by engine.io's 1 s timer, before the upstream's 101 (after ${elapsed} ms)`);
+    assert.ok(
+      elapsed >= 900 && elapsed < UPSTREAM_DELAY,
+      `cut by engine.io's 1 s timer, before the upstream's 101 (after ${elapsed} ms)`,
+    );
     assert.deepEqual(front.up.arrived, ['/slow'], 'the handshake had reached the upstream');
 
     const [level, message] = await within(
@@ -413,16 +534,28 @@ describe('a slow viaduct handshake next to socket.io', () => {
     assert.equal(front.proxy.stats().tunnels.rejected, 1);
   });
 
-  test('with new Server(server, { destroyUpgrade: false }) the slow tunnel opens and relays', { timeout: 10_000 }, async () => {
+  test('with new Server(server, { destroyUpgrade: false }) the slow tunnel opens and relays', {
+    timeout: 10_000,
+  }, async () => {
     const front = await slowFront({ destroyUpgrade: false });
     const started = Date.now();
-    const { ws, greeting, refused } = await within(openSocket(`${front.wsUrl}/chat/slow`), 4_000, 'the slow tunnel');
+    const { ws, greeting, refused } = await within(
+      openSocket(`${front.wsUrl}/chat/slow`),
+      4_000,
+      'the slow tunnel',
+    );
     assert.equal(refused, undefined);
-    assert.ok(Date.now() - started >= UPSTREAM_DELAY - 50, 'the 101 came after the upstream delay (the scenario held)');
+    assert.ok(
+      Date.now() - started >= UPSTREAM_DELAY - 50,
+      'the 101 came after the upstream delay (the scenario held)',
+    );
     assert.equal(greeting, 'hello:/slow');
     assert.equal(await roundTrip(ws, 'late but fine'), 'echo:late but fine');
     assert.equal(front.proxy.stats().tunnels.active, 1);
-    assert.deepEqual(front.logger.lines.filter(([lvl]) => lvl !== 'debug'), []);
+    assert.deepEqual(
+      front.logger.lines.filter(([lvl]) => lvl !== 'debug'),
+      [],
+    );
     ws.close();
   });
 });
@@ -439,7 +572,10 @@ describe('Server-Sent Events through compression()', () => {
   const now = () => performance.timeOrigin + performance.now();
   // 1 MiB of compressible text, numbered lines so that it is not one repeated block.
   const BIG = Buffer.from(
-    Array.from({ length: 22_000 }, (_, i) => `line ${String(i).padStart(6, '0')}: viaduct relays this text unchanged\n`)
+    Array.from(
+      { length: 22_000 },
+      (_, i) => `line ${String(i).padStart(6, '0')}: viaduct relays this text unchanged\n`,
+    )
       .join('')
       .slice(0, 1 << 20),
   );
@@ -458,7 +594,10 @@ describe('Server-Sent Events through compression()', () => {
     const server = http.createServer((req, res) => {
       const url = new URL(req.url, 'http://x');
       if (url.pathname === '/stream') {
-        res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+        res.writeHead(200, {
+          'content-type': 'text/event-stream; charset=utf-8',
+          'cache-control': 'no-cache',
+        });
         res.flushHeaders();
         entry(url.searchParams.get('client')).resolve({
           headers: req.headers,
@@ -522,7 +661,13 @@ describe('Server-Sent Events through compression()', () => {
       if (!receipts.has(key)) receipts.set(key, deferred());
       return receipts.get(key);
     };
-    return { ...front, up, responses, received: (key, at = now()) => receipt(key).resolve(at), receipt: (key) => receipt(key).promise };
+    return {
+      ...front,
+      up,
+      responses,
+      received: (key, at = now()) => receipt(key).resolve(at),
+      receipt: (key) => receipt(key).promise,
+    };
   }
 
   /**
@@ -535,8 +680,16 @@ describe('Server-Sent Events through compression()', () => {
    * is written being what shows that none is held.
    */
   async function assertEventsPrompt(front, client, { judge = 'median' } = {}) {
-    const stream = await within(front.up.connected(client), 5_000, `the ${client} stream reached the upstream`);
-    assert.match(stream.headers['accept-encoding'] ?? '', /gzip|br|deflate/, 'the client asked for compression');
+    const stream = await within(
+      front.up.connected(client),
+      5_000,
+      `the ${client} stream reached the upstream`,
+    );
+    assert.match(
+      stream.headers['accept-encoding'] ?? '',
+      /gzip|br|deflate/,
+      'the client asked for compression',
+    );
     const latencies = [];
     for (let n = 0; n <= 6; n++) {
       const got = front.receipt(`${client}:${n}`);
@@ -547,12 +700,20 @@ describe('Server-Sent Events through compression()', () => {
     const shown = latencies.map((ms) => `${ms.toFixed(1)} ms`).join(', ');
     const sorted = latencies.slice(1).sort((a, b) => a - b);
     const judged = judge === 'median' ? sorted[3] : sorted[0];
-    assert.ok(judged < LATENCY, `${client}: events 1-6 took ${judged.toFixed(1)} ms (${judge}; bound ${LATENCY} ms; events 0-6: ${shown})`);
+    assert.ok(
+      judged < LATENCY,
+      `${client}: events 1-6 took ${judged.toFixed(1)} ms (${judge}; bound ${LATENCY} ms; events 0-6: ${shown})`,
+    );
     const record = front.responses.get(`/stream?client=${client}`);
-    assert.ok(['gzip', 'br', 'deflate'].includes(record.res.getHeader('content-encoding')), `compressed (${record.res.getHeader('content-encoding')}): the bound is meaningful`);
+    assert.ok(
+      ['gzip', 'br', 'deflate'].includes(record.res.getHeader('content-encoding')),
+      `compressed (${record.res.getHeader('content-encoding')}): the bound is meaningful`,
+    );
   }
 
-  test('the eventsource package gets events within 50 ms of their write upstream', { timeout: 10_000 }, async () => {
+  test('the eventsource package gets events within 50 ms of their write upstream', {
+    timeout: 10_000,
+  }, async () => {
     const front = await compressedFront();
     let encoding;
     const events = new EventSource(`${front.url}/stream?client=eventsource`, {
@@ -568,12 +729,17 @@ describe('Server-Sent Events through compression()', () => {
     assert.equal(encoding, 'gzip');
   });
 
-  test('fetch with a streaming body reader gets events within 50 ms of their write upstream', { timeout: 10_000 }, async () => {
+  test('fetch with a streaming body reader gets events within 50 ms of their write upstream', {
+    timeout: 10_000,
+  }, async () => {
     const front = await compressedFront();
     const controller = new AbortController();
     after(() => controller.abort());
     const reading = (async () => {
-      const res = await fetch(`${front.url}/stream?client=fetch`, { signal: controller.signal, headers: { accept: 'text/event-stream' } });
+      const res = await fetch(`${front.url}/stream?client=fetch`, {
+        signal: controller.signal,
+        headers: { accept: 'text/event-stream' },
+      });
       assert.equal(res.headers.get('content-type'), 'text/event-stream; charset=utf-8');
       assert.equal(res.headers.get('content-encoding'), 'gzip');
       const decoder = new TextDecoder();
@@ -597,18 +763,26 @@ describe('Server-Sent Events through compression()', () => {
     await reading;
   });
 
-  test("headless Chromium's EventSource, on a page of the same front, gets each event before the next is written, the fastest within 50 ms", { skip: skipBrowser, timeout: 20_000 }, async () => {
+  test("headless Chromium's EventSource, on a page of the same front, gets each event before the next is written, the fastest within 50 ms", {
+    skip: skipBrowser,
+    timeout: 20_000,
+  }, async () => {
     const front = await compressedFront();
     const context = await (await browser()).newContext();
     try {
       const page = await context.newPage();
-      await page.exposeFunction('sseReceived', (data, at) => front.received(`chromium:${data.replace('event ', '')}`, at));
+      await page.exposeFunction('sseReceived', (data, at) =>
+        front.received(`chromium:${data.replace('event ', '')}`, at),
+      );
       await page.goto(`${front.url}/page`);
       // The page's clock is this process's: its reading falls between two of ours.
       const before = now();
       const pageNow = await page.evaluate(() => performance.timeOrigin + performance.now());
       const afterwards = now();
-      assert.ok(pageNow > before - 2 && pageNow < afterwards + 2, `the page's clock agrees (${before.toFixed(1)} ≤ ${pageNow.toFixed(1)} ≤ ${afterwards.toFixed(1)})`);
+      assert.ok(
+        pageNow > before - 2 && pageNow < afterwards + 2,
+        `the page's clock agrees (${before.toFixed(1)} ≤ ${pageNow.toFixed(1)} ≤ ${afterwards.toFixed(1)})`,
+      );
       await assertEventsPrompt(front, 'chromium', { judge: 'fastest' });
     } finally {
       await context.close();
@@ -616,7 +790,9 @@ describe('Server-Sent Events through compression()', () => {
   });
 
   for (const compress of [true, false]) {
-    test(`the stream's head reaches the client before any event${compress ? ', through compression()' : ''}: EventSource fires open while the upstream has sent only its head`, { timeout: 10_000 }, async () => {
+    test(`the stream's head reaches the client before any event${compress ? ', through compression()' : ''}: EventSource fires open while the upstream has sent only its head`, {
+      timeout: 10_000,
+    }, async () => {
       // The upstream flushed its head: EventSource announces the connection when the head arrives
       // (WHATWG HTML, server-sent events), not with the first event, which may be minutes away.
       const front = await compressedFront({ compress });
@@ -625,21 +801,36 @@ describe('Server-Sent Events through compression()', () => {
       after(() => events.close());
       events.onopen = () => opened.resolve();
       await within(front.up.connected('open'), 2_000, 'the stream reached the upstream');
-      await within(opened.promise, 1_000, 'EventSource open, with no event written yet (the head held until the first body chunk?)');
+      await within(
+        opened.promise,
+        1_000,
+        'EventSource open, with no event written yet (the head held until the first body chunk?)',
+      );
     });
   }
 
-  test('an ordinary 1 MiB download through the same front is still gzip-compressed, and never flushed chunk by chunk', { timeout: 10_000 }, async () => {
+  test('an ordinary 1 MiB download through the same front is still gzip-compressed, and never flushed chunk by chunk', {
+    timeout: 10_000,
+  }, async () => {
     const front = await compressedFront();
     const res = await request(`${front.url}/big`, { headers: { 'accept-encoding': 'gzip' } });
     assert.equal(res.status, 200);
     assert.equal(res.headers['content-encoding'], 'gzip');
-    assert.ok(res.body.length < BIG.length / 10, `compressed to ${res.body.length} bytes of ${BIG.length}`);
+    assert.ok(
+      res.body.length < BIG.length / 10,
+      `compressed to ${res.body.length} bytes of ${BIG.length}`,
+    );
     assert.ok(gunzipSync(res.body).equals(BIG), 'the body decompresses to what the upstream sent');
-    assert.equal(front.responses.get('/big').flushes, 0, 'no flush on a response that is not an event stream');
+    assert.equal(
+      front.responses.get('/big').flushes,
+      0,
+      'no flush on a response that is not an event stream',
+    );
   });
 
-  test('a 4 MiB download through compression() leaves no drain listener behind on the compressor for each backpressure pause', { timeout: 10_000 }, async () => {
+  test('a 4 MiB download through compression() leaves no drain listener behind on the compressor for each backpressure pause', {
+    timeout: 10_000,
+  }, async () => {
     // compression() sends res.on('drain') to its zlib stream but not res.removeListener, so each
     // res.once('drain') stays on that stream once fired (expressjs/compression#135, #152): one
     // more per pause, for the life of the response (an event stream's can be hours).
@@ -648,7 +839,9 @@ describe('Server-Sent Events through compression()', () => {
     const onWarning = (warning) => warnings.push(warning);
     process.on('warning', onWarning);
     try {
-      const res = await request(`${front.url}/big?times=4`, { headers: { 'accept-encoding': 'gzip' } });
+      const res = await request(`${front.url}/big?times=4`, {
+        headers: { 'accept-encoding': 'gzip' },
+      });
       assert.equal(res.status, 200);
       assert.equal(res.headers['content-encoding'], 'gzip');
       assert.equal(gunzipSync(res.body).length, 4 * BIG.length);
@@ -656,15 +849,23 @@ describe('Server-Sent Events through compression()', () => {
     } finally {
       process.off('warning', onWarning);
     }
-    const leaks = warnings.filter((warning) => warning.name === 'MaxListenersExceededWarning' && /drain/.test(warning.message));
-    assert.deepEqual(leaks.map((warning) => warning.message), [], 'drain listeners piled up on the compressor');
+    const leaks = warnings.filter(
+      (warning) => warning.name === 'MaxListenersExceededWarning' && /drain/.test(warning.message),
+    );
+    assert.deepEqual(
+      leaks.map((warning) => warning.message),
+      [],
+      'drain listeners piled up on the compressor',
+    );
   });
 });
 
 // ---------------------------------------------------------------------------------------------
 
 describe('ws with permessage-deflate and a subprotocol', () => {
-  test('the client negotiates permessage-deflate and the chosen subprotocol through the tunnel; 1 MiB round-trips, compressed on the wire', { timeout: 10_000 }, async () => {
+  test('the client negotiates permessage-deflate and the chosen subprotocol through the tunnel; 1 MiB round-trips, compressed on the wire', {
+    timeout: 10_000,
+  }, async () => {
     const server = http.createServer();
     const wss = new WebSocketServer({
       noServer: true,
@@ -672,7 +873,9 @@ describe('ws with permessage-deflate and a subprotocol', () => {
       handleProtocols: (protocols) => (protocols.has('chat.v2') ? 'chat.v2' : false),
     });
     const upstreamSide = deferred();
-    server.on('upgrade', (req, socket, head) => wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)));
+    server.on('upgrade', (req, socket, head) =>
+      wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req)),
+    );
     wss.on('connection', (ws) => {
       upstreamSide.resolve(ws);
       ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
@@ -701,17 +904,28 @@ describe('ws with permessage-deflate and a subprotocol', () => {
     const closed = nextEvent(proxy, 'close');
     ws.close();
     const [info] = await within(closed, 2_000, "the tunnel's close event");
-    assert.ok(info.bytesFromClient < big.length / 10, `the 1 MiB message crossed the tunnel compressed (${info.bytesFromClient} bytes from the client)`);
-    assert.ok(info.bytesFromUpstream < big.length / 10, `and back (${info.bytesFromUpstream} bytes from the upstream)`);
+    assert.ok(
+      info.bytesFromClient < big.length / 10,
+      `the 1 MiB message crossed the tunnel compressed (${info.bytesFromClient} bytes from the client)`,
+    );
+    assert.ok(
+      info.bytesFromUpstream < big.length / 10,
+      `and back (${info.bytesFromUpstream} bytes from the upstream)`,
+    );
   });
 });
 
 // ---------------------------------------------------------------------------------------------
 
 describe('graphql-ws', () => {
-  test('a subscription through viaduct yields its 3 values and completes, over graphql-transport-ws', { timeout: 10_000 }, async () => {
+  test('a subscription through viaduct yields its 3 values and completes, over graphql-transport-ws', {
+    timeout: 10_000,
+  }, async () => {
     const schema = new GraphQLSchema({
-      query: new GraphQLObjectType({ name: 'Query', fields: { hello: { type: GraphQLString, resolve: () => 'world' } } }),
+      query: new GraphQLObjectType({
+        name: 'Query',
+        fields: { hello: { type: GraphQLString, resolve: () => 'world' } },
+      }),
       subscription: new GraphQLObjectType({
         name: 'Subscription',
         fields: {
@@ -732,7 +946,10 @@ describe('graphql-ws', () => {
     after(() => disposeServer.dispose());
     const upPort = await listen(server);
 
-    const proxy = createProxy({ routes: { '/graphql': `http://127.0.0.1:${upPort}` }, logger: quietLogger() });
+    const proxy = createProxy({
+      routes: { '/graphql': `http://127.0.0.1:${upPort}` },
+      logger: quietLogger(),
+    });
     const app = express();
     app.use(proxy);
     const front = await serve(app);
@@ -767,11 +984,17 @@ describe('graphql-ws', () => {
 // ---------------------------------------------------------------------------------------------
 
 describe('a Vite dev server as the upstream, its HMR socket through viaduct', () => {
-  test('in headless Chromium: [vite] connected. through the front, and an edited module hot-updates without a reload', { skip: skipBrowser, timeout: 30_000 }, async () => {
+  test('in headless Chromium: [vite] connected. through the front, and an edited module hot-updates without a reload', {
+    skip: skipBrowser,
+    timeout: 30_000,
+  }, async () => {
     const { createServer } = await import('vite');
     const dir = mkdtempSync(join(tmpdir(), 'viaduct-interop-vite-'));
     after(() => rmSync(dir, { recursive: true, force: true }));
-    writeFileSync(join(dir, 'index.html'), '<!doctype html><title>hmr</title><p id="out">loading</p><script type="module" src="/main.js"></script>\n');
+    writeFileSync(
+      join(dir, 'index.html'),
+      '<!doctype html><title>hmr</title><p id="out">loading</p><script type="module" src="/main.js"></script>\n',
+    );
     writeFileSync(join(dir, 'message.js'), "export const message = 'before the edit';\n");
     writeFileSync(
       join(dir, 'main.js'),
@@ -783,13 +1006,24 @@ describe('a Vite dev server as the upstream, its HMR socket through viaduct', ()
         '',
       ].join('\n'),
     );
-    const vite = await createServer({ configFile: false, root: dir, logLevel: 'silent', server: { host: '127.0.0.1', port: 0, strictPort: false } });
+    const vite = await createServer({
+      configFile: false,
+      root: dir,
+      logLevel: 'silent',
+      server: { host: '127.0.0.1', port: 0, strictPort: false },
+    });
     await vite.listen();
     const { port: vitePort } = vite.httpServer.address();
 
     const proxy = createProxy({ target: `http://127.0.0.1:${vitePort}`, logger: quietLogger() });
     const tunnels = [];
-    proxy.on('open', ({ req }) => tunnels.push({ url: req.url, origin: req.headers.origin, protocol: req.headers['sec-websocket-protocol'] }));
+    proxy.on('open', ({ req }) =>
+      tunnels.push({
+        url: req.url,
+        origin: req.headers.origin,
+        protocol: req.headers['sec-websocket-protocol'],
+      }),
+    );
     const app = express();
     app.use(proxy);
     const front = await serve(app);
@@ -799,9 +1033,15 @@ describe('a Vite dev server as the upstream, its HMR socket through viaduct', ()
       // What Vite checks on its WebSocket (and what a proxy must pass along): the Host (an IP or
       // localhost needs no server.allowedHosts), and, since the browser sends an Origin, the
       // ?token= the client was served in /@vite/client. Without the token Vite refuses.
-      const untokened = new WebSocket(`${front.wsUrl}/`, 'vite-hmr', { headers: { origin: front.url } });
+      const untokened = new WebSocket(`${front.wsUrl}/`, 'vite-hmr', {
+        headers: { origin: front.url },
+      });
       untokened.on('error', () => {});
-      const [, refusal] = await within(nextEvent(untokened, 'unexpected-response'), 3_000, 'Vite refusing an HMR socket with an Origin and no token');
+      const [, refusal] = await within(
+        nextEvent(untokened, 'unexpected-response'),
+        3_000,
+        'Vite refusing an HMR socket with an Origin and no token',
+      );
       assert.equal(refusal.statusCode, 400);
       assert.equal(proxy.stats().tunnels.rejected, 1);
 
@@ -813,7 +1053,11 @@ describe('a Vite dev server as the upstream, its HMR socket through viaduct', ()
         if (message.text() === '[vite] connected.') connected.resolve();
       });
       await page.goto(front.url);
-      await within(connected.promise, 10_000, `"[vite] connected." in the console (console: ${JSON.stringify(consoleLines)})`);
+      await within(
+        connected.promise,
+        10_000,
+        `"[vite] connected." in the console (console: ${JSON.stringify(consoleLines)})`,
+      );
       await page.locator('#out', { hasText: 'before the edit' }).waitFor({ timeout: 5_000 });
 
       // The HMR socket is a tunnel of this proxy, not Vite's direct fallback.
@@ -822,15 +1066,25 @@ describe('a Vite dev server as the upstream, its HMR socket through viaduct', ()
       assert.match(hmr[0].url, /^\/\?token=[\w-]+$/);
       assert.equal(hmr[0].origin, front.url);
       assert.equal(proxy.stats().tunnels.active, 1);
-      assert.ok(!consoleLines.some((line) => /fallback|failed to connect/i.test(line)), JSON.stringify(consoleLines));
+      assert.ok(
+        !consoleLines.some((line) => /fallback|failed to connect/i.test(line)),
+        JSON.stringify(consoleLines),
+      );
 
       await page.evaluate(() => {
         window.survivesTheUpdate = 'kept';
       });
       writeFileSync(join(dir, 'message.js'), "export const message = 'after the edit';\n");
       await page.locator('#out', { hasText: 'after the edit' }).waitFor({ timeout: 10_000 });
-      assert.equal(await page.evaluate(() => window.survivesTheUpdate), 'kept', 'hot-updated, not reloaded');
-      assert.ok(consoleLines.some((line) => line.includes('[vite] hot updated: /message.js')), JSON.stringify(consoleLines));
+      assert.equal(
+        await page.evaluate(() => window.survivesTheUpdate),
+        'kept',
+        'hot-updated, not reloaded',
+      );
+      assert.ok(
+        consoleLines.some((line) => line.includes('[vite] hot updated: /message.js')),
+        JSON.stringify(consoleLines),
+      );
       assert.equal(proxy.stats().tunnels.total, 1, 'the same HMR socket carried the update');
     } finally {
       await context.close();
@@ -842,7 +1096,9 @@ describe('a Vite dev server as the upstream, its HMR socket through viaduct', ()
 // ---------------------------------------------------------------------------------------------
 
 describe('fetch with a streamed upload', () => {
-  test("duplex: 'half', a ReadableStream body of several chunks: the upstream gets the first before the client sends the last, and the SHA-256 matches", { timeout: 10_000 }, async () => {
+  test("duplex: 'half', a ReadableStream body of several chunks: the upstream gets the first before the client sends the last, and the SHA-256 matches", {
+    timeout: 10_000,
+  }, async () => {
     const firstArrived = deferred();
     const server = http.createServer((req, res) => {
       const hash = createHash('sha256');
@@ -853,7 +1109,11 @@ describe('fetch with a streamed upload', () => {
         firstArrived.resolve(performance.now());
       });
       req.on('end', () => {
-        const body = JSON.stringify({ sha256: hash.digest('hex'), arrivals, framing: req.headers['transfer-encoding'] ?? `length ${req.headers['content-length']}` });
+        const body = JSON.stringify({
+          sha256: hash.digest('hex'),
+          arrivals,
+          framing: req.headers['transfer-encoding'] ?? `length ${req.headers['content-length']}`,
+        });
         res.writeHead(200, { 'content-type': 'application/json' }).end(body);
       });
     });
@@ -875,7 +1135,11 @@ describe('fetch with a streamed upload', () => {
         if (next === chunks.length - 1) {
           // Not a sleep: the last chunk waits for the upstream to have the first (a buffering proxy never gets there).
           try {
-            await within(firstArrived.promise, 3_000, 'the first chunk at the upstream before the last is sent');
+            await within(
+              firstArrived.promise,
+              3_000,
+              'the first chunk at the upstream before the last is sent',
+            );
           } catch (error) {
             streamError = error;
             return controller.error(error);
@@ -886,7 +1150,12 @@ describe('fetch with a streamed upload', () => {
       },
     });
     const res = await within(
-      fetch(`${front.url}/upload/sink`, { method: 'POST', body, duplex: 'half', headers: { 'content-type': 'application/octet-stream' } }).catch((error) => {
+      fetch(`${front.url}/upload/sink`, {
+        method: 'POST',
+        body,
+        duplex: 'half',
+        headers: { 'content-type': 'application/octet-stream' },
+      }).catch((error) => {
         throw streamError ?? error;
       }),
       5_000,
@@ -896,8 +1165,14 @@ describe('fetch with a streamed upload', () => {
     const echo = await res.json();
     assert.equal(echo.sha256, expected.digest('hex'));
     assert.equal(echo.framing, 'chunked');
-    assert.equal(echo.arrivals.reduce((sum, a) => sum + a.bytes, 0), chunks.length * 32 * 1024);
-    assert.ok(echo.arrivals[0].at < lastSentAt, 'the first chunk arrived upstream before the last left the client');
+    assert.equal(
+      echo.arrivals.reduce((sum, a) => sum + a.bytes, 0),
+      chunks.length * 32 * 1024,
+    );
+    assert.ok(
+      echo.arrivals[0].at < lastSentAt,
+      'the first chunk arrived upstream before the last left the client',
+    );
     assert.ok(echo.arrivals.length >= 2, `arrived in ${echo.arrivals.length} reads`);
   });
 });

@@ -6,15 +6,29 @@ import net from 'node:net';
 import { once } from 'node:events';
 import express from 'express';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, deadPort, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  closeAll,
+  deadPort,
+  listen,
+  quietLogger,
+  startFront,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  handshake,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 after(closeAll);
 
 /** An upstream that refuses every request and upgrade with 401 (it has no `upgrade` listener). */
 async function unauthorizedUpstream() {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer((_req, res) => {
     res.writeHead(401, { 'content-type': 'text/plain', 'content-length': 4 });
     res.end('nope');
   });
@@ -28,7 +42,9 @@ async function unauthorizedUpstream() {
  */
 function trackResponses(server) {
   const closed = [];
-  server.on('request', (_req, res) => closed.push(new Promise((resolve) => res.once('close', resolve))));
+  server.on('request', (_req, res) =>
+    closed.push(new Promise((resolve) => res.once('close', resolve))),
+  );
   return closed;
 }
 
@@ -43,20 +59,29 @@ function streamingGet(url) {
       firstChunk.resolve(res.statusCode);
     });
     res.on('error', () => {});
-    res.on('close', () => done.resolve({ status: res.statusCode, received, complete: res.complete }));
+    res.on('close', () =>
+      done.resolve({ status: res.statusCode, received, complete: res.complete }),
+    );
   });
   req.on('error', (error) => done.resolve({ error }));
   return { firstChunk: firstChunk.promise, done: done.promise };
 }
 
 function connectionsOf(server) {
-  return new Promise((resolve, reject) => server.getConnections((error, count) => (error ? reject(error) : resolve(count))));
+  return new Promise((resolve, reject) =>
+    server.getConnections((error, count) => (error ? reject(error) : resolve(count))),
+  );
 }
 
-const ZERO = { requests: { total: 0, active: 0, errors: 0 }, tunnels: { total: 0, active: 0, rejected: 0 } };
+const ZERO = {
+  requests: { total: 0, active: 0, errors: 0 },
+  tunnels: { total: 0, active: 0, rejected: 0 },
+};
 
 describe('close()', () => {
-  test('503 to new requests and upgrades, the in-flight request completes, tunnels end, then it resolves', { timeout: 10_000 }, async () => {
+  test('503 to new requests and upgrades, the in-flight request completes, tunnels end, then it resolves', {
+    timeout: 10_000,
+  }, async () => {
     const arrived = deferred();
     const release = deferred();
     const slowBody = 'slow-'.repeat(20_000);
@@ -64,14 +89,21 @@ describe('close()', () => {
       if (req.url !== '/slow') return false;
       arrived.resolve();
       await release.promise;
-      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(slowBody) });
+      res.writeHead(200, {
+        'content-type': 'text/plain',
+        'content-length': Buffer.byteLength(slowBody),
+      });
       res.end(slowBody);
     });
-    const proxy = createProxy({ routes: { '/api': { target: up.url, stripPrefix: true } }, logger: quietLogger() });
+    const proxy = createProxy({
+      routes: { '/api': { target: up.url, stripPrefix: true } },
+      logger: quietLogger(),
+    });
     const front = await startFront('node', proxy);
     const order = [];
     front.server.on('request', (req, res) => {
-      if (req.url === '/api/slow') res.once('finish', () => order.push('in-flight request finished'));
+      if (req.url === '/api/slow')
+        res.once('finish', () => order.push('in-flight request finished'));
     });
 
     const tunnel = await openSocket(`${front.wsUrl}/api/chat`);
@@ -104,7 +136,11 @@ describe('close()', () => {
     const refusedUpgrade = await rawExchange(front.port, handshake('/api/chat'));
     assert.equal(statusOf(refusedUpgrade), 503);
     assert.equal(up.handshakes.length, 1, 'the refused upgrade never reached the upstream');
-    assert.deepEqual(up.seen.map((r) => r.url), ['/slow'], 'the refused request never reached the upstream');
+    assert.deepEqual(
+      up.seen.map((r) => r.url),
+      ['/slow'],
+      'the refused request never reached the upstream',
+    );
 
     // Still waiting for the in-flight request.
     assert.equal(resolved, false);
@@ -122,7 +158,9 @@ describe('close()', () => {
     assert.equal(stats.routes['/api'].tunnels.active, 0);
   });
 
-  test('close({ timeout: 200 }): a request the upstream never answers gets 503 at the deadline, and close resolves', { timeout: 5_000 }, async () => {
+  test('close({ timeout: 200 }): a request the upstream never answers gets 503 at the deadline, and close resolves', {
+    timeout: 5_000,
+  }, async () => {
     const arrived = deferred();
     const up = await startUpstream(() => arrived.resolve()); // never answers
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
@@ -137,18 +175,24 @@ describe('close()', () => {
     const answeredAfter = Date.now() - started;
     assert.equal(res.status, 503);
     assert.match(res.text, /^503 Service Unavailable/);
-    assert.ok(answeredAfter >= 150 && answeredAfter < 1_000, `answered after ${answeredAfter} ms, expected about 200`);
+    assert.ok(
+      answeredAfter >= 150 && answeredAfter < 1_000,
+      `answered after ${answeredAfter} ms, expected about 200`,
+    );
     await closing;
     const resolvedAfter = Date.now() - started;
     assert.ok(resolvedAfter < 1_000, `resolved after ${resolvedAfter} ms`);
     // The upstream request was abandoned, not left open.
-    if (!upstreamSocket.destroyed) await within(once(upstreamSocket, 'close'), 1_000, 'upstream connection closed');
+    if (!upstreamSocket.destroyed)
+      await within(once(upstreamSocket, 'close'), 1_000, 'upstream connection closed');
     assert.equal(proxy.stats().requests.active, 0);
     assert.equal(proxy.stats().requests.errors, 1);
   });
 
-  test('close({ timeout: 200 }): a response mid-stream at the deadline is cut, so it cannot look complete', { timeout: 5_000 }, async () => {
-    const up = await startUpstream((req, res) => {
+  test('close({ timeout: 200 }): a response mid-stream at the deadline is cut, so it cannot look complete', {
+    timeout: 5_000,
+  }, async () => {
+    const up = await startUpstream((_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 1_000 });
       res.write('a'.repeat(100)); // and nothing more
     });
@@ -171,7 +215,9 @@ describe('close()', () => {
     assert.equal(proxy.stats().requests.errors, 1);
   });
 
-  test('close() twice returns the same promise; with nothing in flight it resolves promptly', { timeout: 5_000 }, async () => {
+  test('close() twice returns the same promise; with nothing in flight it resolves promptly', {
+    timeout: 5_000,
+  }, async () => {
     const up = await startUpstream();
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
     const front = await startFront('node', proxy);
@@ -197,7 +243,9 @@ describe('close()', () => {
     assert.equal((await request(`${front.url}/still-serving`)).status, 200);
   });
 
-  test('after close() the keep-alive connections to the upstream are closed, so the process can exit', { timeout: 5_000 }, async () => {
+  test('after close() the keep-alive connections to the upstream are closed, so the process can exit', {
+    timeout: 5_000,
+  }, async () => {
     const up = await startUpstream();
     const upstreamSockets = [];
     up.server.on('connection', (socket) => upstreamSockets.push(socket));
@@ -205,11 +253,18 @@ describe('close()', () => {
     const front = await startFront('node', proxy);
     assert.equal((await request(`${front.url}/a`)).status, 200);
     assert.equal((await request(`${front.url}/b`)).status, 200);
-    assert.ok((await connectionsOf(up.server)) >= 1, 'the proxy keeps its upstream connection alive between requests');
+    assert.ok(
+      (await connectionsOf(up.server)) >= 1,
+      'the proxy keeps its upstream connection alive between requests',
+    );
 
     await proxy.close({ timeout: 1_000 });
     // Well below the agent's 4 s idle timeout and the upstream's 5 s keep-alive timeout.
-    await within(Promise.all(upstreamSockets.map((s) => (s.destroyed ? null : once(s, 'close')))), 1_500, 'upstream connections closed');
+    await within(
+      Promise.all(upstreamSockets.map((s) => (s.destroyed ? null : once(s, 'close')))),
+      1_500,
+      'upstream connections closed',
+    );
     assert.equal(await connectionsOf(up.server), 0);
   });
 });
@@ -283,7 +338,9 @@ describe('stats()', () => {
     assert.deepEqual(stats.routes['/api'].tunnels, { total: 1, active: 0, rejected: 0 });
 
     // rejected: a 403 origin refusal and an upstream's non-101.
-    const forbidden = await openSocket(`${front.wsUrl}/guarded/chat`, { origin: 'http://evil.example' });
+    const forbidden = await openSocket(`${front.wsUrl}/guarded/chat`, {
+      origin: 'http://evil.example',
+    });
     assert.equal(forbidden.refused?.status, 403);
     const refused = await openSocket(`${front.wsUrl}/refused/chat`);
     assert.equal(refused.refused?.status, 401);
@@ -311,7 +368,10 @@ describe('stats()', () => {
     const second = proxy.stats();
     assert.deepEqual(second.requests, { total: 1, active: 0, errors: 0 });
     assert.deepEqual(second.tunnels, { total: 0, active: 0, rejected: 0 });
-    assert.deepEqual(second.routes['/api'], { requests: { total: 1, active: 0, errors: 0 }, tunnels: { total: 0, active: 0, rejected: 0 } });
+    assert.deepEqual(second.routes['/api'], {
+      requests: { total: 1, active: 0, errors: 0 },
+      tunnels: { total: 0, active: 0, rejected: 0 },
+    });
     assert.equal(second.routes.invented, undefined);
     assert.notEqual(second, first);
   });
@@ -320,11 +380,20 @@ describe('stats()', () => {
 describe('events', () => {
   test('proxyReq fires on both paths with (proxyReq, req, res | socket); a header it sets reaches the upstream', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ routes: { '/api': { target: up.url, stripPrefix: true } }, logger: quietLogger() });
+    const proxy = createProxy({
+      routes: { '/api': { target: up.url, stripPrefix: true } },
+      logger: quietLogger(),
+    });
     const calls = [];
     proxy.on('proxyReq', (proxyReq, req, client) => {
       // What the listener sees of the request, at the time it runs.
-      calls.push({ proxyReq, req, client, url: req.url, forwardedFor: req.headers['x-forwarded-for'] });
+      calls.push({
+        proxyReq,
+        req,
+        client,
+        url: req.url,
+        forwardedFor: req.headers['x-forwarded-for'],
+      });
       proxyReq.setHeader('x-from-listener', 'yes');
     });
     const front = await startFront('node', proxy);
@@ -351,13 +420,24 @@ describe('events', () => {
     assert.equal(calls[1].req, received[1]);
     assert.ok(calls[1].client instanceof net.Socket);
     // DESIGN §3: req.url is never mutated; README: req.url and req.headers are never changed.
-    assert.equal(calls[1].url, '/api/chat?room=1', 'the listener sees the upgrade request as the client sent it');
-    assert.equal(calls[1].forwardedFor, undefined, 'the listener sees the upgrade headers the client sent');
+    assert.equal(
+      calls[1].url,
+      '/api/chat?room=1',
+      'the listener sees the upgrade request as the client sent it',
+    );
+    assert.equal(
+      calls[1].forwardedFor,
+      undefined,
+      'the listener sees the upgrade headers the client sent',
+    );
   });
 
   test('a proxyReq listener sees the forwarded path and its header reaches the upstream, with no body, a streamed body and a re-sent one', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ routes: { '/api': { target: up.url, stripPrefix: true } }, logger: quietLogger() });
+    const proxy = createProxy({
+      routes: { '/api': { target: up.url, stripPrefix: true } },
+      logger: quietLogger(),
+    });
     const paths = [];
     proxy.on('proxyReq', (proxyReq) => {
       paths.push(proxyReq.path);
@@ -368,29 +448,59 @@ describe('events', () => {
     const json = { a: [1, 2] };
     const sent = [
       { method: 'GET', path: '/api/none?q=a//b' },
-      { method: 'POST', path: '/api/streamed', headers: { 'content-type': 'text/plain' }, body: 'plain text' },
-      { method: 'PUT', path: '/api/resent', headers: { 'content-type': 'application/json' }, body: JSON.stringify(json, null, 2) },
+      {
+        method: 'POST',
+        path: '/api/streamed',
+        headers: { 'content-type': 'text/plain' },
+        body: 'plain text',
+      },
+      {
+        method: 'PUT',
+        path: '/api/resent',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(json, null, 2),
+      },
     ];
     for (const { method, path, headers, body } of sent) {
       const res = await request(`${front.url}${path}`, { method, headers, body });
       assert.equal(res.status, 200, res.text);
     }
     assert.deepEqual(paths, ['/none?q=a//b', '/streamed', '/resent']);
-    assert.deepEqual(up.seen.map(({ method, url, headers, body }) => [method, url, headers['x-from-listener'], headers['content-length'], body.toString()]), [
-      ['GET', '/none?q=a//b', 'yes', undefined, ''],
-      ['POST', '/streamed', 'yes', '10', 'plain text'],
-      ['PUT', '/resent', 'yes', String(JSON.stringify(json).length), JSON.stringify(json)],
-    ]);
+    assert.deepEqual(
+      up.seen.map(({ method, url, headers, body }) => [
+        method,
+        url,
+        headers['x-from-listener'],
+        headers['content-length'],
+        body.toString(),
+      ]),
+      [
+        ['GET', '/none?q=a//b', 'yes', undefined, ''],
+        ['POST', '/streamed', 'yes', '10', 'plain text'],
+        ['PUT', '/resent', 'yes', String(JSON.stringify(json).length), JSON.stringify(json)],
+      ],
+    );
   });
 
   test('proxyRes fires on both paths before the client gets anything; a header it sets reaches the client', async () => {
     const up = await startUpstream();
     const refusing = await unauthorizedUpstream();
-    const proxy = createProxy({ target: up.url, routes: { '/refused': refusing.url }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: up.url,
+      routes: { '/refused': refusing.url },
+      logger: quietLogger(),
+    });
     const calls = [];
     proxy.on('proxyRes', (proxyRes, req, client) => {
-      const sentToClient = client instanceof http.ServerResponse ? client.headersSent : client.bytesWritten > 0;
-      calls.push({ status: proxyRes.statusCode, url: req.url, client, sentToClient, isResponse: proxyRes instanceof http.IncomingMessage });
+      const sentToClient =
+        client instanceof http.ServerResponse ? client.headersSent : client.bytesWritten > 0;
+      calls.push({
+        status: proxyRes.statusCode,
+        url: req.url,
+        client,
+        sentToClient,
+        isResponse: proxyRes instanceof http.IncomingMessage,
+      });
       proxyRes.headers['x-added-by-listener'] = 'yes';
     });
     const front = await startFront('node', proxy);
@@ -399,7 +509,12 @@ describe('events', () => {
     assert.equal(res.status, 200);
     assert.equal(res.headers['x-added-by-listener'], 'yes');
     assert.deepEqual(
-      calls.map(({ status, url, sentToClient, isResponse }) => ({ status, url, sentToClient, isResponse })),
+      calls.map(({ status, url, sentToClient, isResponse }) => ({
+        status,
+        url,
+        sentToClient,
+        isResponse,
+      })),
       [{ status: 200, url: '/plain', sentToClient: false, isResponse: true }],
     );
     assert.ok(calls[0].client instanceof http.ServerResponse);
@@ -419,9 +534,15 @@ describe('events', () => {
     assert.equal(calls[2].sentToClient, false);
   });
 
-  test('open and close: route, req, sockets, reason, duration and byte counts', { timeout: 5_000 }, async () => {
+  test('open and close: route, req, sockets, reason, duration and byte counts', {
+    timeout: 5_000,
+  }, async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ target: up.url, routes: { '/room': up.url }, logger: quietLogger() });
+    const proxy = createProxy({
+      target: up.url,
+      routes: { '/room': up.url },
+      logger: quietLogger(),
+    });
     const opened = [];
     proxy.on('open', (event) => opened.push(event));
     const front = await startFront('node', proxy);
@@ -445,8 +566,14 @@ describe('events', () => {
     assert.equal(event.error, undefined);
     assert.equal(typeof event.duration, 'number');
     assert.ok(event.duration >= 0 && event.duration < 5_000, `duration ${event.duration}`);
-    assert.ok(event.bytesFromClient >= 10 && event.bytesFromClient < 64, `bytesFromClient ${event.bytesFromClient}`);
-    assert.ok(event.bytesFromUpstream >= 24 && event.bytesFromUpstream < 64, `bytesFromUpstream ${event.bytesFromUpstream}`);
+    assert.ok(
+      event.bytesFromClient >= 10 && event.bytesFromClient < 64,
+      `bytesFromClient ${event.bytesFromClient}`,
+    );
+    assert.ok(
+      event.bytesFromUpstream >= 24 && event.bytesFromUpstream < 64,
+      `bytesFromUpstream ${event.bytesFromUpstream}`,
+    );
 
     // The upstream closes first.
     const second = await openSocket(`${front.wsUrl}/room/2`);
@@ -464,7 +591,10 @@ describe('events', () => {
 
   test('error receives a ProxyError with (error, req, res | socket) on both paths', async () => {
     const dead = await deadPort();
-    const proxy = createProxy({ routes: { '/dead': `http://127.0.0.1:${dead}` }, logger: quietLogger() });
+    const proxy = createProxy({
+      routes: { '/dead': `http://127.0.0.1:${dead}` },
+      logger: quietLogger(),
+    });
     const errors = [];
     proxy.on('error', (error, req, client) => errors.push({ error, url: req.url, client }));
     const front = await startFront('node', proxy);
@@ -489,7 +619,11 @@ describe('events', () => {
     const up = await startUpstream();
     const dead = await deadPort();
     const logger = quietLogger();
-    const proxy = createProxy({ target: up.url, routes: { '/dead': `http://127.0.0.1:${dead}` }, logger });
+    const proxy = createProxy({
+      target: up.url,
+      routes: { '/dead': `http://127.0.0.1:${dead}` },
+      logger,
+    });
     proxy.on('proxyReq', () => {
       throw new Error('proxyReq listener boom');
     });
@@ -514,8 +648,16 @@ describe('events', () => {
     assert.equal((await request(`${front.url}/dead/x`)).status, 502);
 
     const errorLines = logger.lines.filter(([level]) => level === 'error').map(([, line]) => line);
-    for (const message of ['proxyReq listener boom', 'proxyRes listener boom', 'open listener boom', 'error listener boom']) {
-      assert.ok(errorLines.some((line) => line.includes(message)), `logged: ${message}`);
+    for (const message of [
+      'proxyReq listener boom',
+      'proxyRes listener boom',
+      'open listener boom',
+      'error listener boom',
+    ]) {
+      assert.ok(
+        errorLines.some((line) => line.includes(message)),
+        `logged: ${message}`,
+      );
     }
   });
 });
@@ -531,11 +673,19 @@ describe('logger and option validation', () => {
     const text = await request(`${front.url}/x`, { headers: { host: 'svc.localhost' } });
     assert.equal(text.status, 502);
     assert.match(text.headers['content-type'], /^text\/plain/);
-    assert.ok(!text.text.includes(String(dead)) && !text.text.includes('127.0.0.1'), `body: ${text.text}`);
-    const json = await request(`${front.url}/x`, { headers: { host: 'svc.localhost', accept: 'application/json' } });
+    assert.ok(
+      !text.text.includes(String(dead)) && !text.text.includes('127.0.0.1'),
+      `body: ${text.text}`,
+    );
+    const json = await request(`${front.url}/x`, {
+      headers: { host: 'svc.localhost', accept: 'application/json' },
+    });
     assert.equal(json.status, 502);
     assert.equal(json.json().status, 502);
-    assert.ok(!json.text.includes(String(dead)) && !json.text.includes('127.0.0.1'), `body: ${json.text}`);
+    assert.ok(
+      !json.text.includes(String(dead)) && !json.text.includes('127.0.0.1'),
+      `body: ${json.text}`,
+    );
     const upgrade = await rawExchange(front.port, handshake('/chat', { host: 'svc.localhost' }));
     assert.equal(statusOf(upgrade), 502);
     assert.ok(!upgrade.includes(String(dead)), `raw answer: ${upgrade}`);
@@ -553,16 +703,28 @@ describe('logger and option validation', () => {
     const target = 'http://127.0.0.1:1';
     assert.throws(() => createProxy({ target, logger: 'console' }), TypeError);
     assert.throws(() => createProxy({ target, logger: null }), TypeError);
-    assert.throws(() => createProxy({ target, logger: { debug() {}, info() {}, warn() {} } }), TypeError);
-    assert.throws(() => createProxy({ target, logger: { debug() {}, info() {}, warn() {}, error: 'no' } }), TypeError);
+    assert.throws(
+      () => createProxy({ target, logger: { debug() {}, info() {}, warn() {} } }),
+      TypeError,
+    );
+    assert.throws(
+      () => createProxy({ target, logger: { debug() {}, info() {}, warn() {}, error: 'no' } }),
+      TypeError,
+    );
     assert.equal(typeof createProxy({ target, logger: quietLogger() }), 'function');
   });
 
   test('unknown options and invalid values are TypeErrors at createProxy time', () => {
     const target = 'http://127.0.0.1:1';
     const logger = quietLogger();
-    assert.throws(() => createProxy({ target, timeout: 5, logger }), { name: 'TypeError', message: /timeout/ });
-    assert.throws(() => createProxy({ target, routes: { '/a': { target, timeout: 5 } }, logger }), { name: 'TypeError', message: /timeout/ });
+    assert.throws(() => createProxy({ target, timeout: 5, logger }), {
+      name: 'TypeError',
+      message: /timeout/,
+    });
+    assert.throws(() => createProxy({ target, routes: { '/a': { target, timeout: 5 } }, logger }), {
+      name: 'TypeError',
+      message: /timeout/,
+    });
     assert.throws(() => createProxy({ target, timeouts: { idle: 5 }, logger }), TypeError);
     assert.throws(() => createProxy('not a url'), TypeError);
     assert.throws(() => createProxy({ target: 'ftp://127.0.0.1:21', logger }), TypeError);
@@ -573,9 +735,18 @@ describe('logger and option validation', () => {
     assert.throws(() => createProxy({ target, timeouts: { read: -1 }, logger }), TypeError);
     assert.throws(() => createProxy({ target, timeouts: { connect: -100 }, logger }), TypeError);
     assert.throws(() => createProxy({ target, maxTunnels: -1, logger }), TypeError);
-    assert.throws(() => createProxy({ target, routes: { '/a': { target, maxTunnels: -1 } }, logger }), TypeError);
+    assert.throws(
+      () => createProxy({ target, routes: { '/a': { target, maxTunnels: -1 } }, logger }),
+      TypeError,
+    );
     // The same values, valid, are accepted.
-    const proxy = createProxy({ target, forwarded: 'forwarded', timeouts: { read: 1, connect: 1 }, maxTunnels: 0, logger });
+    const proxy = createProxy({
+      target,
+      forwarded: 'forwarded',
+      timeouts: { read: 1, connect: 1 },
+      maxTunnels: 0,
+      logger,
+    });
     assert.equal(typeof proxy.upgrade, 'function');
   });
 });

@@ -41,21 +41,47 @@ describe('one instance for require and import', () => {
 
 describe('package.json', () => {
   test('engines.node names the majors CI tests (those of .ci/run), and the running Node is one of them', () => {
-    const majors = /SUPPORTED_MAJORS=\(([\d ]+)\)/.exec(readFileSync(path.join(root, '.ci/run'), 'utf8'))?.[1].split(' ');
+    const majors = /SUPPORTED_MAJORS=\(([\d ]+)\)/
+      .exec(readFileSync(path.join(root, '.ci/run'), 'utf8'))?.[1]
+      .split(' ');
     assert.deepEqual(majors, ['20', '22', '24', '26']);
     assert.equal(pkg.engines?.node, majors.join(' || '));
-    assert.ok(majors.includes(process.versions.node.split('.')[0]), `running Node ${process.versions.node}`);
+    assert.ok(
+      majors.includes(process.versions.node.split('.')[0]),
+      `running Node ${process.versions.node}`,
+    );
   });
 
   test('the package ships dist/, README, LICENSE and CHANGELOG, and nothing else', async () => {
     const { stdout } = await new Promise((resolve, reject) =>
-      execFile('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root }, (error, out) => (error ? reject(error) : resolve({ stdout: out }))),
+      execFile(
+        'npm',
+        ['pack', '--dry-run', '--json', '--ignore-scripts'],
+        { cwd: root },
+        (error, out) => (error ? reject(error) : resolve({ stdout: out })),
+      ),
     );
     const files = JSON.parse(stdout)[0].files.map((file) => file.path);
-    const outside = files.filter((file) => !file.startsWith('dist/') && !['README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].includes(file));
+    const outside = files.filter(
+      (file) =>
+        !file.startsWith('dist/') &&
+        !['README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].includes(file),
+    );
     assert.deepEqual(outside, []);
-    for (const file of ['README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts']) assert.ok(files.includes(file), file);
-    assert.ok(!files.some((file) => file.endsWith('.map')), 'no source maps pointing at sources that are not shipped');
+    for (const file of [
+      'README.md',
+      'LICENSE',
+      'CHANGELOG.md',
+      'dist/index.js',
+      'dist/index.mjs',
+      'dist/index.d.ts',
+      'dist/index.d.mts',
+    ])
+      assert.ok(files.includes(file), file);
+    assert.ok(
+      !files.some((file) => file.endsWith('.map')),
+      'no source maps pointing at sources that are not shipped',
+    );
   });
 
   test('exports has import and require, each with types first, all pointing at files that exist', () => {
@@ -64,8 +90,13 @@ describe('package.json', () => {
     for (const condition of ['import', 'require']) {
       const target = entry[condition];
       assert.ok(target && typeof target === 'object', `exports["."].${condition}`);
-      assert.deepEqual(Object.keys(target), ['types', 'default'], `${condition}: "types" must come first`);
-      for (const file of [target.types, target.default]) assert.ok(existsSync(path.join(root, file)), `${file} exists`);
+      assert.deepEqual(
+        Object.keys(target),
+        ['types', 'default'],
+        `${condition}: "types" must come first`,
+      );
+      for (const file of [target.types, target.default])
+        assert.ok(existsSync(path.join(root, file)), `${file} exists`);
     }
     assert.match(entry.import.types, /\.d\.mts$/);
     assert.match(entry.import.default, /\.mjs$/);
@@ -186,7 +217,18 @@ proxy.on('close', (event) => { const bytes: string = event.bytesFromClient; cons
 const BAD_LINE = 3;
 
 function tsc(files) {
-  const args = [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--types', 'node', ...files];
+  const args = [
+    path.join(root, 'node_modules/typescript/bin/tsc'),
+    '--noEmit',
+    '--strict',
+    '--module',
+    'node16',
+    '--moduleResolution',
+    'node16',
+    '--types',
+    'node',
+    ...files,
+  ];
   return new Promise((resolve) => {
     execFile(process.execPath, args, { cwd: root }, (error, stdout, stderr) => {
       resolve({ code: error ? error.code : 0, output: `${stdout}${stderr}` });
@@ -206,21 +248,35 @@ describe('type declarations', () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  test('typed consumers compile: import from an .mts, import = require from a .cts', { timeout: 120_000 }, async () => {
+  test('typed consumers compile: import from an .mts, import = require from a .cts', {
+    timeout: 120_000,
+  }, async () => {
     const { code, output } = await tsc([path.join(dir, 'good.mts'), path.join(dir, 'good.cts')]);
     assert.equal(output.trim(), '', 'no diagnostics');
     assert.equal(code, 0);
   });
 
-  test('a wrong target, an unknown event name and a misused event payload fail on their line', { timeout: 120_000 }, async () => {
+  test('a wrong target, an unknown event name and a misused event payload fail on their line', {
+    timeout: 120_000,
+  }, async () => {
     const { code, output } = await tsc(Object.keys(BAD).map((name) => path.join(dir, name)));
     assert.notEqual(code, 0, 'tsc must fail');
-    const diagnostics = [...output.matchAll(/([^\s(]+)\((\d+),\d+\): error TS\d+/g)].map(([, file, line]) => ({ file: path.basename(file), line: Number(line) }));
+    const diagnostics = [...output.matchAll(/([^\s(]+)\((\d+),\d+\): error TS\d+/g)].map(
+      ([, file, line]) => ({ file: path.basename(file), line: Number(line) }),
+    );
     for (const name of Object.keys(BAD)) {
       const own = diagnostics.filter((d) => d.file === name);
       assert.ok(own.length > 0, `${name} must fail:\n${output}`);
-      assert.deepEqual(new Set(own.map((d) => d.line)), new Set([BAD_LINE]), `${name}: only line ${BAD_LINE} is wrong:\n${output}`);
+      assert.deepEqual(
+        new Set(own.map((d) => d.line)),
+        new Set([BAD_LINE]),
+        `${name}: only line ${BAD_LINE} is wrong:\n${output}`,
+      );
     }
-    assert.equal(diagnostics.length, diagnostics.filter((d) => d.file in BAD).length, `no diagnostics elsewhere:\n${output}`);
+    assert.equal(
+      diagnostics.length,
+      diagnostics.filter((d) => d.file in BAD).length,
+      `no diagnostics elsewhere:\n${output}`,
+    );
   });
 });

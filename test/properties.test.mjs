@@ -17,7 +17,11 @@ const WAIT = 5_000; // bound on every exchange
  * fast-check settings: `numRuns` (each run makes real requests), the assertion message in the
  * report, and a bound on the whole property, shrinking included (a failure found is still reported).
  */
-const runs = (numRuns) => ({ numRuns, includeErrorInReport: true, plugins: [fc.interruptAfterTimeLimit(60_000)] });
+const runs = (numRuns) => ({
+  numRuns,
+  includeErrorInReport: true,
+  plugins: [fc.interruptAfterTimeLimit(60_000)],
+});
 
 // ---------------------------------------------------------------------------------------------
 // Shared servers
@@ -80,7 +84,11 @@ const nextProbe = () => `p${++probes}`;
 
 /** An HTTP GET to the front with `path` sent as is (never normalised) and these headers. */
 function get(path, headers = {}) {
-  return within(request(`http://127.0.0.1:${frontPort}`, { path, headers }), WAIT, `GET ${JSON.stringify(path)}`);
+  return within(
+    request(`http://127.0.0.1:${frontPort}`, { path, headers }),
+    WAIT,
+    `GET ${JSON.stringify(path)}`,
+  );
 }
 
 /** A WebSocket handshake for `path` on a raw connection; resolves with the parsed response head. */
@@ -91,7 +99,12 @@ function upgrade(path, headers = {}) {
     const finish = () => {
       socket.destroy();
       const end = received.indexOf('\r\n\r\n');
-      if (end === -1) reject(new Error(`no response head for upgrade ${JSON.stringify(path)}: ${JSON.stringify(received)}`));
+      if (end === -1)
+        reject(
+          new Error(
+            `no response head for upgrade ${JSON.stringify(path)}: ${JSON.stringify(received)}`,
+          ),
+        );
       else resolve(parseResponse(received.slice(0, end + 4)));
     };
     socket.on('data', (chunk) => {
@@ -126,7 +139,12 @@ const entryArb = fc
     trailingSlash: fc.boolean(),
   })
   .map(({ hostname, port, segments, trailingSlash }) => {
-    const path = segments.length > 0 ? `/${segments.join('/')}${trailingSlash ? '/' : ''}` : trailingSlash || !hostname ? '/' : '';
+    const path =
+      segments.length > 0
+        ? `/${segments.join('/')}${trailingSlash ? '/' : ''}`
+        : trailingSlash || !hostname
+          ? '/'
+          : '';
     const key = hostname ? `${hostname}${port ? `:${port}` : ''}${path}` : path;
     return {
       key,
@@ -151,7 +169,17 @@ const requestPathArb = fc
   )
   .map(([segments, query]) => `/${segments.join('/')}${query === undefined ? '' : `?${query}`}`);
 
-const HOST_HEADERS = ['localhost', 'LocalHost', 'localhost:80', 'localhost:8080', 'LOCALHOST:9', 'other.test', 'OTHER.test:8080', 'nomatch.test', '127.0.0.1'];
+const HOST_HEADERS = [
+  'localhost',
+  'LocalHost',
+  'localhost:80',
+  'localhost:8080',
+  'LOCALHOST:9',
+  'other.test',
+  'OTHER.test:8080',
+  'nomatch.test',
+  '127.0.0.1',
+];
 
 /**
  * Requests for a table: random paths, and paths made from the table's own prefixes (exactly,
@@ -161,18 +189,30 @@ const HOST_HEADERS = ['localhost', 'LocalHost', 'localhost:80', 'localhost:8080'
 function routeRequestArb(table) {
   const prefixes = [...new Set(table.map((entry) => entry.prefix))];
   const derivedPath = fc
-    .tuple(fc.constantFrom(...prefixes), fc.constantFrom('', '/', '/a', '/b/ab', 'x', 'b', '?q', '/?q', 'x?q', '?x=/a'))
-    .map(([prefix, rest]) => (`${prefix}${rest}`.startsWith('/') ? `${prefix}${rest}` : `/${prefix}${rest}`));
+    .tuple(
+      fc.constantFrom(...prefixes),
+      fc.constantFrom('', '/', '/a', '/b/ab', 'x', 'b', '?q', '/?q', 'x?q', '?x=/a'),
+    )
+    .map(([prefix, rest]) =>
+      `${prefix}${rest}`.startsWith('/') ? `${prefix}${rest}` : `/${prefix}${rest}`,
+    );
   const hostnames = [...new Set(table.filter((entry) => entry.host).map((entry) => entry.host))];
   const hosts = [fc.constantFrom(...HOST_HEADERS)];
   if (hostnames.length > 0) {
     hosts.push(
       fc
-        .tuple(fc.constantFrom(...hostnames), fc.constantFrom('', ':80', ':8080', ':9'), fc.boolean())
+        .tuple(
+          fc.constantFrom(...hostnames),
+          fc.constantFrom('', ':80', ':8080', ':9'),
+          fc.boolean(),
+        )
         .map(([hostname, port, upper]) => `${upper ? hostname.toUpperCase() : hostname}${port}`),
     );
   }
-  return fc.record({ path: fc.oneof({ weight: 1, arbitrary: requestPathArb }, { weight: 2, arbitrary: derivedPath }), host: fc.oneof(...hosts) });
+  return fc.record({
+    path: fc.oneof({ weight: 1, arbitrary: requestPathArb }, { weight: 2, arbitrary: derivedPath }),
+    host: fc.oneof(...hosts),
+  });
 }
 
 /** A table, whether it has a `target` fallback, and requests for it. */
@@ -192,12 +232,20 @@ const routeCaseArb = (maxRequests) =>
  */
 function expectedRoute(table, hasFallback, path, hostHeader) {
   const pathPart = path.split('?')[0];
-  const under = (prefix) => prefix === '' || pathPart === prefix || pathPart.startsWith(`${prefix}/`);
+  const under = (prefix) =>
+    prefix === '' || pathPart === prefix || pathPart.startsWith(`${prefix}/`);
   const [hostname, port = '80'] = hostHeader.toLowerCase().split(':');
   const best = (candidates) =>
-    candidates.reduce((a, b) => (b.prefix.length > a.prefix.length || (b.prefix.length === a.prefix.length && b.port !== undefined && a.port === undefined) ? b : a));
+    candidates.reduce((a, b) =>
+      b.prefix.length > a.prefix.length ||
+      (b.prefix.length === a.prefix.length && b.port !== undefined && a.port === undefined)
+        ? b
+        : a,
+    );
   const indexed = table.map((entry, index) => ({ ...entry, index }));
-  const byHost = indexed.filter((e) => e.host === hostname && (e.port === undefined || e.port === port) && under(e.prefix));
+  const byHost = indexed.filter(
+    (e) => e.host === hostname && (e.port === undefined || e.port === port) && under(e.prefix),
+  );
   if (byHost.length > 0) return best(byHost).index;
   const byPath = indexed.filter((e) => e.host === undefined && under(e.prefix));
   if (byPath.length > 0) return best(byPath).index;
@@ -230,7 +278,11 @@ describe('route matching (property)', () => {
             const res = results[i];
             const where = `${path} (Host: ${host}) with keys ${JSON.stringify(describeTable(table))}, fallback: ${hasFallback}`;
             if (expected === 'next') {
-              assert.equal(res.status, 418, `${where}: expected next(), got ${res.status} ${res.text}`);
+              assert.equal(
+                res.status,
+                418,
+                `${where}: expected next(), got ${res.status} ${res.text}`,
+              );
               return;
             }
             assert.equal(res.status, 200, `${where}: ${res.text}`);
@@ -239,7 +291,11 @@ describe('route matching (property)', () => {
             // The table path is not stripped: the whole request path follows the target's own path.
             const base = expected === 'fallback' ? '/fb' : `/r${expected}`;
             const [pathPart, ...query] = path.split('?');
-            assert.equal(url, [`${base}${pathPart}`.replace(/\/+/g, '/'), ...query].join('?'), where);
+            assert.equal(
+              url,
+              [`${base}${pathPart}`.replace(/\/+/g, '/'), ...query].join('?'),
+              where,
+            );
           });
         });
       }),
@@ -258,7 +314,11 @@ describe('route matching (property)', () => {
             const head = await upgrade(path, { host });
             if (expected === 'next') {
               assert.equal(head.status, 418, `${where}: expected next()`);
-              assert.equal(up.handshakes.length, handshakesBefore, `${where}: reached the upstream`);
+              assert.equal(
+                up.handshakes.length,
+                handshakesBefore,
+                `${where}: reached the upstream`,
+              );
               continue;
             }
             assert.equal(head.status, 101, where);
@@ -268,7 +328,11 @@ describe('route matching (property)', () => {
             // And HTTP agrees.
             const res = await get(path, { host });
             assert.equal(res.status, 200, where);
-            assert.equal(JSON.parse(res.text).url, url, `${where}: HTTP and the upgrade were forwarded differently`);
+            assert.equal(
+              JSON.parse(res.text).url,
+              url,
+              `${where}: HTTP and the upgrade were forwarded differently`,
+            );
           }
         });
       }),
@@ -281,7 +345,10 @@ describe('route matching (property)', () => {
 // 2. The forwarded path
 
 function decodeDotsAndSeparators(path) {
-  return path.replace(/%(2e|2f|5c)/gi, (_, hex) => ({ '2e': '.', '2f': '/', '5c': '\\' })[hex.toLowerCase()]);
+  return path.replace(
+    /%(2e|2f|5c)/gi,
+    (_, hex) => ({ '2e': '.', '2f': '/', '5c': '\\' })[hex.toLowerCase()],
+  );
 }
 
 const pathPartOf = (url) => url.split('?')[0];
@@ -319,21 +386,111 @@ function asSent(path) {
 const QUERIES = ['', 'q', '../x', './', '%2e%2e/', 'a\\b', 'x=/..', '/a/../b'];
 const pathArb = (segments) =>
   fc
-    .tuple(fc.array(fc.constantFrom(...segments), { maxLength: 4 }), fc.option(fc.constantFrom(...QUERIES), { nil: undefined }))
+    .tuple(
+      fc.array(fc.constantFrom(...segments), { maxLength: 4 }),
+      fc.option(fc.constantFrom(...QUERIES), { nil: undefined }),
+    )
     .map(([parts, query]) => `/${parts.join('/')}${query === undefined ? '' : `?${query}`}`);
 // Segments with dots that are not dot segments (`.a`, `...`) must be forwarded.
 const CLEAN_SEGMENTS = ['a', 'b', 'ab', 'x', 'a.b', '.a', 'a.', '...', ''];
-const DOTTY_SEGMENTS = ['a', 'b', '.', '..', '%2e', '%2E%2e', '.%2e', 'a%2fb', '%2f..', '..;x', 'a;b', '\\', 'a%5cb', '%5C', 'a\\b', ''];
-const forwardPathArb = fc.oneof({ weight: 3, arbitrary: pathArb(CLEAN_SEGMENTS) }, { weight: 2, arbitrary: pathArb(DOTTY_SEGMENTS) });
+const DOTTY_SEGMENTS = [
+  'a',
+  'b',
+  '.',
+  '..',
+  '%2e',
+  '%2E%2e',
+  '.%2e',
+  'a%2fb',
+  '%2f..',
+  '..;x',
+  'a;b',
+  '\\',
+  'a%5cb',
+  '%5C',
+  'a\\b',
+  '',
+];
+const forwardPathArb = fc.oneof(
+  { weight: 3, arbitrary: pathArb(CLEAN_SEGMENTS) },
+  { weight: 2, arbitrary: pathArb(DOTTY_SEGMENTS) },
+);
 
-const REGEX_SOURCES = ['^/a', '^/ab?', '^/', '/b$', 'a', 'b', '^/a/b', '\\?.*$', '^/(a|b)/', '[ab]+', '^/x', '^(.*)$'];
-const REPLACEMENTS = ['', '/', '.', '..', '/..', '../', '/./', 'x', '/x', 'x/', '%2e', '%2E%2e/', '/%2e%2E', '\\', '%5c', '/a\\b', 'a/../b', '$&', '$&/..', '/$1/', '?q=..', '//', ';', '/..;x/', '.$1'];
+const REGEX_SOURCES = [
+  '^/a',
+  '^/ab?',
+  '^/',
+  '/b$',
+  'a',
+  'b',
+  '^/a/b',
+  '\\?.*$',
+  '^/(a|b)/',
+  '[ab]+',
+  '^/x',
+  '^(.*)$',
+];
+const REPLACEMENTS = [
+  '',
+  '/',
+  '.',
+  '..',
+  '/..',
+  '../',
+  '/./',
+  'x',
+  '/x',
+  'x/',
+  '%2e',
+  '%2E%2e/',
+  '/%2e%2E',
+  '\\',
+  '%5c',
+  '/a\\b',
+  'a/../b',
+  '$&',
+  '$&/..',
+  '/$1/',
+  '?q=..',
+  '//',
+  ';',
+  '/..;x/',
+  '.$1',
+];
 const ruleObjectArb = fc
-  .uniqueArray(fc.tuple(fc.constantFrom(...REGEX_SOURCES), fc.constantFrom(...REPLACEMENTS)), { minLength: 1, maxLength: 3, selector: ([source]) => source })
+  .uniqueArray(fc.tuple(fc.constantFrom(...REGEX_SOURCES), fc.constantFrom(...REPLACEMENTS)), {
+    minLength: 1,
+    maxLength: 3,
+    selector: ([source]) => source,
+  })
   .map((rules) => ({ kind: 'rules', rules }));
 
 // Scheme-like segments (`http:`) have a property of their own below.
-const OUTPUT_PIECES = ['/', '.', '..', '%2e', '%2E', '\\', '%5c', '%2f', 'a', 'b', '?', ';', '#', ' ', '\t', '\r\n', '\0', 'é', '€', '//', '"', '\x7f', ''];
+const OUTPUT_PIECES = [
+  '/',
+  '.',
+  '..',
+  '%2e',
+  '%2E',
+  '\\',
+  '%5c',
+  '%2f',
+  'a',
+  'b',
+  '?',
+  ';',
+  '#',
+  ' ',
+  '\t',
+  '\r\n',
+  '\0',
+  'é',
+  '€',
+  '//',
+  '"',
+  '\x7f',
+  '',
+];
 const noScheme = (text) => !/https?:/i.test(text);
 const outputArb = fc.oneof(
   fc.string({ unit: fc.constantFrom(...OUTPUT_PIECES), maxLength: 6 }),
@@ -383,9 +540,17 @@ const pathConfigArb = fc.record({
 const pathCaseArb = (maxUrls) =>
   pathConfigArb.chain((config) => {
     const prefix = `/${config.prefixSegments.join('/')}`;
-    const derived = fc.constantFrom('', '/', '?q', '?../x', '/x', 'x', '/x/', '/..', '/%2e', '/.a', '?', '//x').map((rest) => prefix + rest);
-    const url = fc.oneof({ weight: 2, arbitrary: forwardPathArb }, { weight: 1, arbitrary: derived });
-    return fc.record({ config: fc.constant(config), urls: fc.array(url, { minLength: 1, maxLength: maxUrls }) });
+    const derived = fc
+      .constantFrom('', '/', '?q', '?../x', '/x', 'x', '/x/', '/..', '/%2e', '/.a', '?', '//x')
+      .map((rest) => prefix + rest);
+    const url = fc.oneof(
+      { weight: 2, arbitrary: forwardPathArb },
+      { weight: 1, arbitrary: derived },
+    );
+    return fc.record({
+      config: fc.constant(config),
+      urls: fc.array(url, { minLength: 1, maxLength: maxUrls }),
+    });
   });
 
 function pathProxyOptions(config) {
@@ -403,7 +568,8 @@ function pathProxyOptions(config) {
  * the exact path the upstream must receive.
  */
 function expectedForwarding(config, url) {
-  if (hasDotSegment(url)) return { statuses: [400], why: 'dot segment or backslash in the request' };
+  if (hasDotSegment(url))
+    return { statuses: [400], why: 'dot segment or backslash in the request' };
   const prefix = `/${config.prefixSegments.join('/')}`;
   const pathPart = pathPartOf(url);
   const matched = pathPart === prefix || pathPart.startsWith(`${prefix}/`);
@@ -435,20 +601,34 @@ function expectedForwarding(config, url) {
   return { statuses: [...statuses], forwarded: asSent(base + path), why };
 }
 
-const describeConfig = (config) => JSON.stringify(config, (_, v) => (v === undefined ? '(undefined)' : v));
+const describeConfig = (config) =>
+  JSON.stringify(config, (_, v) => (v === undefined ? '(undefined)' : v));
 
 /** Checks one exchange against the model; `received` is the URL the upstream got, if any. */
 function checkForwarding(config, url, status, received, via) {
   const expected = expectedForwarding(config, url);
   const where = `${via} ${JSON.stringify(url)} with ${describeConfig(config)} (${expected.why ?? 'forwardable'})`;
-  assert.ok(expected.statuses.includes(status), `${where}: status ${status}, expected one of ${expected.statuses}`);
+  assert.ok(
+    expected.statuses.includes(status),
+    `${where}: status ${status}, expected one of ${expected.statuses}`,
+  );
   if (status !== 200 && status !== 101) {
-    assert.equal(received, undefined, `${where}: refused with ${status} yet the upstream received ${JSON.stringify(received)}`);
+    assert.equal(
+      received,
+      undefined,
+      `${where}: refused with ${status} yet the upstream received ${JSON.stringify(received)}`,
+    );
     return;
   }
   assert.ok(received !== undefined, `${where}: ${status} but nothing reached the upstream`);
-  assert.ok(received.startsWith('/'), `${where}: upstream path ${JSON.stringify(received)} lacks a leading /`);
-  assert.ok(!reachesOutsideItsPath(received), `${where}: upstream path ${JSON.stringify(received)} has a dot segment`);
+  assert.ok(
+    received.startsWith('/'),
+    `${where}: upstream path ${JSON.stringify(received)} lacks a leading /`,
+  );
+  assert.ok(
+    !reachesOutsideItsPath(received),
+    `${where}: upstream path ${JSON.stringify(received)} has a dot segment`,
+  );
   assert.equal(received, expected.forwarded, `${where}: forwarded path`);
 }
 
@@ -458,7 +638,9 @@ describe('forwarded path (property)', () => {
       fc.asyncProperty(pathCaseArb(4), async ({ config, urls }) => {
         await withProxy(pathProxyOptions(config), async () => {
           const probes = urls.map(() => nextProbe());
-          const results = await Promise.all(urls.map((url, i) => get(url, { 'x-probe': probes[i] })));
+          const results = await Promise.all(
+            urls.map((url, i) => get(url, { 'x-probe': probes[i] })),
+          );
           urls.forEach((url, i) => {
             const arrived = arrivedAtUpstream(probes[i]);
             assert.ok(arrived.length <= 1);
@@ -479,11 +661,25 @@ describe('forwarded path (property)', () => {
             const head = await upgrade(url, { 'x-probe': probe });
             const arrived = up.handshakes.filter((h) => h.headers['x-probe'] === probe);
             assert.ok(arrived.length <= 1);
-            checkForwarding(config, url, head.status === 101 ? 200 : head.status, arrived[0]?.url, 'upgrade');
+            checkForwarding(
+              config,
+              url,
+              head.status === 101 ? 200 : head.status,
+              arrived[0]?.url,
+              'upgrade',
+            );
             const httpProbe = nextProbe();
             const res = await get(url, { 'x-probe': httpProbe });
-            assert.equal(res.status === 200 ? 101 : res.status, head.status, `upgrade and HTTP answered ${JSON.stringify(url)} differently`);
-            assert.equal(arrivedAtUpstream(httpProbe)[0]?.url, arrived[0]?.url, `upgrade and HTTP forwarded ${JSON.stringify(url)} differently`);
+            assert.equal(
+              res.status === 200 ? 101 : res.status,
+              head.status,
+              `upgrade and HTTP answered ${JSON.stringify(url)} differently`,
+            );
+            assert.equal(
+              arrivedAtUpstream(httpProbe)[0]?.url,
+              arrived[0]?.url,
+              `upgrade and HTTP forwarded ${JSON.stringify(url)} differently`,
+            );
           }
         });
       }),
@@ -494,8 +690,13 @@ describe('forwarded path (property)', () => {
   test('a segment that looks like a scheme (`http:`) is forwarded as it is, like any other', async () => {
     const segmentArb = fc.constantFrom('a', 'b', 'http:', 'https:', 'ws:', 'x:y', '');
     const urlArb = fc
-      .tuple(fc.array(segmentArb, { minLength: 1, maxLength: 4 }), fc.option(fc.constantFrom('q', 'u=http:/a'), { nil: undefined }))
-      .map(([segments, query]) => `/${segments.join('/')}${query === undefined ? '' : `?${query}`}`);
+      .tuple(
+        fc.array(segmentArb, { minLength: 1, maxLength: 4 }),
+        fc.option(fc.constantFrom('q', 'u=http:/a'), { nil: undefined }),
+      )
+      .map(
+        ([segments, query]) => `/${segments.join('/')}${query === undefined ? '' : `?${query}`}`,
+      );
     const configArb = fc.record({
       prefixSegments: fc.constant(['a']),
       trailingSlash: fc.constant(false),
@@ -508,13 +709,27 @@ describe('forwarded path (property)', () => {
       ),
     });
     await fc.assert(
-      fc.asyncProperty(configArb, fc.array(urlArb, { minLength: 1, maxLength: 3 }), async (config, urls) => {
-        await withProxy(pathProxyOptions(config), async () => {
-          const probes = urls.map(() => nextProbe());
-          const results = await Promise.all(urls.map((url, i) => get(url, { 'x-probe': probes[i] })));
-          urls.forEach((url, i) => checkForwarding(config, url, results[i].status, arrivedAtUpstream(probes[i])[0]?.url, 'GET'));
-        });
-      }),
+      fc.asyncProperty(
+        configArb,
+        fc.array(urlArb, { minLength: 1, maxLength: 3 }),
+        async (config, urls) => {
+          await withProxy(pathProxyOptions(config), async () => {
+            const probes = urls.map(() => nextProbe());
+            const results = await Promise.all(
+              urls.map((url, i) => get(url, { 'x-probe': probes[i] })),
+            );
+            urls.forEach((url, i) =>
+              checkForwarding(
+                config,
+                url,
+                results[i].status,
+                arrivedAtUpstream(probes[i])[0]?.url,
+                'GET',
+              ),
+            );
+          });
+        },
+      ),
       runs(40),
     );
   });
@@ -523,10 +738,18 @@ describe('forwarded path (property)', () => {
 // ---------------------------------------------------------------------------------------------
 // 3. Header policy
 
-const HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+const HOP_BY_HOP = [
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+];
 const END_TO_END = ['x-a', 'x-b', 'x-c', 'x-d', 'x-e', 'cache-control', 'etag', 'accept-language'];
 
-const tokenValueArb = fc.stringMatching(/^[A-Za-z0-9=;.\/ -]{1,12}$/).map((v) => v.trim() || 'v');
+const tokenValueArb = fc.stringMatching(/^[A-Za-z0-9=;./ -]{1,12}$/).map((v) => v.trim() || 'v');
 
 /**
  * Extra end-to-end headers, the names a `Connection` header lists (some of them, others not
@@ -536,11 +759,20 @@ const tokenValueArb = fc.stringMatching(/^[A-Za-z0-9=;.\/ -]{1,12}$/).map((v) =>
 const headerSetArb = (hopNames) =>
   fc
     .record({
-      extras: fc.uniqueArray(fc.tuple(fc.constantFrom(...END_TO_END), tokenValueArb), { maxLength: 5, selector: ([name]) => name }),
+      extras: fc.uniqueArray(fc.tuple(fc.constantFrom(...END_TO_END), tokenValueArb), {
+        maxLength: 5,
+        selector: ([name]) => name,
+      }),
       listedIndexes: fc.uniqueArray(fc.nat({ max: 5 }), { maxLength: 4 }),
       absentListed: fc.boolean(),
       options: fc.subarray(['keep-alive', 'close']),
-      hop: hopNames.length === 0 ? fc.constant([]) : fc.uniqueArray(fc.tuple(fc.constantFrom(...hopNames), tokenValueArb), { maxLength: hopNames.length, selector: ([name]) => name }),
+      hop:
+        hopNames.length === 0
+          ? fc.constant([])
+          : fc.uniqueArray(fc.tuple(fc.constantFrom(...hopNames), tokenValueArb), {
+              maxLength: hopNames.length,
+              selector: ([name]) => name,
+            }),
       splitAt: fc.nat({ max: 6 }),
       cases: fc.array(fc.nat({ max: 2 }), { minLength: 8, maxLength: 8 }),
     })
@@ -548,11 +780,17 @@ const headerSetArb = (hopNames) =>
       const listed = listedIndexes.filter((i) => i < extras.length).map((i) => extras[i][0]);
       if (absentListed) listed.push('x-not-sent');
       const tokens = [...listed, ...options].map((token, i) => {
-        const variants = [token, token.toUpperCase(), token.replace(/(^|-)(\w)/g, (m) => m.toUpperCase())];
+        const variants = [
+          token,
+          token.toUpperCase(),
+          token.replace(/(^|-)(\w)/g, (m) => m.toUpperCase()),
+        ];
         return variants[cases[i % cases.length]];
       });
       const cut = Math.min(splitAt, tokens.length);
-      const connection = [tokens.slice(0, cut), tokens.slice(cut)].filter((part) => part.length > 0).map((part) => part.join(cut % 2 ? ',' : ' , '));
+      const connection = [tokens.slice(0, cut), tokens.slice(cut)]
+        .filter((part) => part.length > 0)
+        .map((part) => part.join(cut % 2 ? ',' : ' , '));
       return { extras, listed, connection, hop };
     });
 
@@ -576,7 +814,8 @@ function rawHttp(bytes) {
     });
     socket.on('close', () => {
       settle(true);
-      if (!settled) reject(new Error(`incomplete response: ${JSON.stringify(received.toString('latin1'))}`));
+      if (!settled)
+        reject(new Error(`incomplete response: ${JSON.stringify(received.toString('latin1'))}`));
     });
     socket.on('error', () => {});
     socket.write(bytes);
@@ -589,7 +828,10 @@ function completeResponse(raw, closed) {
   if (end === -1) return undefined;
   const response = parseResponse(raw);
   const length = response.headers['content-length'];
-  if (length !== undefined) return response.body.length >= Number(length) ? { ...response, body: response.body.slice(0, Number(length)) } : undefined;
+  if (length !== undefined)
+    return response.body.length >= Number(length)
+      ? { ...response, body: response.body.slice(0, Number(length)) }
+      : undefined;
   if (/chunked/i.test(response.headers['transfer-encoding'] ?? '')) {
     let body = '';
     let at = 0;
@@ -597,7 +839,10 @@ function completeResponse(raw, closed) {
       const lineEnd = response.body.indexOf('\r\n', at);
       if (lineEnd === -1) return undefined;
       const size = parseInt(response.body.slice(at, lineEnd), 16);
-      if (size === 0) return response.body.indexOf('\r\n', lineEnd + 2) === -1 ? undefined : { ...response, body };
+      if (size === 0)
+        return response.body.indexOf('\r\n', lineEnd + 2) === -1
+          ? undefined
+          : { ...response, body };
       if (response.body.length < lineEnd + 2 + size + 2) return undefined;
       body += response.body.slice(lineEnd + 2, lineEnd + 2 + size);
       at = lineEnd + 2 + size + 2;
@@ -616,31 +861,56 @@ const frontKeepAlive = () => `timeout=${Math.floor(frontServer.keepAliveTimeout 
 describe('header policy (property)', () => {
   test('requests: hop-by-hop headers and those named in Connection never reach the upstream; the rest arrives', async () => {
     await fc.assert(
-      fc.asyncProperty(headerSetArb(HOP_BY_HOP), fc.option(fc.stringMatching(/^[a-z]{1,20}$/), { nil: undefined }), async (set, body) => {
-        await withProxy({ target: up.url }, async () => {
-          const probe = nextProbe();
-          const lines = [['Host', `127.0.0.1:${frontPort}`], ['X-Probe', probe], ...set.extras, ...set.hop];
-          for (const line of set.connection) lines.push(['Connection', line]);
-          let bytes;
-          if (body === undefined) bytes = rawHead('GET', '/hop', lines);
-          else bytes = `${rawHead('POST', '/hop', [...lines, ['Transfer-Encoding', 'chunked']])}${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
-          const res = await rawHttp(bytes);
-          const where = `request headers ${JSON.stringify(lines)}${body === undefined ? '' : ' with a chunked body'}`;
-          assert.equal(res.status, 200, where);
-          const arrived = arrivedAtUpstream(probe);
-          assert.equal(arrived.length, 1, where);
-          const seen = arrived[0].headers;
-          for (const name of HOP_BY_HOP) assert.equal(seen[name], undefined, `${where}: ${name} reached the upstream`);
-          for (const name of set.listed) assert.equal(seen[name], undefined, `${where}: ${name} is listed in Connection yet reached the upstream`);
-          // The proxy's own hop: its keep-alive connection, and chunked framing for a body of unknown length.
-          assert.match(seen.connection ?? 'keep-alive', /^(keep-alive|close)$/i, `${where}: Connection upstream`);
-          assert.equal(seen['transfer-encoding'], body === undefined ? undefined : 'chunked', `${where}: Transfer-Encoding upstream`);
-          for (const [name, value] of set.extras) {
-            if (!set.listed.includes(name)) assert.equal(seen[name], value, `${where}: end-to-end ${name} lost`);
-          }
-          assert.equal(arrived[0].body.toString('latin1'), body ?? '', `${where}: body`);
-        });
-      }),
+      fc.asyncProperty(
+        headerSetArb(HOP_BY_HOP),
+        fc.option(fc.stringMatching(/^[a-z]{1,20}$/), { nil: undefined }),
+        async (set, body) => {
+          await withProxy({ target: up.url }, async () => {
+            const probe = nextProbe();
+            const lines = [
+              ['Host', `127.0.0.1:${frontPort}`],
+              ['X-Probe', probe],
+              ...set.extras,
+              ...set.hop,
+            ];
+            for (const line of set.connection) lines.push(['Connection', line]);
+            let bytes;
+            if (body === undefined) bytes = rawHead('GET', '/hop', lines);
+            else
+              bytes = `${rawHead('POST', '/hop', [...lines, ['Transfer-Encoding', 'chunked']])}${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+            const res = await rawHttp(bytes);
+            const where = `request headers ${JSON.stringify(lines)}${body === undefined ? '' : ' with a chunked body'}`;
+            assert.equal(res.status, 200, where);
+            const arrived = arrivedAtUpstream(probe);
+            assert.equal(arrived.length, 1, where);
+            const seen = arrived[0].headers;
+            for (const name of HOP_BY_HOP)
+              assert.equal(seen[name], undefined, `${where}: ${name} reached the upstream`);
+            for (const name of set.listed)
+              assert.equal(
+                seen[name],
+                undefined,
+                `${where}: ${name} is listed in Connection yet reached the upstream`,
+              );
+            // The proxy's own hop: its keep-alive connection, and chunked framing for a body of unknown length.
+            assert.match(
+              seen.connection ?? 'keep-alive',
+              /^(keep-alive|close)$/i,
+              `${where}: Connection upstream`,
+            );
+            assert.equal(
+              seen['transfer-encoding'],
+              body === undefined ? undefined : 'chunked',
+              `${where}: Transfer-Encoding upstream`,
+            );
+            for (const [name, value] of set.extras) {
+              if (!set.listed.includes(name))
+                assert.equal(seen[name], value, `${where}: end-to-end ${name} lost`);
+            }
+            assert.equal(arrived[0].body.toString('latin1'), body ?? '', `${where}: body`);
+          });
+        },
+      ),
       runs(60),
     );
   });
@@ -661,8 +931,17 @@ describe('header policy (property)', () => {
               const headers = [...set.extras, ...set.hop];
               // Node refuses a Trailer header on a response it does not chunk.
               if (chunked && trailer) headers.push(['Trailer', 'x-checksum']);
-              responsePlan = { id, headers, connection: set.connection, chunked, body: `payload ${id}` };
-              const lines = [['Host', `127.0.0.1:${frontPort}`], ['X-Plan', id]];
+              responsePlan = {
+                id,
+                headers,
+                connection: set.connection,
+                chunked,
+                body: `payload ${id}`,
+              };
+              const lines = [
+                ['Host', `127.0.0.1:${frontPort}`],
+                ['X-Plan', id],
+              ];
               if (clientConnection) lines.push(['Connection', clientConnection]);
               const res = await rawHttp(rawHead('GET', '/res', lines, version));
               const where = `response headers ${JSON.stringify(headers)}, Connection ${JSON.stringify(set.connection)}, chunked: ${chunked}, to an HTTP/${version} client`;
@@ -673,12 +952,26 @@ describe('header policy (property)', () => {
                 if (name === 'keep-alive' && seen[name] === frontKeepAlive()) continue; // the front's own hint
                 assert.equal(seen[name], undefined, `${where}: ${name} reached the client`);
               }
-              for (const name of set.listed) assert.equal(seen[name], undefined, `${where}: ${name} is listed in Connection yet reached the client`);
-              assert.match(seen.connection ?? 'keep-alive', /^(keep-alive|close)$/i, `${where}: Connection to the client`);
+              for (const name of set.listed)
+                assert.equal(
+                  seen[name],
+                  undefined,
+                  `${where}: ${name} is listed in Connection yet reached the client`,
+                );
+              assert.match(
+                seen.connection ?? 'keep-alive',
+                /^(keep-alive|close)$/i,
+                `${where}: Connection to the client`,
+              );
               // The front frames a body of unknown length itself (chunked for HTTP/1.1, until close for 1.0).
-              assert.equal(seen['transfer-encoding'], chunked && version === '1.1' ? 'chunked' : undefined, `${where}: Transfer-Encoding to the client`);
+              assert.equal(
+                seen['transfer-encoding'],
+                chunked && version === '1.1' ? 'chunked' : undefined,
+                `${where}: Transfer-Encoding to the client`,
+              );
               for (const [name, value] of set.extras) {
-                if (!set.listed.includes(name)) assert.equal(seen[name], value, `${where}: end-to-end ${name} lost`);
+                if (!set.listed.includes(name))
+                  assert.equal(seen[name], value, `${where}: end-to-end ${name} lost`);
               }
             });
           },
@@ -697,14 +990,33 @@ describe('header policy (property)', () => {
           await withProxy({ target: up.url }, async () => {
             const id = nextProbe();
             // The upstream sends end-to-end headers named like those the client's Connection lists.
-            responsePlan = { id, headers: END_TO_END.map((name) => [name, `from-upstream-${name}`]), connection: [], chunked: false, body: `payload ${id}` };
-            const lines = [['Host', `127.0.0.1:${frontPort}`], ['X-Plan', id], ...set.connection.map((line) => ['Connection', line])];
+            responsePlan = {
+              id,
+              headers: END_TO_END.map((name) => [name, `from-upstream-${name}`]),
+              connection: [],
+              chunked: false,
+              body: `payload ${id}`,
+            };
+            const lines = [
+              ['Host', `127.0.0.1:${frontPort}`],
+              ['X-Plan', id],
+              ...set.connection.map((line) => ['Connection', line]),
+            ];
             const res = await rawHttp(rawHead('GET', '/echo', lines, version));
             const where = `an HTTP/${version} client sending Connection ${JSON.stringify(set.connection)}`;
             assert.equal(res.status, 200, where);
-            for (const name of END_TO_END) assert.equal(res.headers[name], `from-upstream-${name}`, `${where}: end-to-end ${name} lost`);
+            for (const name of END_TO_END)
+              assert.equal(
+                res.headers[name],
+                `from-upstream-${name}`,
+                `${where}: end-to-end ${name} lost`,
+              );
             // Anything else in the Connection header would make the upstream's end-to-end headers hop-by-hop downstream.
-            assert.match(res.headers.connection ?? 'keep-alive', /^(keep-alive|close)$/i, `${where}: the client got Connection: ${res.headers.connection}`);
+            assert.match(
+              res.headers.connection ?? 'keep-alive',
+              /^(keep-alive|close)$/i,
+              `${where}: the client got Connection: ${res.headers.connection}`,
+            );
           });
         }),
         runs(40),
@@ -715,30 +1027,57 @@ describe('header policy (property)', () => {
   });
 
   // Values with CR, LF or NUL; `good` values are printable ASCII, tabs included.
-  const goodValueArb = fc.string({ unit: fc.constantFrom(...'aZ09 -_=;,/\t"'.split('')), maxLength: 8 });
-  const badValueArb = fc.tuple(goodValueArb, fc.constantFrom('\r', '\n', '\0', '\r\n', '\r\nx-injected: 1'), goodValueArb).map((parts) => parts.join(''));
+  const goodValueArb = fc.string({
+    unit: fc.constantFrom(...'aZ09 -_=;,/\t"'.split('')),
+    maxLength: 8,
+  });
+  const badValueArb = fc
+    .tuple(
+      goodValueArb,
+      fc.constantFrom('\r', '\n', '\0', '\r\n', '\r\nx-injected: 1'),
+      goodValueArb,
+    )
+    .map((parts) => parts.join(''));
   const valueArb = fc.oneof(
     badValueArb.map((value) => ({ bad: true, value })),
-    fc.tuple(fc.array(goodValueArb, { maxLength: 2 }), badValueArb, fc.array(goodValueArb, { maxLength: 2 })).map(([a, b, c]) => ({ bad: true, value: [...a, b, ...c] })),
+    fc
+      .tuple(
+        fc.array(goodValueArb, { maxLength: 2 }),
+        badValueArb,
+        fc.array(goodValueArb, { maxLength: 2 }),
+      )
+      .map(([a, b, c]) => ({ bad: true, value: [...a, b, ...c] })),
     goodValueArb.map((value) => ({ bad: false, value })),
     fc.array(goodValueArb, { minLength: 1, maxLength: 3 }).map((value) => ({ bad: false, value })),
   );
   /** What a receiver sees of a good value: each line trimmed of spaces and tabs, lines joined by ', '. */
-  const asReceived = (value) => [value].flat().map((v) => v.replace(/^[ \t]+|[ \t]+$/g, '')).join(', ');
+  const asReceived = (value) =>
+    [value]
+      .flat()
+      .map((v) => v.replace(/^[ \t]+|[ \t]+$/g, ''))
+      .join(', ');
 
   test('a static header value with CR, LF or NUL makes createProxy throw a TypeError; a clean one does not', async () => {
     await fc.assert(
-      fc.asyncProperty(valueArb, fc.constantFrom('request', 'response'), fc.boolean(), fc.constantFrom('x-rule', 'X-Custom-Header', 'cookie'), async ({ bad, value }, side, onRoute, name) => {
-        const headers = { [side]: { [name]: value } };
-        const options = onRoute ? { routes: { '/r': { target: up.url, headers } } } : { target: up.url, headers };
-        const create = () => createProxy({ logger: quietLogger(), ...options });
-        if (bad) {
-          assert.throws(create, TypeError, `${side} ${name}: ${JSON.stringify(value)}`);
-        } else {
-          const proxy = create();
-          await proxy.close();
-        }
-      }),
+      fc.asyncProperty(
+        valueArb,
+        fc.constantFrom('request', 'response'),
+        fc.boolean(),
+        fc.constantFrom('x-rule', 'X-Custom-Header', 'cookie'),
+        async ({ bad, value }, side, onRoute, name) => {
+          const headers = { [side]: { [name]: value } };
+          const options = onRoute
+            ? { routes: { '/r': { target: up.url, headers } } }
+            : { target: up.url, headers };
+          const create = () => createProxy({ logger: quietLogger(), ...options });
+          if (bad) {
+            assert.throws(create, TypeError, `${side} ${name}: ${JSON.stringify(value)}`);
+          } else {
+            const proxy = create();
+            await proxy.close();
+          }
+        },
+      ),
       runs(200),
     );
   });
@@ -746,21 +1085,26 @@ describe('header policy (property)', () => {
   test('a request rule function returning CR, LF or NUL: 400 (HTTP and upgrades) and the upstream receives nothing', async () => {
     await fc.assert(
       fc.asyncProperty(valueArb, fc.boolean(), async ({ bad, value }, viaUpgrade) => {
-        await withProxy({ target: up.url, headers: { request: { 'x-rule': () => value, 'x-static': 's' } } }, async () => {
-          const probe = nextProbe();
-          const where = `rule value ${JSON.stringify(value)} on ${viaUpgrade ? 'an upgrade' : 'HTTP'}`;
-          const status = viaUpgrade ? (await upgrade('/rule', { 'x-probe': probe })).status : (await get('/rule', { 'x-probe': probe })).status;
-          const arrived = arrivedAtUpstream(probe);
-          if (bad) {
-            assert.equal(status, 400, where);
-            assert.equal(arrived.length, 0, `${where}: reached the upstream`);
-            return;
-          }
-          assert.equal(status, viaUpgrade ? 101 : 200, where);
-          assert.equal(arrived.length, 1, where);
-          assert.equal(arrived[0].headers['x-rule'], asReceived(value), where);
-          assert.equal(arrived[0].headers['x-static'], 's', where);
-        });
+        await withProxy(
+          { target: up.url, headers: { request: { 'x-rule': () => value, 'x-static': 's' } } },
+          async () => {
+            const probe = nextProbe();
+            const where = `rule value ${JSON.stringify(value)} on ${viaUpgrade ? 'an upgrade' : 'HTTP'}`;
+            const status = viaUpgrade
+              ? (await upgrade('/rule', { 'x-probe': probe })).status
+              : (await get('/rule', { 'x-probe': probe })).status;
+            const arrived = arrivedAtUpstream(probe);
+            if (bad) {
+              assert.equal(status, 400, where);
+              assert.equal(arrived.length, 0, `${where}: reached the upstream`);
+              return;
+            }
+            assert.equal(status, viaUpgrade ? 101 : 200, where);
+            assert.equal(arrived.length, 1, where);
+            assert.equal(arrived[0].headers['x-rule'], asReceived(value), where);
+            assert.equal(arrived[0].headers['x-static'], 's', where);
+          },
+        );
       }),
       runs(60),
     );
@@ -768,26 +1112,55 @@ describe('header policy (property)', () => {
 
   test('a response rule function returning CR, LF or NUL: the header is left out, reported, and the response still goes out', async () => {
     await fc.assert(
-      fc.asyncProperty(valueArb, fc.constantFrom('proxied', 'proxy-made error', 'upgrade'), async ({ bad, value }, kind) => {
-        const logger = quietLogger();
-        await withProxy({ target: up.url, logger, headers: { response: { 'x-rule': () => value, 'x-static': 's' } } }, async () => {
-          const where = `response rule value ${JSON.stringify(value)} on a ${kind} response`;
-          let response;
-          if (kind === 'upgrade') response = await upgrade('/rule');
-          else response = await get(kind === 'proxied' ? '/rule' : '/a/../rule');
-          assert.equal(response.status, { proxied: 200, 'proxy-made error': 400, upgrade: 101 }[kind], where);
-          assert.equal(response.headers['x-static'], 's', `${where}: the other rules still apply`);
-          assert.ok(!('x-injected' in response.headers), `${where}: a header was injected`);
-          const reported = logger.lines.filter(([level, line]) => level === 'error' && /response header rule failed/.test(line));
-          if (bad) {
-            assert.equal(response.headers['x-rule'], undefined, `${where}: the bad header was written`);
-            assert.equal(reported.length, 1, `${where}: reported ${JSON.stringify(logger.lines)}`);
-          } else {
-            assert.equal(response.headers['x-rule'], asReceived(value), where);
-            assert.equal(reported.length, 0, `${where}: ${JSON.stringify(logger.lines)}`);
-          }
-        });
-      }),
+      fc.asyncProperty(
+        valueArb,
+        fc.constantFrom('proxied', 'proxy-made error', 'upgrade'),
+        async ({ bad, value }, kind) => {
+          const logger = quietLogger();
+          await withProxy(
+            {
+              target: up.url,
+              logger,
+              headers: { response: { 'x-rule': () => value, 'x-static': 's' } },
+            },
+            async () => {
+              const where = `response rule value ${JSON.stringify(value)} on a ${kind} response`;
+              let response;
+              if (kind === 'upgrade') response = await upgrade('/rule');
+              else response = await get(kind === 'proxied' ? '/rule' : '/a/../rule');
+              assert.equal(
+                response.status,
+                { proxied: 200, 'proxy-made error': 400, upgrade: 101 }[kind],
+                where,
+              );
+              assert.equal(
+                response.headers['x-static'],
+                's',
+                `${where}: the other rules still apply`,
+              );
+              assert.ok(!('x-injected' in response.headers), `${where}: a header was injected`);
+              const reported = logger.lines.filter(
+                ([level, line]) => level === 'error' && /response header rule failed/.test(line),
+              );
+              if (bad) {
+                assert.equal(
+                  response.headers['x-rule'],
+                  undefined,
+                  `${where}: the bad header was written`,
+                );
+                assert.equal(
+                  reported.length,
+                  1,
+                  `${where}: reported ${JSON.stringify(logger.lines)}`,
+                );
+              } else {
+                assert.equal(response.headers['x-rule'], asReceived(value), where);
+                assert.equal(reported.length, 0, `${where}: ${JSON.stringify(logger.lines)}`);
+              }
+            },
+          );
+        },
+      ),
       runs(60),
     );
   });

@@ -12,7 +12,7 @@ after(closeAll);
 async function namedUpstreams(...names) {
   const upstreams = {};
   for (const name of names) {
-    upstreams[name] = await startUpstream((req, res) => {
+    upstreams[name] = await startUpstream((_req, res) => {
       res.setHeader('x-upstream', name);
       return false;
     });
@@ -22,7 +22,11 @@ async function namedUpstreams(...names) {
 
 async function via(front, path, headers = {}) {
   const res = await request(front.url + path, { headers });
-  return { status: res.status, upstream: res.headers['x-upstream'], url: res.status === 200 ? res.json().url : undefined };
+  return {
+    status: res.status,
+    upstream: res.headers['x-upstream'],
+    url: res.status === 200 ? res.json().url : undefined,
+  };
 }
 
 describe('route table', () => {
@@ -49,7 +53,10 @@ describe('route table', () => {
 
   test('a path prefix matches only at a segment boundary', async () => {
     const u = await namedUpstreams('api', 'fallback');
-    const front = await startFront('node', createProxy({ target: u.fallback.url, routes: { '/api': u.api.url } }));
+    const front = await startFront(
+      'node',
+      createProxy({ target: u.fallback.url, routes: { '/api': u.api.url } }),
+    );
     assert.equal((await via(front, '/api')).upstream, 'api');
     assert.equal((await via(front, '/api/x')).upstream, 'api');
     assert.equal((await via(front, '/api?q=1')).upstream, 'api');
@@ -59,7 +66,10 @@ describe('route table', () => {
 
   test('host keys match case-insensitively, ignore a missing port in the key, and honour a port in it', async () => {
     const u = await namedUpstreams('any', 'port8080', 'fallback');
-    const proxy = createProxy({ target: u.fallback.url, routes: { 'Example.COM': u.any.url, 'example.com:8080': u.port8080.url } });
+    const proxy = createProxy({
+      target: u.fallback.url,
+      routes: { 'Example.COM': u.any.url, 'example.com:8080': u.port8080.url },
+    });
     const front = await startFront('node', proxy);
     assert.equal((await via(front, '/', { host: 'EXAMPLE.com' })).upstream, 'any');
     assert.equal((await via(front, '/', { host: 'example.com:3000' })).upstream, 'any');
@@ -71,7 +81,7 @@ describe('route table', () => {
     const u = await namedUpstreams('api');
     const proxy = createProxy({ routes: { '/api': u.api.url } });
     const front = await startFront('express5', proxy, {});
-    front.app.use((req, res) => res.status(418).send('next was called'));
+    front.app.use((_req, res) => res.status(418).send('next was called'));
     const res = await request(`${front.url}/other`);
     assert.equal(res.status, 418);
     assert.equal(res.text, 'next was called');
@@ -100,7 +110,11 @@ describe('route table', () => {
       routes: { '/': u.table.url },
       router(req) {
         if (req.url.startsWith('/sync')) return u.sync.url;
-        if (req.url.startsWith('/async')) return Promise.resolve({ target: u.async.url, headers: { request: { 'x-routed': 'yes' } } });
+        if (req.url.startsWith('/async'))
+          return Promise.resolve({
+            target: u.async.url,
+            headers: { request: { 'x-routed': 'yes' } },
+          });
         return undefined;
       },
     });
@@ -118,7 +132,12 @@ describe('route table', () => {
 
   test('a router that throws or rejects gives 500 and a log line, not a crash', async () => {
     const lines = [];
-    const logger = { debug() {}, info() {}, warn: (l) => lines.push(l), error: (l) => lines.push(l) };
+    const logger = {
+      debug() {},
+      info() {},
+      warn: (l) => lines.push(l),
+      error: (l) => lines.push(l),
+    };
     const proxy = createProxy({
       logger,
       router(req) {
@@ -137,10 +156,15 @@ describe('route table', () => {
 describe('forwarded path', () => {
   test('mount-relative path, then stripPrefix, then joined to the target path; req.url untouched', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ routes: { '/chat': { target: `${up.url}/base`, stripPrefix: true }, '/keep': `${up.url}/base/` } });
+    const proxy = createProxy({
+      routes: {
+        '/chat': { target: `${up.url}/base`, stripPrefix: true },
+        '/keep': `${up.url}/base/`,
+      },
+    });
     let urlAfter;
     const front = await startFront('express4', proxy, { mount: '/v1' });
-    front.app.use((req, res, next) => next());
+    front.app.use((_req, _res, next) => next());
     proxy.on('proxyReq', (_proxyReq, req) => (urlAfter = req.url));
     assert.equal((await via(front, '/v1/chat/room?x=1')).url, '/base/room?x=1');
     assert.equal(urlAfter, '/chat/room?x=1');
@@ -152,7 +176,10 @@ describe('forwarded path', () => {
   test('the query string is forwarded byte for byte', async () => {
     const up = await startUpstream();
     const front = await startFront('node', createProxy(up.url));
-    assert.equal((await via(front, '/a?next=http://x//y&z=%2F%2F')).url, '/a?next=http://x//y&z=%2F%2F');
+    assert.equal(
+      (await via(front, '/a?next=http://x//y&z=%2F%2F')).url,
+      '/a?next=http://x//y&z=%2F%2F',
+    );
   });
 
   test('pathRewrite: the first matching rule of a table, or a function', async () => {
@@ -160,7 +187,11 @@ describe('forwarded path', () => {
     const proxy = createProxy({
       routes: {
         '/old': { target: up.url, pathRewrite: { '^/old/a': '/new-a', '^/old': '/new' } },
-        '/fn': { target: up.url, pathRewrite: (path, req) => (req.method === 'GET' ? path.replace('/fn', 'no-leading-slash') : undefined) },
+        '/fn': {
+          target: up.url,
+          pathRewrite: (path, req) =>
+            req.method === 'GET' ? path.replace('/fn', 'no-leading-slash') : undefined,
+        },
       },
     });
     const front = await startFront('express5', proxy);
@@ -171,18 +202,37 @@ describe('forwarded path', () => {
 
   test('the same path rules hold for upgrades', async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ routes: { '/chat': { target: `${up.url}/base`, stripPrefix: true, pathRewrite: { '^/room': '/r' } } } });
+    const proxy = createProxy({
+      routes: {
+        '/chat': { target: `${up.url}/base`, stripPrefix: true, pathRewrite: { '^/room': '/r' } },
+      },
+    });
     const front = await startFront('express5', proxy, { mount: '/v1' });
     const { ws, greeting } = await openSocket(`${front.wsUrl}/v1/chat/room/7?x=1`);
     assert.equal(greeting, 'hello:/base/r/7?x=1');
     ws.close();
   });
 
-  for (const path of ['/api/../admin', '/api/./x', '/api/%2e%2E/admin', '/api/%2e/x', '/api/..%2fadmin', '/api\\..\\admin', '/api/%5c..', '/api/..;/admin']) {
+  for (const path of [
+    '/api/../admin',
+    '/api/./x',
+    '/api/%2e%2E/admin',
+    '/api/%2e/x',
+    '/api/..%2fadmin',
+    '/api\\..\\admin',
+    '/api/%5c..',
+    '/api/..;/admin',
+  ]) {
     test(`dot-segments and backslashes are refused with 400 on both paths: ${path}`, async () => {
       const up = await startUpstream();
-      const front = await startFront('node', createProxy({ target: up.url, routes: { '/api': up.url }, logger: quietLogger() }));
-      const res = await rawExchange(front.port, rawRequest('GET', path, { Host: 'x', Connection: 'close' }));
+      const front = await startFront(
+        'node',
+        createProxy({ target: up.url, routes: { '/api': up.url }, logger: quietLogger() }),
+      );
+      const res = await rawExchange(
+        front.port,
+        rawRequest('GET', path, { Host: 'x', Connection: 'close' }),
+      );
       assert.match(res, /^HTTP\/1\.1 400 /);
       const upgrade = await rawExchange(front.port, handshake(path));
       assert.match(upgrade, /^HTTP\/1\.1 400 /);
@@ -190,4 +240,3 @@ describe('forwarded path', () => {
     });
   }
 });
-

@@ -19,7 +19,9 @@ const TRICK_APPLIES = Number(process.versions.v8.split('.')[0]) < 13;
 const BOUND = { timeout: 10_000 };
 
 async function probe(t, kind) {
-  const child = spawn(process.execPath, ['--allow-natives-syntax', PROBE, kind], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--allow-natives-syntax', PROBE, kind], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   // A probe that hangs is ended with the test that timed out waiting for it.
   t.after(() => child.kill('SIGKILL'));
   let output = '';
@@ -32,19 +34,23 @@ async function probe(t, kind) {
 describe('the hidden classes of req and res', () => {
   for (const kind of FRONT_KINDS) {
     const swapped = SWAPS_PROTOTYPES.has(kind) && TRICK_APPLIES;
-    test(`${kind}, V8 ${process.versions.v8}: ${swapped ? 'HTTP: dictionary mode once viaduct has them' : 'HTTP: fast properties, left alone'}; keys and their order unchanged; a tunnel's req keeps fast properties`, BOUND, async (t) => {
-      const { statuses, requests, greeting, fastTunnelReq } = await probe(t, kind);
-      assert.deepEqual(statuses, [200, 200, 200]);
-      assert.equal(requests.length, 3);
-      for (const seen of requests) {
-        assert.equal(seen.fastReq, !swapped, 'req');
-        assert.equal(seen.fastRes, !swapped, 'res');
-        assert.equal(seen.viaductKeys, 0, 'no key of viaduct is left on req or res');
-        // A node:http front has no middleware before the proxy to compare with.
-        if (kind !== 'node') assert.deepEqual([seen.keysKeptReq, seen.keysKeptRes], [true, true]);
-      }
-      assert.equal(greeting, 'hello:/probe/ws');
-      assert.equal(fastTunnelReq, true, "the tunnel's req keeps fast properties");
-    });
+    test(
+      `${kind}, V8 ${process.versions.v8}: ${swapped ? 'HTTP: dictionary mode once viaduct has them' : 'HTTP: fast properties, left alone'}; keys and their order unchanged; a tunnel's req keeps fast properties`,
+      BOUND,
+      async (t) => {
+        const { statuses, requests, greeting, fastTunnelReq } = await probe(t, kind);
+        assert.deepEqual(statuses, [200, 200, 200]);
+        assert.equal(requests.length, 3);
+        for (const seen of requests) {
+          assert.equal(seen.fastReq, !swapped, 'req');
+          assert.equal(seen.fastRes, !swapped, 'res');
+          assert.equal(seen.viaductKeys, 0, 'no key of viaduct is left on req or res');
+          // A node:http front has no middleware before the proxy to compare with.
+          if (kind !== 'node') assert.deepEqual([seen.keysKeptReq, seen.keysKeptRes], [true, true]);
+        }
+        assert.equal(greeting, 'hello:/probe/ws');
+        assert.equal(fastTunnelReq, true, "the tunnel's req keeps fast properties");
+      },
+    );
   }
 });

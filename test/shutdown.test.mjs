@@ -9,8 +9,23 @@ import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { createProxy } from 'viaduct';
-import { FRONT_KINDS, closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { SWITCHING_PROTOCOLS, handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  FRONT_KINDS,
+  closeAll,
+  listen,
+  quietLogger,
+  startFront,
+  startUpstream,
+} from './helpers/servers.mjs';
+import {
+  SWITCHING_PROTOCOLS,
+  handshake,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
 
 afterEach(closeAll);
@@ -41,13 +56,24 @@ function exchange(url, { method = 'GET', headers = {}, body, hold = false } = {}
     res.on('error', () => {});
     res.on('close', () => {
       const received = Buffer.concat(chunks);
-      end({ status: res.statusCode, complete: res.complete, body: received, sha: sha(received), at: performance.now() });
+      end({
+        status: res.statusCode,
+        complete: res.complete,
+        body: received,
+        sha: sha(received),
+        at: performance.now(),
+      });
     });
   });
   req.on('error', (error) => state.ended || end({ error, complete: false, at: performance.now() }));
   if (hold) req.write(body);
   else req.end(body);
-  return { firstChunk: firstChunk.promise, done: done.promise, state, finish: (rest) => req.end(rest) };
+  return {
+    firstChunk: firstChunk.promise,
+    done: done.promise,
+    state,
+    finish: (rest) => req.end(rest),
+  };
 }
 
 /** A server that reads upgrade requests and never answers them; `arrived` resolves after `count`. */
@@ -83,7 +109,11 @@ function trackFront(server) {
     );
     responses.push(entry);
   });
-  return { responses, allClosed: () => responses.every((entry) => entry.closed), whenAllClosed: () => Promise.all(responses.map((e) => e.done)) };
+  return {
+    responses,
+    allClosed: () => responses.every((entry) => entry.closed),
+    whenAllClosed: () => Promise.all(responses.map((e) => e.done)),
+  };
 }
 
 // 50 requests. Slow and streaming responses finish once `release` is resolved (after close());
@@ -96,7 +126,9 @@ const STALL_SENT = 1_000;
 
 describe('close({ timeout }) under load', () => {
   for (const kind of FRONT_KINDS) {
-    test(`${kind}: 50 requests and ${TUNNELS} tunnels in flight — finished ones are whole, unfinished ones end only at the timeout, tunnels end, newcomers get 503`, { timeout: 15_000 }, async () => {
+    test(`${kind}: 50 requests and ${TUNNELS} tunnels in flight — finished ones are whole, unfinished ones end only at the timeout, tunnels end, newcomers get 503`, {
+      timeout: 15_000,
+    }, async () => {
       // ---- upstream: each request kind behaves as its path says --------------------------------
       const release = deferred(); // let the slow and streaming responses finish: released after close()
       const bodies = new Map();
@@ -105,15 +137,22 @@ describe('close({ timeout }) under load', () => {
         if (what === 'slow') {
           await release.promise;
           const body = bodies.get(req.url);
-          res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+          res.writeHead(200, {
+            'content-type': 'application/octet-stream',
+            'content-length': body.length,
+          });
           res.end(body);
         } else if (what === 'upload') {
           const text = JSON.stringify({ length: record.body.length, sha: sha(record.body) });
-          res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+          res.writeHead(200, {
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(text),
+          });
           res.end(text);
         } else if (what === 'stream') {
           const body = bodies.get(req.url);
-          const framing = Number(req.url.split('/')[2]) % 2 === 0 ? { 'content-length': body.length } : {}; // else chunked
+          const framing =
+            Number(req.url.split('/')[2]) % 2 === 0 ? { 'content-length': body.length } : {}; // else chunked
           res.writeHead(200, { 'content-type': 'application/octet-stream', ...framing });
           res.write(body.subarray(0, 64 * KiB));
           await release.promise;
@@ -148,7 +187,9 @@ describe('close({ timeout }) under load', () => {
       const logger = quietLogger();
       const proxy = createProxy({ target: up.url, routes: { '/pending': silent.url }, logger });
       const errors = [];
-      proxy.on('error', (error, req) => errors.push({ code: error.code, status: error.status, url: req.url }));
+      proxy.on('error', (error, req) =>
+        errors.push({ code: error.code, status: error.status, url: req.url }),
+      );
       const tunnelEvents = [];
       const allTunnelEvents = deferred();
       proxy.on('close', (event) => {
@@ -167,7 +208,8 @@ describe('close({ timeout }) under load', () => {
       }
       await Promise.all(
         sockets.map(async (ws, i) => {
-          for (let k = 0; k < 3; k++) assert.equal(await roundTrip(ws, `m${i}.${k}`), `echo:m${i}.${k}`);
+          for (let k = 0; k < 3; k++)
+            assert.equal(await roundTrip(ws, `m${i}.${k}`), `echo:m${i}.${k}`);
         }),
       );
 
@@ -179,36 +221,73 @@ describe('close({ timeout }) under load', () => {
         const url = `/slow/${i}`;
         const body = crypto.randomBytes(32 * KiB + i);
         bodies.set(url, body);
-        finishing.push({ url, call: exchange(front.url + url), length: body.length, sha: sha(body) });
+        finishing.push({
+          url,
+          call: exchange(front.url + url),
+          length: body.length,
+          sha: sha(body),
+        });
       }
       for (let i = 0; i < COUNTS.stream; i++) {
         const url = `/stream/${i}`;
         const body = crypto.randomBytes(MiB + i * 7);
         bodies.set(url, body);
-        finishing.push({ url, call: exchange(front.url + url), length: body.length, sha: sha(body) });
+        finishing.push({
+          url,
+          call: exchange(front.url + url),
+          length: body.length,
+          sha: sha(body),
+        });
       }
       for (let i = 0; i < COUNTS.upload; i++) {
         const url = `/upload/${i}`;
         const body = crypto.randomBytes(256 * KiB + i * 13);
         const half = Math.floor(body.length / 2);
         // Half with a Content-Length, half chunked; the second half of each is sent after close().
-        const headers = i % 2 === 0 ? { 'content-type': 'application/octet-stream', 'content-length': body.length } : { 'content-type': 'application/octet-stream' };
-        const call = exchange(front.url + url, { method: 'POST', headers, body: body.subarray(0, half), hold: true });
+        const headers =
+          i % 2 === 0
+            ? { 'content-type': 'application/octet-stream', 'content-length': body.length }
+            : { 'content-type': 'application/octet-stream' };
+        const call = exchange(front.url + url, {
+          method: 'POST',
+          headers,
+          body: body.subarray(0, half),
+          hold: true,
+        });
         uploads.push({ call, rest: body.subarray(half) });
         const text = JSON.stringify({ length: body.length, sha: sha(body) });
         finishing.push({ url, call, length: Buffer.byteLength(text), sha: sha(Buffer.from(text)) });
       }
-      for (let i = 0; i < COUNTS.hang; i++) unfinished.push({ url: `/hang/${i}`, kind: 'hang', call: exchange(`${front.url}/hang/${i}`) });
-      for (let i = 0; i < COUNTS.stall; i++) unfinished.push({ url: `/stall/${i}`, kind: 'stall', call: exchange(`${front.url}/stall/${i}`) });
+      for (let i = 0; i < COUNTS.hang; i++)
+        unfinished.push({
+          url: `/hang/${i}`,
+          kind: 'hang',
+          call: exchange(`${front.url}/hang/${i}`),
+        });
+      for (let i = 0; i < COUNTS.stall; i++)
+        unfinished.push({
+          url: `/stall/${i}`,
+          kind: 'stall',
+          call: exchange(`${front.url}/stall/${i}`),
+        });
       assert.equal(finishing.length + unfinished.length, 50);
 
       await within(allArrived.promise, 5_000, 'all 50 requests reached the upstream');
       // Streaming and stalled responses are under way at the client: their headers were forwarded.
-      const underWay = [...finishing.filter((r) => r.url.startsWith('/stream/')), ...unfinished.filter((r) => r.kind === 'stall')];
-      await within(Promise.all(underWay.map((r) => r.call.firstChunk)), 5_000, 'the first bytes of streaming responses');
+      const underWay = [
+        ...finishing.filter((r) => r.url.startsWith('/stream/')),
+        ...unfinished.filter((r) => r.kind === 'stall'),
+      ];
+      await within(
+        Promise.all(underWay.map((r) => r.call.firstChunk)),
+        5_000,
+        'the first bytes of streaming responses',
+      );
 
       // Two upgrades whose upstream never answers the handshake.
-      const pendingHandshakes = [0, 1].map((i) => rawExchange(front.port, handshake(`/pending/${i}`)));
+      const pendingHandshakes = [0, 1].map((i) =>
+        rawExchange(front.port, handshake(`/pending/${i}`)),
+      );
       await within(silent.arrived, 5_000, 'the pending handshakes reached their upstream');
 
       let stats = proxy.stats();
@@ -239,13 +318,24 @@ describe('close({ timeout }) under load', () => {
       for (const event of tunnelEvents) {
         assert.equal(event.reason, 'shutdown', `tunnel ${event.req.url} ended as ${event.reason}`);
         assert.equal(event.route, 'default');
-        assert.ok(event.at - t0 < TIMEOUT, `tunnel ${event.req.url} ended ${Math.round(event.at - t0)} ms after close()`);
+        assert.ok(
+          event.at - t0 < TIMEOUT,
+          `tunnel ${event.req.url} ended ${Math.round(event.at - t0)} ms after close()`,
+        );
       }
       assert.equal(proxy.stats().tunnels.active, 0);
 
       // Handshakes still waiting for their upstream are refused with 503.
-      for (const raw of await within(Promise.all(pendingHandshakes), TIMEOUT / 2, 'pending handshakes answered')) {
-        assert.equal(statusOf(raw), 503, `pending handshake answered ${JSON.stringify(raw.slice(0, 40))}`);
+      for (const raw of await within(
+        Promise.all(pendingHandshakes),
+        TIMEOUT / 2,
+        'pending handshakes answered',
+      )) {
+        assert.equal(
+          statusOf(raw),
+          503,
+          `pending handshake answered ${JSON.stringify(raw.slice(0, 40))}`,
+        );
       }
 
       // Newcomers: 503 on both paths, and they never reach the upstream.
@@ -254,22 +344,39 @@ describe('close({ timeout }) under load', () => {
         assert.equal(res.status, 503);
         assert.match(res.text, /^503 Service Unavailable/);
       }
-      const lateRaw = await Promise.all([0, 1].map((i) => rawExchange(front.port, handshake(`/ws/late-raw-${i}`))));
-      for (const raw of lateRaw) assert.equal(statusOf(raw), 503, `late upgrade answered ${JSON.stringify(raw.slice(0, 40))}`);
+      const lateRaw = await Promise.all(
+        [0, 1].map((i) => rawExchange(front.port, handshake(`/ws/late-raw-${i}`))),
+      );
+      for (const raw of lateRaw)
+        assert.equal(
+          statusOf(raw),
+          503,
+          `late upgrade answered ${JSON.stringify(raw.slice(0, 40))}`,
+        );
       const lateClient = await openSocket(`${front.wsUrl}/ws/late-client`);
       assert.equal(lateClient.refused?.status, 503);
       assert.equal(up.handshakes.length, TUNNELS, 'no late upgrade reached the upstream');
-      assert.equal(arrivals.length, 50, `no late request reached the upstream: ${arrivals.slice(50)}`);
+      assert.equal(
+        arrivals.length,
+        50,
+        `no late request reached the upstream: ${arrivals.slice(50)}`,
+      );
       assert.equal(silent.sockets(), 2);
 
       // Nothing gated was cut or answered early, and close() is still waiting.
-      const early = [...finishing.filter((f) => !f.url.startsWith('/upload/')), ...unfinished].filter((r) => r.call.state.ended).map((r) => r.url);
+      const early = [...finishing.filter((f) => !f.url.startsWith('/upload/')), ...unfinished]
+        .filter((r) => r.call.state.ended)
+        .map((r) => r.url);
       assert.deepEqual(early, [], 'requests ended before their upstream finished or the timeout');
       assert.equal(resolvedAt, undefined, 'close() resolved with requests in flight');
       release.resolve();
 
       // ---- requests whose upstream finishes: whole, correct, before the timeout -----------------
-      const results = await within(Promise.all(finishing.map((r) => r.call.done)), TIMEOUT + 2_000, 'the finishing requests');
+      const results = await within(
+        Promise.all(finishing.map((r) => r.call.done)),
+        TIMEOUT + 2_000,
+        'the finishing requests',
+      );
       results.forEach((result, i) => {
         const { url, length, sha: expected } = finishing[i];
         assert.equal(result.error, undefined, `${url}: ${result.error}`);
@@ -277,16 +384,30 @@ describe('close({ timeout }) under load', () => {
         assert.equal(result.complete, true, `${url}: complete`);
         assert.equal(result.body.length, length, `${url}: length`);
         assert.equal(result.sha, expected, `${url}: content`);
-        assert.ok(result.at - t0 < TIMEOUT, `${url} finished ${Math.round(result.at - t0)} ms after close(), after the ${TIMEOUT} ms timeout`);
+        assert.ok(
+          result.at - t0 < TIMEOUT,
+          `${url} finished ${Math.round(result.at - t0)} ms after close(), after the ${TIMEOUT} ms timeout`,
+        );
       });
-      assert.equal(resolvedAt, undefined, 'close() resolved while requests whose upstream never finishes are in flight');
+      assert.equal(
+        resolvedAt,
+        undefined,
+        'close() resolved while requests whose upstream never finishes are in flight',
+      );
 
       // ---- requests whose upstream never finishes: ended at the timeout, never before ----------
-      const cut = await within(Promise.all(unfinished.map((r) => r.call.done)), TIMEOUT + 2_000, 'the unfinished requests');
+      const cut = await within(
+        Promise.all(unfinished.map((r) => r.call.done)),
+        TIMEOUT + 2_000,
+        'the unfinished requests',
+      );
       cut.forEach((result, i) => {
         const { url, kind: what } = unfinished[i];
         const after = result.at - t0;
-        assert.ok(after >= TIMEOUT - 5, `${url} ended ${Math.round(after)} ms after close(), before the ${TIMEOUT} ms timeout`);
+        assert.ok(
+          after >= TIMEOUT - 5,
+          `${url} ended ${Math.round(after)} ms after close(), before the ${TIMEOUT} ms timeout`,
+        );
         if (what === 'hang') {
           // Nothing was sent yet: a proxy-made 503.
           assert.equal(result.status, 503, `${url}: status`);
@@ -296,21 +417,41 @@ describe('close({ timeout }) under load', () => {
           // Headers and part of the body were sent: the connection is destroyed, incomplete.
           assert.equal(result.complete, false, `${url}: a cut response must not look complete`);
           assert.ok(result.error || result.status === 200, `${url}: ${result.error}`);
-          if (!result.error) assert.equal(result.body.length, STALL_SENT, `${url}: bytes before the cut`);
+          if (!result.error)
+            assert.equal(result.body.length, STALL_SENT, `${url}: bytes before the cut`);
         }
       });
 
       // ---- close() resolves, nothing is left open ----------------------------------------------
       await within(closing, 2_000, 'close() resolved');
-      assert.ok(resolvedAt - t0 >= TIMEOUT - 5, `close() resolved ${Math.round(resolvedAt - t0)} ms after the call`);
-      assert.equal(allClosedAtResolve, true, `close() resolved with front responses open: ${tracked.responses.filter((e) => !e.closed).map((e) => e.url)}`);
+      assert.ok(
+        resolvedAt - t0 >= TIMEOUT - 5,
+        `close() resolved ${Math.round(resolvedAt - t0)} ms after the call`,
+      );
+      assert.equal(
+        allClosedAtResolve,
+        true,
+        `close() resolved with front responses open: ${tracked.responses.filter((e) => !e.closed).map((e) => e.url)}`,
+      );
       stats = proxy.stats();
       const newcomers = late.length;
       const refusedUpgrades = lateRaw.length + 1;
-      assert.deepEqual(stats.requests, { total: 50 + newcomers, active: 0, errors: COUNTS.hang + COUNTS.stall + newcomers });
+      assert.deepEqual(stats.requests, {
+        total: 50 + newcomers,
+        active: 0,
+        errors: COUNTS.hang + COUNTS.stall + newcomers,
+      });
       assert.deepEqual(stats.tunnels, { total: TUNNELS, active: 0, rejected: 2 + refusedUpgrades });
-      assert.deepEqual(stats.routes.default.requests, { total: 50 + newcomers, active: 0, errors: COUNTS.hang + COUNTS.stall + newcomers });
-      assert.deepEqual(stats.routes.default.tunnels, { total: TUNNELS, active: 0, rejected: refusedUpgrades });
+      assert.deepEqual(stats.routes.default.requests, {
+        total: 50 + newcomers,
+        active: 0,
+        errors: COUNTS.hang + COUNTS.stall + newcomers,
+      });
+      assert.deepEqual(stats.routes.default.tunnels, {
+        total: TUNNELS,
+        active: 0,
+        rejected: refusedUpgrades,
+      });
       assert.deepEqual(stats.routes['/pending'].tunnels, { total: 0, active: 0, rejected: 2 });
 
       // Every request or upgrade ended by the shutdown is reported once, as ESHUTDOWN, and logged.
@@ -328,16 +469,23 @@ describe('close({ timeout }) under load', () => {
         assert.equal(error.code, 'ESHUTDOWN', `${error.url}: ${error.code}`);
         assert.equal(error.status, 503);
       }
-      const errorLines = logger.lines.filter(([level]) => level === 'error').map(([, line]) => line);
+      const errorLines = logger.lines
+        .filter(([level]) => level === 'error')
+        .map(([, line]) => line);
       for (const { url } of unfinished) {
-        assert.ok(errorLines.some((line) => line.includes(`503 for GET ${url} `)), `a log line for ${url}`);
+        assert.ok(
+          errorLines.some((line) => line.includes(`503 for GET ${url} `)),
+          `a log line for ${url}`,
+        );
       }
     });
   }
 });
 
 describe('close() without a timeout, and twice', () => {
-  test('waits for slow requests and an upload still being sent; a client that gives up is released; tunnels end at once', { timeout: 10_000 }, async () => {
+  test('waits for slow requests and an upload still being sent; a client that gives up is released; tunnels end at once', {
+    timeout: 10_000,
+  }, async () => {
     const release = deferred();
     const arrivedUrls = [];
     const allArrived = deferred();
@@ -346,7 +494,10 @@ describe('close() without a timeout, and twice', () => {
       if (req.url.startsWith('/slow/')) {
         await release.promise;
         const body = bodies.get(req.url);
-        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': body.length });
+        res.writeHead(200, {
+          'content-type': 'application/octet-stream',
+          'content-length': body.length,
+        });
         res.end(body);
       } else if (req.url === '/upload') {
         res.writeHead(200, { 'content-type': 'text/plain' });
@@ -369,10 +520,17 @@ describe('close() without a timeout, and twice', () => {
     const frontClosed = new Map();
     front.server.on('request', (req, res) => frontClosed.set(req.url, once(res, 'close')));
 
-    const tunnels = [await openSocket(`${front.wsUrl}/a`), await openSocket(`${front.wsUrl}/b`)].map((t) => t.ws);
+    const tunnels = [
+      await openSocket(`${front.wsUrl}/a`),
+      await openSocket(`${front.wsUrl}/b`),
+    ].map((t) => t.ws);
     const slow = [0, 1, 2].map((i) => exchange(`${front.url}/slow/${i}`));
     const uploadBody = crypto.randomBytes(300 * KiB);
-    const upload = exchange(`${front.url}/upload`, { method: 'POST', body: uploadBody.subarray(0, 1_000), hold: true });
+    const upload = exchange(`${front.url}/upload`, {
+      method: 'POST',
+      body: uploadBody.subarray(0, 1_000),
+      hold: true,
+    });
     const abandoned = http.get(`${front.url}/abandoned`, { agent: false });
     abandoned.on('error', () => {});
     await within(allArrived.promise, 5_000, 'all requests reached the upstream');
@@ -382,8 +540,14 @@ describe('close() without a timeout, and twice', () => {
     const tunnelsClosed = allClosed(tunnels);
     const first = proxy.close(); // no timeout: the default (10 s) is far beyond this test's waits
     const second = proxy.close();
-    first.then(() => settled.push('first'), (error) => settled.push(`first rejected: ${error}`));
-    second.then(() => settled.push('second'), (error) => settled.push(`second rejected: ${error}`));
+    first.then(
+      () => settled.push('first'),
+      (error) => settled.push(`first rejected: ${error}`),
+    );
+    second.then(
+      () => settled.push('second'),
+      (error) => settled.push(`second rejected: ${error}`),
+    );
 
     await within(tunnelsClosed, 2_000, 'tunnels ended at once');
     assert.equal((await request(`${front.url}/late`)).status, 503);
@@ -393,7 +557,12 @@ describe('close() without a timeout, and twice', () => {
     const abandonedUpstreamSocket = upstreamRequests.get('/abandoned').socket;
     abandoned.destroy();
     await within(frontClosed.get('/abandoned'), 2_000, 'the front saw the abandoning client go');
-    if (!abandonedUpstreamSocket.destroyed) await within(once(abandonedUpstreamSocket, 'close'), 2_000, 'the abandoned upstream request is destroyed');
+    if (!abandonedUpstreamSocket.destroyed)
+      await within(
+        once(abandonedUpstreamSocket, 'close'),
+        2_000,
+        'the abandoned upstream request is destroyed',
+      );
     assert.equal(proxy.stats().requests.active, 4);
 
     // The upload finishes after close() was called, and arrives whole.
@@ -404,7 +573,11 @@ describe('close() without a timeout, and twice', () => {
     await within(frontClosed.get('/upload'), 2_000, 'the upload response closed');
     assert.equal(proxy.stats().requests.active, 3);
     assert.deepEqual(settled, [], 'close() settled while slow requests are in flight');
-    assert.equal(slow.filter((s) => s.state.ended).length, 0, 'a slow request ended before its upstream answered');
+    assert.equal(
+      slow.filter((s) => s.state.ended).length,
+      0,
+      'a slow request ended before its upstream answered',
+    );
 
     const releasedAt = performance.now();
     release.resolve();
@@ -415,7 +588,11 @@ describe('close() without a timeout, and twice', () => {
       assert.equal(result.complete, true);
       assert.equal(result.sha, sha(body), `/slow/${i}: content`);
     });
-    await within(Promise.all([first, second]), 2_000, 'both close() calls resolved once the slow requests finished');
+    await within(
+      Promise.all([first, second]),
+      2_000,
+      'both close() calls resolved once the slow requests finished',
+    );
     assert.ok(performance.now() - releasedAt < 2_000, 'not held until the default timeout');
     assert.deepEqual(settled.sort(), ['first', 'second']);
     assert.ok(tracked.allClosed(), 'every front response closed');
@@ -423,7 +600,13 @@ describe('close() without a timeout, and twice', () => {
     assert.equal(stats.requests.active, 0);
     assert.equal(stats.tunnels.active, 0);
     assert.ok(stats.requests.errors >= 1, 'the late request was refused');
-    assert.deepEqual(arrivedUrls.sort(), ['/abandoned', '/slow/0', '/slow/1', '/slow/2', '/upload']);
+    assert.deepEqual(arrivedUrls.sort(), [
+      '/abandoned',
+      '/slow/0',
+      '/slow/1',
+      '/slow/2',
+      '/upload',
+    ]);
 
     // A third call after it settled: settled too, at once.
     await within(proxy.close({ timeout: 50 }), 200, 'close() after close() resolved');
@@ -431,7 +614,9 @@ describe('close() without a timeout, and twice', () => {
 });
 
 describe('close() on an idle proxy', () => {
-  test('resolves at once, whether it never served or its load has finished', { timeout: 10_000 }, async () => {
+  test('resolves at once, whether it never served or its load has finished', {
+    timeout: 10_000,
+  }, async () => {
     const up = await startUpstream();
 
     const unused = createProxy({ target: up.url, logger: quietLogger() });
@@ -442,7 +627,9 @@ describe('close() on an idle proxy', () => {
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
     const front = await startFront('express5', proxy);
     const tracked = trackFront(front.server);
-    const done = await Promise.all(Array.from({ length: 20 }, (_, i) => request(`${front.url}/burst/${i}`)));
+    const done = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => request(`${front.url}/burst/${i}`)),
+    );
     for (const [i, res] of done.entries()) assert.equal(res.json().url, `/burst/${i}`);
     const tunnels = [];
     for (let i = 0; i < 5; i++) tunnels.push((await openSocket(`${front.wsUrl}/t/${i}`)).ws);
@@ -485,7 +672,9 @@ function headThenPause(socket) {
 // destroyed" (lib/proxy.ts). A tunnel with unsent bytes towards both peers, neither of which reads,
 // can only end by being destroyed there.
 describe('close({ timeout }) and a tunnel that cannot flush', () => {
-  test('neither peer reads: at the timeout the tunnel is destroyed and close() resolves', { timeout: 10_000 }, async () => {
+  test('neither peer reads: at the timeout the tunnel is destroyed and close() resolves', {
+    timeout: 10_000,
+  }, async () => {
     // An upstream that answers 101, then stops reading and sends a flood.
     const upstreamSide = deferred();
     const server = net.createServer(async (socket) => {
@@ -512,13 +701,19 @@ describe('close({ timeout }) and a tunnel that cannot flush', () => {
     // Fill both directions until the proxy holds unsent bytes towards both peers and neither peer
     // can send more (bounded: at most 256 MiB written by each peer).
     const chunk = Buffer.alloc(MiB);
-    const stuck = () => clientSocket.writableLength > 0 && upstreamSocket.writableLength > 0 && client.writableLength >= 4 * MiB && upstream.writableLength >= 4 * MiB;
+    const stuck = () =>
+      clientSocket.writableLength > 0 &&
+      upstreamSocket.writableLength > 0 &&
+      client.writableLength >= 4 * MiB &&
+      upstream.writableLength >= 4 * MiB;
     let steady = 0;
     await within(
       (async () => {
         for (let i = 0; i < 100_000 && steady < 200; i++) {
-          if (client.writableLength < 4 * MiB && client.bytesWritten < 256 * MiB) client.write(chunk);
-          if (upstream.writableLength < 4 * MiB && upstream.bytesWritten < 256 * MiB) upstream.write(chunk);
+          if (client.writableLength < 4 * MiB && client.bytesWritten < 256 * MiB)
+            client.write(chunk);
+          if (upstream.writableLength < 4 * MiB && upstream.bytesWritten < 256 * MiB)
+            upstream.write(chunk);
           steady = stuck() ? steady + 1 : 0;
           await nextTurn();
         }
@@ -526,7 +721,10 @@ describe('close({ timeout }) and a tunnel that cannot flush', () => {
       5_000,
       'both directions backed up',
     );
-    assert.ok(stuck(), `backed up: proxy→client ${clientSocket.writableLength} B, proxy→upstream ${upstreamSocket.writableLength} B unsent`);
+    assert.ok(
+      stuck(),
+      `backed up: proxy→client ${clientSocket.writableLength} B, proxy→upstream ${upstreamSocket.writableLength} B unsent`,
+    );
     assert.equal(proxy.stats().tunnels.active, 1);
 
     const tunnelClosed = nextEvent(proxy, 'close');

@@ -13,7 +13,9 @@ const BOUND = 60_000;
 
 function runSoak() {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [RUN, '--seconds', String(SECONDS)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [RUN, '--seconds', String(SECONDS)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -31,7 +33,9 @@ function runSoak() {
   });
 }
 
-test(`a ${SECONDS} s soak passes with traffic in every class`, { timeout: BOUND + 5_000 }, async () => {
+test(`a ${SECONDS} s soak passes with traffic in every class`, {
+  timeout: BOUND + 5_000,
+}, async () => {
   const { code, signal, stdout, stderr } = await runSoak();
   const line = stdout.split('\n').find((text) => text.startsWith('SOAK-RESULT '));
   assert.ok(line, `no SOAK-RESULT line (exit ${code ?? signal}):\n${stdout}\n${stderr}`);
@@ -44,9 +48,17 @@ test(`a ${SECONDS} s soak passes with traffic in every class`, { timeout: BOUND 
 
   const { counts, totals } = result;
   const outcome = (kind, name) => counts[kind]?.[name] ?? 0;
-  const httpKinds = ['get-small', 'get-large-cl', 'get-large-chunked', 'upload-cl', 'upload-chunked', 'slow-reader'];
+  const httpKinds = [
+    'get-small',
+    'get-large-cl',
+    'get-large-chunked',
+    'upload-cl',
+    'upload-chunked',
+    'slow-reader',
+  ];
   // Completed and verified, in each HTTP kind that can complete.
-  for (const kind of httpKinds) assert.ok(outcome(kind, 'ok') > 0, `no completed ${kind} exchange${report}`);
+  for (const kind of httpKinds)
+    assert.ok(outcome(kind, 'ok') > 0, `no completed ${kind} exchange${report}`);
   // Tunnels that exchanged their messages and closed cleanly, and clients that vanished mid-tunnel.
   assert.ok(outcome('ws-tunnel', 'ok') > 0, `no completed tunnel${report}`);
   assert.ok(outcome('ws-vanish', 'vanished') > 0, `no client vanished mid-tunnel${report}`);
@@ -58,7 +70,10 @@ test(`a ${SECONDS} s soak passes with traffic in every class`, { timeout: BOUND 
   for (const upstream of result.upstreams) {
     assert.ok(upstream.restarts >= 1, `the ${upstream.name} upstream was never restarted${report}`);
     assert.equal(upstream.restarts, upstream.kills, report);
-    assert.ok((upstream.downProbes.s502 ?? 0) >= 1, `no 502 probe while the ${upstream.name} upstream was down${report}`);
+    assert.ok(
+      (upstream.downProbes.s502 ?? 0) >= 1,
+      `no 502 probe while the ${upstream.name} upstream was down${report}`,
+    );
   }
   assert.equal(totals.wrong, 0, report);
   assert.equal(totals.hung, 0, report);

@@ -12,7 +12,14 @@ import express from 'express';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, request, roundTrip, statusOf } from './helpers/clients.mjs';
+import {
+  handshake,
+  openSocket,
+  rawExchange,
+  request,
+  roundTrip,
+  statusOf,
+} from './helpers/clients.mjs';
 
 after(closeAll);
 
@@ -22,7 +29,23 @@ function makeCertificate(dir, name, subjectAltName) {
   const certFile = path.join(dir, `${name}.crt`);
   execFileSync(
     'openssl',
-    ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-addext', `subjectAltName=${subjectAltName}`, '-keyout', keyFile, '-out', certFile],
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-days',
+      '2',
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      `subjectAltName=${subjectAltName}`,
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+    ],
     { stdio: 'pipe' },
   );
   return { key: readFileSync(keyFile), cert: readFileSync(certFile) };
@@ -50,12 +73,18 @@ if (!skip) {
 async function startHttpsUpstream(credentials = tls) {
   const seen = [];
   const handshakes = [];
-  const server = https.createServer({ key: credentials.key, cert: credentials.cert }, (req, res) => {
-    seen.push({ url: req.url, headers: req.headers, servername: req.socket.servername });
-    const text = JSON.stringify({ url: req.url, headers: req.headers });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-    res.end(text);
-  });
+  const server = https.createServer(
+    { key: credentials.key, cert: credentials.cert },
+    (req, res) => {
+      seen.push({ url: req.url, headers: req.headers, servername: req.socket.servername });
+      const text = JSON.stringify({ url: req.url, headers: req.headers });
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(text),
+      });
+      res.end(text);
+    },
+  );
   const wss = new WebSocketServer({ noServer: true });
   server.on('upgrade', (req, socket, head) => {
     handshakes.push({ url: req.url, headers: req.headers, servername: req.socket.servername });
@@ -73,12 +102,22 @@ async function startHttpsUpstream(credentials = tls) {
 function httpsRequest(url, { headers = {}, ca } = {}) {
   return new Promise((resolve, reject) => {
     // Node's client would take the TLS server name from a Host header: name the certificate's instead.
-    const req = https.request(url, { headers, ca, servername: 'localhost', agent: false }, (res) => {
-      const chunks = [];
-      res.on('data', (chunk) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject);
-    });
+    const req = https.request(
+      url,
+      { headers, ca, servername: 'localhost', agent: false },
+      (res) => {
+        const chunks = [];
+        res.on('data', (chunk) => chunks.push(chunk));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode,
+            headers: res.headers,
+            text: Buffer.concat(chunks).toString('utf8'),
+          }),
+        );
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -98,11 +137,18 @@ describe('https upstream', { skip }, () => {
     const front = await startFront('express5', createProxy({ target: up.url, logger }));
     const res = await request(`${front.url}/x`);
     assert.equal(res.status, 502);
-    assert.doesNotMatch(res.text, new RegExp(String(up.port)), 'the error body names no upstream address');
+    assert.doesNotMatch(
+      res.text,
+      new RegExp(String(up.port)),
+      'the error body names no upstream address',
+    );
     const raw = await rawExchange(front.port, handshake('/w'));
     assert.equal(statusOf(raw), 502);
     assert.equal(up.seen.length + up.handshakes.length, 0);
-    assert.ok(logger.lines.filter(([level]) => level === 'error').length >= 2, 'each failure is logged at error');
+    assert.ok(
+      logger.lines.filter(([level]) => level === 'error').length >= 2,
+      'each failure is logged at error',
+    );
   });
 
   test('a certificate for another name (trusted through ca) is a TLS failure: 502 on both paths', async () => {
@@ -112,24 +158,36 @@ describe('https upstream', { skip }, () => {
     const res = await request(`${front.url}/x`);
     const raw = await rawExchange(front.port, handshake('/w'));
     assert.equal(up.seen.length + up.handshakes.length, 0);
-    assert.ok(logger.lines.some(([, line]) => /ERR_TLS_CERT_ALTNAME_INVALID/.test(line)), 'the log names the TLS failure');
+    assert.ok(
+      logger.lines.some(([, line]) => /ERR_TLS_CERT_ALTNAME_INVALID/.test(line)),
+      'the log names the TLS failure',
+    );
     assert.deepEqual({ http: res.status, upgrade: statusOf(raw) }, { http: 502, upgrade: 502 });
   });
 
   test('an https target that is a plain HTTP server is a TLS failure: 502 on both paths', async () => {
     const plain = await startUpstream();
     const logger = quietLogger();
-    const front = await startFront('node', createProxy({ target: `https://127.0.0.1:${plain.port}`, secure: false, logger }));
+    const front = await startFront(
+      'node',
+      createProxy({ target: `https://127.0.0.1:${plain.port}`, secure: false, logger }),
+    );
     const res = await request(`${front.url}/x`);
     const raw = await rawExchange(front.port, handshake('/w'));
     assert.equal(plain.seen.length + plain.handshakes.length, 0);
-    assert.ok(logger.lines.some(([, line]) => /SSL|TLS/.test(line)), 'the log names the TLS failure');
+    assert.ok(
+      logger.lines.some(([, line]) => /SSL|TLS/.test(line)),
+      'the log names the TLS failure',
+    );
     assert.deepEqual({ http: res.status, upgrade: statusOf(raw) }, { http: 502, upgrade: 502 });
   });
 
   test('secure: false: 200 and a working tunnel to the self-signed upstream', async () => {
     const up = await startHttpsUpstream();
-    const front = await startFront('connect', createProxy({ target: up.url, secure: false, logger: quietLogger() }));
+    const front = await startFront(
+      'connect',
+      createProxy({ target: up.url, secure: false, logger: quietLogger() }),
+    );
     const res = await request(`${front.url}/x?y=1`);
     assert.equal(res.status, 200);
     assert.equal(res.json().url, '/x?y=1');
@@ -140,7 +198,10 @@ describe('https upstream', { skip }, () => {
   test('ca: <the certificate> with secure true: 200 and a working tunnel', async () => {
     const up = await startHttpsUpstream();
     for (const options of [{ ca: tls.cert }, { ca: tls.cert, secure: true }, { ca: [tls.cert] }]) {
-      const front = await startFront('node', createProxy({ target: up.url, ...options, logger: quietLogger() }));
+      const front = await startFront(
+        'node',
+        createProxy({ target: up.url, ...options, logger: quietLogger() }),
+      );
       const res = await request(`${front.url}/ok`);
       assert.equal(res.status, 200);
       await assertTunnel(front, '/ok');
@@ -151,14 +212,24 @@ describe('https upstream', { skip }, () => {
 
   test("target https://localhost: the TLS server name comes from the target, not the client's Host (changeOrigin false)", async () => {
     const up = await startHttpsUpstream();
-    const proxy = createProxy({ target: `https://localhost:${up.port}`, ca: tls.cert, logger: quietLogger() });
+    const proxy = createProxy({
+      target: `https://localhost:${up.port}`,
+      ca: tls.cert,
+      logger: quietLogger(),
+    });
     const front = await startFront('express5', proxy);
     const res = await request(`${front.url}/named`, { headers: { host: 'example.com' } });
     assert.equal(res.status, 200);
-    assert.equal(up.seen[0].headers.host, 'example.com', 'changeOrigin false keeps the client Host');
+    assert.equal(
+      up.seen[0].headers.host,
+      'example.com',
+      'changeOrigin false keeps the client Host',
+    );
     assert.equal(up.seen[0].servername, 'localhost');
 
-    const raw = await rawExchange(front.port, handshake('/named-ws', { host: 'example.com' }), { until: /\r\n\r\n/ });
+    const raw = await rawExchange(front.port, handshake('/named-ws', { host: 'example.com' }), {
+      until: /\r\n\r\n/,
+    });
     assert.equal(statusOf(raw), 101);
     assert.equal(up.handshakes[0].headers.host, 'example.com');
     assert.equal(up.handshakes[0].servername, 'localhost');
@@ -206,7 +277,9 @@ describe('https front', { skip }, () => {
     assert.equal(h['x-forwarded-port'], String(port));
     assert.equal(h['x-forwarded-for'], '127.0.0.1');
 
-    const { ws, greeting } = await openSocket(`wss://127.0.0.1:${port}/secure-ws`, { ca: tls.cert });
+    const { ws, greeting } = await openSocket(`wss://127.0.0.1:${port}/secure-ws`, {
+      ca: tls.cert,
+    });
     assert.equal(greeting, 'hello:/secure-ws');
     ws.close();
     assert.equal(up.handshakes[0].headers['x-forwarded-proto'], 'https');
@@ -215,13 +288,22 @@ describe('https front', { skip }, () => {
 
   test("'forwarded' mode says proto=https, and X-Forwarded-Port defaults to 443 without a port in Host", async () => {
     const up = await startUpstream();
-    const proxy = createProxy({ logger: quietLogger(), routes: { '/rfc': { target: up.url, forwarded: 'forwarded' }, '/': up.url } });
+    const proxy = createProxy({
+      logger: quietLogger(),
+      routes: { '/rfc': { target: up.url, forwarded: 'forwarded' }, '/': up.url },
+    });
     const server = https.createServer({ key: tls.key, cert: tls.cert }, proxy);
     attach(server, proxy);
     const port = await listen(server);
 
-    await httpsRequest(`https://127.0.0.1:${port}/rfc`, { ca: tls.cert, headers: { host: 'secure.example' } });
-    await httpsRequest(`https://127.0.0.1:${port}/plain`, { ca: tls.cert, headers: { host: 'secure.example' } });
+    await httpsRequest(`https://127.0.0.1:${port}/rfc`, {
+      ca: tls.cert,
+      headers: { host: 'secure.example' },
+    });
+    await httpsRequest(`https://127.0.0.1:${port}/plain`, {
+      ca: tls.cert,
+      headers: { host: 'secure.example' },
+    });
     assert.equal(up.seen[0].headers.forwarded, 'for=127.0.0.1;host=secure.example;proto=https');
     assert.equal(up.seen[1].headers['x-forwarded-proto'], 'https');
     assert.equal(up.seen[1].headers['x-forwarded-port'], '443');

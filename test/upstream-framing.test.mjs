@@ -76,8 +76,16 @@ function parseHead(head) {
     return [line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim()];
   });
   const headers = {};
-  for (const [name, value] of fields) headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
-  return { version: match[1], status: Number(match[2]), reason: match[3] ?? '', fields, headers, head };
+  for (const [name, value] of fields)
+    headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
+  return {
+    version: match[1],
+    status: Number(match[2]),
+    reason: match[3] ?? '',
+    fields,
+    headers,
+    head,
+  };
 }
 
 /** Every value of header `name`, one per field line, in order. */
@@ -95,7 +103,11 @@ function decodeChunked(buffer, at) {
     const lineEnd = buffer.indexOf(CRLF, at);
     if (lineEnd < 0) return undefined;
     const sizeText = buffer.slice(at, lineEnd).split(';')[0].trim();
-    assert.match(sizeText, /^[0-9a-fA-F]+$/, `a chunk-size line, got ${JSON.stringify(buffer.slice(at, at + 40))}`);
+    assert.match(
+      sizeText,
+      /^[0-9a-fA-F]+$/,
+      `a chunk-size line, got ${JSON.stringify(buffer.slice(at, at + 40))}`,
+    );
     const size = parseInt(sizeText, 16);
     at = lineEnd + 2;
     if (size === 0) {
@@ -146,7 +158,12 @@ function splitResponse(buffer, method, ended) {
     }
     let body;
     let bodyEnd;
-    if (method === 'HEAD' || parsed.status === 101 || parsed.status === 204 || parsed.status === 304) {
+    if (
+      method === 'HEAD' ||
+      parsed.status === 101 ||
+      parsed.status === 204 ||
+      parsed.status === 304
+    ) {
       body = '';
       bodyEnd = at;
     } else if (/\bchunked\b/i.test(parsed.headers['transfer-encoding'] ?? '')) {
@@ -163,7 +180,10 @@ function splitResponse(buffer, method, ended) {
       body = buffer.slice(at);
       bodyEnd = buffer.length;
     }
-    return { response: { ...parsed, informational, body, raw: buffer.slice(0, bodyEnd) }, rest: buffer.slice(bodyEnd) };
+    return {
+      response: { ...parsed, informational, body, raw: buffer.slice(0, bodyEnd) },
+      rest: buffer.slice(bodyEnd),
+    };
   }
 }
 
@@ -258,7 +278,10 @@ class RawClient extends EventEmitter {
         this.pending = split.rest;
         return split.response;
       }
-      if (this.ended) throw new Error(`${what}: the connection closed before a complete response; received ${JSON.stringify(this.all)}`);
+      if (this.ended)
+        throw new Error(
+          `${what}: the connection closed before a complete response; received ${JSON.stringify(this.all)}`,
+        );
       return undefined;
     });
     return within(taken, 2_000, what);
@@ -268,7 +291,10 @@ class RawClient extends EventEmitter {
   received(test, what) {
     const held = until(this, () => {
       if (test(this.all)) return true;
-      if (this.ended) throw new Error(`${what}: the connection closed first; received ${JSON.stringify(this.all)}`);
+      if (this.ended)
+        throw new Error(
+          `${what}: the connection closed first; received ${JSON.stringify(this.all)}`,
+        );
       return undefined;
     });
     return within(held, 2_000, what);
@@ -282,7 +308,10 @@ class RawClient extends EventEmitter {
         this.pending = this.pending.slice(decoded.size);
         return decoded.frame;
       }
-      if (this.ended) throw new Error(`${what}: the connection closed first; pending ${JSON.stringify(this.pending.slice(0, 200))}`);
+      if (this.ended)
+        throw new Error(
+          `${what}: the connection closed first; pending ${JSON.stringify(this.pending.slice(0, 200))}`,
+        );
       return undefined;
     });
     return within(taken, 2_000, what);
@@ -309,7 +338,8 @@ async function rawUpstream(answer, { onTunnel } = {}) {
   const server = net.createServer((socket) => {
     const conn = { id: connections.length + 1, socket, requests: [], tunnel: undefined };
     conn.closed = new Promise((resolve) => socket.once('close', resolve));
-    conn.send = (bytes) => socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
+    conn.send = (bytes) =>
+      socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
     connections.push(conn);
     let pending = '';
     const intoTunnel = (text) => {
@@ -338,12 +368,22 @@ async function rawUpstream(answer, { onTunnel } = {}) {
         }
         const length = Number(headers['content-length'] ?? 0);
         if (pending.length < end + 4 + length) break;
-        const request = { method, target, version, headers, head, body: pending.slice(end + 4, end + 4 + length), conn, index: requests.length + 1 };
+        const request = {
+          method,
+          target,
+          version,
+          headers,
+          head,
+          body: pending.slice(end + 4, end + 4 + length),
+          conn,
+          index: requests.length + 1,
+        };
         pending = pending.slice(end + 4 + length);
         conn.requests.push(request);
         requests.push(request);
         const reply = answer(request);
-        if (reply && typeof reply === 'object' && !Buffer.isBuffer(reply)) socket.end(Buffer.from(latin1(reply.end), 'latin1'));
+        if (reply && typeof reply === 'object' && !Buffer.isBuffer(reply))
+          socket.end(Buffer.from(latin1(reply.end), 'latin1'));
         else if (reply !== undefined) conn.send(reply);
         if (reply !== undefined && latin1(reply).startsWith('HTTP/1.1 101')) {
           conn.tunnel = '';
@@ -408,11 +448,22 @@ function assertProxyMade(response, status) {
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
-const acceptFor = (key) => createHash('sha1').update(key + GUID).digest('base64');
+const acceptFor = (key) =>
+  createHash('sha1')
+    .update(key + GUID)
+    .digest('base64');
 
 /** A raw WebSocket handshake request. */
 function wsHandshake(path, headers = {}) {
-  return requestText(path, { headers: { Upgrade: 'websocket', Connection: 'Upgrade', 'Sec-WebSocket-Key': KEY, 'Sec-WebSocket-Version': '13', ...headers } });
+  return requestText(path, {
+    headers: {
+      Upgrade: 'websocket',
+      Connection: 'Upgrade',
+      'Sec-WebSocket-Key': KEY,
+      'Sec-WebSocket-Version': '13',
+      ...headers,
+    },
+  });
 }
 
 /** An upstream's 101 to a WebSocket handshake `request`, naming the protocol the client asked for. */
@@ -442,49 +493,82 @@ const hex = (n) => n.toString(16);
 
 describe('a 101 to a request that asked for no upgrade', () => {
   for (const kind of KINDS) {
-    test(`proxy_upgrade.t "handshake noupgrade" (${kind}): 502 EBADRESPONSE, logged, the 101 and its bytes never relayed, active back to 0`, BOUND, async () => {
-      // nginx's backend answers everything with a 101, then 'handshaked'.
-      const s = await setup(kind, () => 'HTTP/1.1 101 Switching\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\nhandshaked\r\n');
-      const client = s.client();
-      client.send(requestText('/', { headers: { Connection: 'Upgrade' } }));
-      const res = await client.response('GET', 'the answer to a plain GET the upstream switched');
-      assertProxyMade(res, 502);
-      assert.deepEqual(res.informational, [], 'no 1xx reached the client');
-      assert.ok(!client.all.includes(' 101 '), `no 101 reached the client: ${JSON.stringify(client.all)}`);
-      assert.ok(!client.all.includes('handshaked'), 'none of the bytes after the 101 reached the client');
-      assert.equal(s.up.requests[0].headers.upgrade, undefined, 'the upstream was asked for no upgrade');
-      assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
-      assert.ok(logged(s.logger, 'error', /502/), `an error line: ${JSON.stringify(s.logger.lines)}`);
-      await assertSettled(s);
-      await within(s.up.connections[0].closed, 2_000, 'the switched upstream connection is closed');
-      assert.equal(s.proxy.stats().tunnels.total, 0, 'no tunnel');
-    });
+    test(
+      `proxy_upgrade.t "handshake noupgrade" (${kind}): 502 EBADRESPONSE, logged, the 101 and its bytes never relayed, active back to 0`,
+      BOUND,
+      async () => {
+        // nginx's backend answers everything with a 101, then 'handshaked'.
+        const s = await setup(
+          kind,
+          () =>
+            'HTTP/1.1 101 Switching\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\nhandshaked\r\n',
+        );
+        const client = s.client();
+        client.send(requestText('/', { headers: { Connection: 'Upgrade' } }));
+        const res = await client.response('GET', 'the answer to a plain GET the upstream switched');
+        assertProxyMade(res, 502);
+        assert.deepEqual(res.informational, [], 'no 1xx reached the client');
+        assert.ok(
+          !client.all.includes(' 101 '),
+          `no 101 reached the client: ${JSON.stringify(client.all)}`,
+        );
+        assert.ok(
+          !client.all.includes('handshaked'),
+          'none of the bytes after the 101 reached the client',
+        );
+        assert.equal(
+          s.up.requests[0].headers.upgrade,
+          undefined,
+          'the upstream was asked for no upgrade',
+        );
+        assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
+        assert.ok(
+          logged(s.logger, 'error', /502/),
+          `an error line: ${JSON.stringify(s.logger.lines)}`,
+        );
+        await assertSettled(s);
+        await within(
+          s.up.connections[0].closed,
+          2_000,
+          'the switched upstream connection is closed',
+        );
+        assert.equal(s.proxy.stats().tunnels.total, 0, 'no tunnel');
+      },
+    );
   }
 
-  test('proxy_upgrade.t "handshake noupgrade" (Node\'s http client): the request settles with 502, no hang, no information event', BOUND, async () => {
-    const s = await setup('node', () => 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
-    const informational = [];
-    const res = await within(
-      new Promise((resolve, reject) => {
-        const req = http.request(`${s.front.url}/plain`, { agent: false }, (response) => {
-          let body = '';
-          response.setEncoding('latin1');
-          response.on('data', (chunk) => (body += chunk));
-          response.on('end', () => resolve({ status: response.statusCode, body }));
-        });
-        req.on('information', (info) => informational.push(info.statusCode));
-        req.on('upgrade', () => reject(new Error('the client was upgraded')));
-        req.on('error', reject);
-        req.end();
-      }),
-      2_000,
-      'the HTTP answer',
-    );
-    assert.equal(res.status, 502);
-    assert.deepEqual(informational, []);
-    assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
-    await assertSettled(s);
-  });
+  test(
+    'proxy_upgrade.t "handshake noupgrade" (Node\'s http client): the request settles with 502, no hang, no information event',
+    BOUND,
+    async () => {
+      const s = await setup(
+        'node',
+        () =>
+          'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+      );
+      const informational = [];
+      const res = await within(
+        new Promise((resolve, reject) => {
+          const req = http.request(`${s.front.url}/plain`, { agent: false }, (response) => {
+            let body = '';
+            response.setEncoding('latin1');
+            response.on('data', (chunk) => (body += chunk));
+            response.on('end', () => resolve({ status: response.statusCode, body }));
+          });
+          req.on('information', (info) => informational.push(info.statusCode));
+          req.on('upgrade', () => reject(new Error('the client was upgraded')));
+          req.on('error', reject);
+          req.end();
+        }),
+        2_000,
+        'the HTTP answer',
+      );
+      assert.equal(res.status, 502);
+      assert.deepEqual(informational, []);
+      assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
+      await assertSettled(s);
+    },
+  );
 });
 
 describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete response', () => {
@@ -492,14 +576,16 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
   const cases = [
     {
       name: 'proxy_extra_data.t "response with extra data"',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 8\r\n\r\nSEE-THIS-BUT-NOT-THIS\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 8\r\n\r\nSEE-THIS-BUT-NOT-THIS\n',
       headers: { 'content-type': 'text/html', 'content-length': '8' },
       body: 'SEE-THIS',
       extra: '-BUT-NOT-THIS',
     },
     {
       name: 'proxy_extra_data.t "response with extra data" (the extra bytes begin another response)',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSEE-THISHTTP/1.1 200 OK\r\nX-Poison: yes\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSEE-THISHTTP/1.1 200 OK\r\nX-Poison: yes\r\n',
       headers: { 'content-length': '8' },
       body: 'SEE-THIS',
       extra: 'X-Poison',
@@ -509,7 +595,8 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
     },
     {
       name: 'proxy_extra_data.t "response with extra data" (the extra bytes are a whole second response)',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSEE-THISHTTP/1.1 200 OK\r\nX-Poison: yes\r\nContent-Length: 6\r\n\r\nPOISON',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSEE-THISHTTP/1.1 200 OK\r\nX-Poison: yes\r\nContent-Length: 6\r\n\r\nPOISON',
       headers: { 'content-length': '8' },
       body: 'SEE-THIS',
       extra: 'POISON',
@@ -524,7 +611,8 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
     {
       name: 'proxy_extra_data.t "no data in HEAD"',
       method: 'HEAD',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 8\r\n\r\nSEE-THIS-BUT-NOT-THIS\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 8\r\n\r\nSEE-THIS-BUT-NOT-THIS\n',
       headers: { 'content-type': 'text/html', 'content-length': '8' },
       body: '',
       extra: 'SEE-THIS',
@@ -540,14 +628,16 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
     {
       name: 'proxy_extra_data.t "too short to HEAD"',
       method: 'HEAD',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\nSEE-THIS-TOO-SHORT-RESPONSE\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\nSEE-THIS-TOO-SHORT-RESPONSE\n',
       headers: { 'content-length': '100' },
       body: '',
       extra: 'SEE-THIS',
     },
     {
       name: 'proxy_chunked_extra.t "chunked with extra data" (in the write of the last chunk)',
-      answer: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n3\r\nzzz\r\n0\r\n\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n3\r\nzzz\r\n0\r\n\r\n',
       headers: {},
       body: 'SEE-THIS',
       extra: 'zzz',
@@ -572,7 +662,9 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
 
   for (const c of cases) {
     for (const kind of KINDS) {
-      const what = c.unseen ? 'the response intact, the extra bytes dropped, the client connection kept' : 'the response intact, the extra bytes dropped with a warn line, the client connection kept, the upstream one not reused';
+      const what = c.unseen
+        ? 'the response intact, the extra bytes dropped, the client connection kept'
+        : 'the response intact, the extra bytes dropped with a warn line, the client connection kept, the upstream one not reused';
       test(`${c.name} (${kind}): ${what}`, BOUND, async () => {
         const method = c.method ?? 'GET';
         const s = await setup(kind, (req) => (req.target === '/next' ? NEXT : c.answer));
@@ -580,15 +672,22 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
         client.send(requestText('/first', { method }));
         const first = await client.response(method, 'the first response');
         assert.equal(first.status, c.status ?? 200);
-        for (const [name, value] of Object.entries(c.headers)) assert.equal(first.headers[name], value, `${name} as the upstream sent it`);
+        for (const [name, value] of Object.entries(c.headers))
+          assert.equal(first.headers[name], value, `${name} as the upstream sent it`);
         assert.equal(first.body, c.body, 'the whole body, byte for byte');
 
         client.send(requestText('/next'));
-        const second = await client.response('GET', 'a second response on the same client connection');
+        const second = await client.response(
+          'GET',
+          'a second response on the same client connection',
+        );
         assert.equal(second.status, 200);
         assert.equal(second.body, 'next');
         assert.equal(client.pending, '', 'nothing else on the client connection');
-        assert.ok(!client.all.includes(c.extra), `the extra bytes never reach the client: ${JSON.stringify(client.all)}`);
+        assert.ok(
+          !client.all.includes(c.extra),
+          `the extra bytes never reach the client: ${JSON.stringify(client.all)}`,
+        );
         if (c.unseen) return assertSettled(s);
 
         assert.deepEqual(
@@ -596,8 +695,15 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
           [['/first'], ['/next']],
           'the next request went over a new upstream connection',
         );
-        await within(s.up.connections[0].closed, 2_000, 'the upstream connection that sent extra bytes is closed');
-        assert.ok(logged(s.logger, 'warn', /after a complete response/), `a warn line: ${JSON.stringify(s.logger.lines)}`);
+        await within(
+          s.up.connections[0].closed,
+          2_000,
+          'the upstream connection that sent extra bytes is closed',
+        );
+        assert.ok(
+          logged(s.logger, 'warn', /after a complete response/),
+          `a warn line: ${JSON.stringify(s.logger.lines)}`,
+        );
         assert.deepEqual(errorCodes(s.errors), [], 'the response was relayed whole: no error');
         await assertSettled(s);
       });
@@ -605,56 +711,93 @@ describe('proxy_extra_data.t / proxy_chunked_extra.t: bytes after a complete res
   }
 
   for (const kind of KINDS) {
-    test(`proxy_chunked_extra.t "chunked with extra data" (${kind}): nginx's two writes, the second with more chunks after the last: no z reaches the client`, BOUND, async () => {
-      let first;
-      const s = await setup(kind, (req) => {
-        if (req.target === '/next') return NEXT;
-        first = req;
-        const chunk = (size, text) => `${size}${CRLF}${text}${CRLF}${CRLF}`;
-        return `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${chunk('80', 'x'.repeat(126)).repeat(4)}${chunk('20', 'x'.repeat(30))}`;
-      });
-      const client = s.client();
-      client.send(requestText('/'));
-      const xs = 126 * 4 + 30;
-      // The first write is streamed to the client before the upstream writes the rest.
-      await client.received((all) => all.split('x').length - 1 >= xs, 'the x chunks streamed to the client');
-      first.conn.send(
-        `75\r\n${'y'.repeat(115)}\r\n\r\n0\r\n\r\n` + `75\r\n${'z'.repeat(115)}\r\n\r\n0\r\n\r\n` + `75\r\n${'z'.repeat(115)}\r\n\r\n0\r\n\r\n`,
-      );
-      const res = await client.response('GET', 'the chunked response');
-      assert.equal(res.status, 200);
-      assert.equal(res.body, `${'x'.repeat(126)}\r\n`.repeat(4) + `${'x'.repeat(30)}\r\n` + `${'y'.repeat(115)}\r\n`);
-      client.send(requestText('/next'));
-      const second = await client.response('GET', 'a second response on the same client connection');
-      assert.equal(second.body, 'next');
-      assert.ok(!client.all.includes('z'), 'no z reaches the client');
-      assert.equal(s.up.connections.length, 2, 'the next request went over a new upstream connection');
-      await within(s.up.connections[0].closed, 2_000, 'the upstream connection that sent extra chunks is closed');
-      assert.ok(logged(s.logger, 'warn', /after a complete response/), `a warn line: ${JSON.stringify(s.logger.lines)}`);
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_chunked_extra.t "chunked with extra data" (${kind}): nginx's two writes, the second with more chunks after the last: no z reaches the client`,
+      BOUND,
+      async () => {
+        let first;
+        const s = await setup(kind, (req) => {
+          if (req.target === '/next') return NEXT;
+          first = req;
+          const chunk = (size, text) => `${size}${CRLF}${text}${CRLF}${CRLF}`;
+          return `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n${chunk('80', 'x'.repeat(126)).repeat(4)}${chunk('20', 'x'.repeat(30))}`;
+        });
+        const client = s.client();
+        client.send(requestText('/'));
+        const xs = 126 * 4 + 30;
+        // The first write is streamed to the client before the upstream writes the rest.
+        await client.received(
+          (all) => all.split('x').length - 1 >= xs,
+          'the x chunks streamed to the client',
+        );
+        first.conn.send(
+          `75\r\n${'y'.repeat(115)}\r\n\r\n0\r\n\r\n` +
+            `75\r\n${'z'.repeat(115)}\r\n\r\n0\r\n\r\n` +
+            `75\r\n${'z'.repeat(115)}\r\n\r\n0\r\n\r\n`,
+        );
+        const res = await client.response('GET', 'the chunked response');
+        assert.equal(res.status, 200);
+        assert.equal(
+          res.body,
+          `${`${'x'.repeat(126)}\r\n`.repeat(4)}${'x'.repeat(30)}\r\n${'y'.repeat(115)}\r\n`,
+        );
+        client.send(requestText('/next'));
+        const second = await client.response(
+          'GET',
+          'a second response on the same client connection',
+        );
+        assert.equal(second.body, 'next');
+        assert.ok(!client.all.includes('z'), 'no z reaches the client');
+        assert.equal(
+          s.up.connections.length,
+          2,
+          'the next request went over a new upstream connection',
+        );
+        await within(
+          s.up.connections[0].closed,
+          2_000,
+          'the upstream connection that sent extra chunks is closed',
+        );
+        assert.ok(
+          logged(s.logger, 'warn', /after a complete response/),
+          `a warn line: ${JSON.stringify(s.logger.lines)}`,
+        );
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
   }
 
   for (const kind of KINDS) {
-    test(`proxy_extra_data.t "empty response to HEAD" (${kind}): Content-Length 100 and no body is a complete HEAD answer; the upstream connection is reused, no warning`, BOUND, async () => {
-      const s = await setup(kind, (req) => (req.target === '/next' ? NEXT : 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n'));
-      const client = s.client();
-      client.send(requestText('/empty', { method: 'HEAD' }));
-      const first = await client.response('HEAD', 'the HEAD answer');
-      assert.equal(first.status, 200);
-      assert.equal(first.headers['content-length'], '100');
-      client.send(requestText('/next'));
-      const second = await client.response('GET', 'the next answer');
-      assert.equal(second.body, 'next');
-      assert.equal(client.pending, '');
-      assert.deepEqual(
-        s.up.connections.map((conn) => conn.requests.map((r) => r.target)),
-        [['/empty', '/next']],
-        'one upstream connection for both',
-      );
-      assert.ok(!logged(s.logger, 'warn', /./), `no warn line: ${JSON.stringify(s.logger.lines)}`);
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_extra_data.t "empty response to HEAD" (${kind}): Content-Length 100 and no body is a complete HEAD answer; the upstream connection is reused, no warning`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) =>
+          req.target === '/next'
+            ? NEXT
+            : 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\n',
+        );
+        const client = s.client();
+        client.send(requestText('/empty', { method: 'HEAD' }));
+        const first = await client.response('HEAD', 'the HEAD answer');
+        assert.equal(first.status, 200);
+        assert.equal(first.headers['content-length'], '100');
+        client.send(requestText('/next'));
+        const second = await client.response('GET', 'the next answer');
+        assert.equal(second.body, 'next');
+        assert.equal(client.pending, '');
+        assert.deepEqual(
+          s.up.connections.map((conn) => conn.requests.map((r) => r.target)),
+          [['/empty', '/next']],
+          'one upstream connection for both',
+        );
+        assert.ok(
+          !logged(s.logger, 'warn', /./),
+          `no warn line: ${JSON.stringify(s.logger.lines)}`,
+        );
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
   }
 });
 
@@ -663,13 +806,15 @@ describe('proxy_unfinished.t: an upstream that stops mid-body never gives a comp
   const unfinished = [
     {
       name: 'proxy_unfinished.t "length no final chunk"',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nunfinished\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Length: 100\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nunfinished\r\n',
       length: 100,
       sent: 'unfinished\r\n',
     },
     {
       name: 'proxy_unfinished.t "chunked no final chunk"',
-      answer: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nff\r\nunfinished\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nff\r\nunfinished\r\n',
       sent: 'unfinished\r\n',
     },
     {
@@ -680,7 +825,8 @@ describe('proxy_unfinished.t: an upstream that stops mid-body never gives a comp
     },
     {
       name: 'proxy_extra_data.t "too short response"',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\nSEE-THIS-TOO-SHORT-RESPONSE\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 100\r\n\r\nSEE-THIS-TOO-SHORT-RESPONSE\n',
       length: 100,
       sent: 'SEE-THIS-TOO-SHORT-RESPONSE\n',
     },
@@ -694,45 +840,59 @@ describe('proxy_unfinished.t: an upstream that stops mid-body never gives a comp
 
   for (const c of unfinished) {
     for (const kind of KINDS) {
-      test(`${c.name} (${kind}): the client connection is destroyed, with fewer bytes than framed and no last chunk`, BOUND, async () => {
-        const s = await setup(kind, () => ({ end: c.answer }));
-        const client = s.client();
-        client.send(requestText('/unfinished'));
-        const all = await client.untilClosed();
-        assert.equal(splitResponse(all, 'GET', true), undefined, `never a complete response: ${JSON.stringify(all.slice(0, 300))}`);
-        // The head may not have left before the cut (nothing of the body had come); if it did, it is the upstream's.
-        if (all.length > 0) {
-          const end = all.indexOf('\r\n\r\n');
-          assert.ok(end > 0, 'a response head');
-          const head = parseHead(all.slice(0, end + 4));
-          const body = all.slice(end + 4);
-          assert.equal(head.status, 200);
-          if (c.length !== undefined) {
-            assert.equal(head.headers['content-length'], String(c.length), "the upstream's Content-Length");
-            assert.ok(body.length < c.length, `fewer bytes than Content-Length: ${body.length}`);
-            assert.ok(c.sent.startsWith(body), 'the bytes received are the bytes sent');
-          } else {
-            assert.match(head.headers['transfer-encoding'] ?? '', /chunked/);
-            const { data, last } = chunksSoFar(body);
-            assert.equal(last, false, `no last chunk: ${JSON.stringify(body)}`);
-            assert.ok(c.sent.startsWith(data), 'the bytes received are the bytes sent');
+      test(
+        `${c.name} (${kind}): the client connection is destroyed, with fewer bytes than framed and no last chunk`,
+        BOUND,
+        async () => {
+          const s = await setup(kind, () => ({ end: c.answer }));
+          const client = s.client();
+          client.send(requestText('/unfinished'));
+          const all = await client.untilClosed();
+          assert.equal(
+            splitResponse(all, 'GET', true),
+            undefined,
+            `never a complete response: ${JSON.stringify(all.slice(0, 300))}`,
+          );
+          // The head may not have left before the cut (nothing of the body had come); if it did, it is the upstream's.
+          if (all.length > 0) {
+            const end = all.indexOf('\r\n\r\n');
+            assert.ok(end > 0, 'a response head');
+            const head = parseHead(all.slice(0, end + 4));
+            const body = all.slice(end + 4);
+            assert.equal(head.status, 200);
+            if (c.length !== undefined) {
+              assert.equal(
+                head.headers['content-length'],
+                String(c.length),
+                "the upstream's Content-Length",
+              );
+              assert.ok(body.length < c.length, `fewer bytes than Content-Length: ${body.length}`);
+              assert.ok(c.sent.startsWith(body), 'the bytes received are the bytes sent');
+            } else {
+              assert.match(head.headers['transfer-encoding'] ?? '', /chunked/);
+              const { data, last } = chunksSoFar(body);
+              assert.equal(last, false, `no last chunk: ${JSON.stringify(body)}`);
+              assert.ok(c.sent.startsWith(data), 'the bytes received are the bytes sent');
+            }
           }
-        }
-        assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EUPSTREAMABORTED']]);
-        await assertSettled(s);
-      });
+          assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EUPSTREAMABORTED']]);
+          await assertSettled(s);
+        },
+      );
     }
   }
 
   const finished = [
     {
       name: 'proxy_unfinished.t "length final chunk"',
-      answer: 'HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nfinished\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\nfinished\r\n',
       body: 'finished\r\n',
     },
     {
       name: 'proxy_unfinished.t "chunked final chunk"',
-      answer: 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\na\r\nfinished\r\n\r\n0\r\n\r\n',
+      answer:
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCache-Control: max-age=300\r\nConnection: close\r\n\r\na\r\nfinished\r\n\r\n0\r\n\r\n',
       body: 'finished\r\n',
       chunked: true,
     },
@@ -745,74 +905,106 @@ describe('proxy_unfinished.t: an upstream that stops mid-body never gives a comp
 
   for (const c of finished) {
     for (const kind of KINDS) {
-      test(`${c.name} (${kind}): a complete response is relayed whole and ends as framed`, BOUND, async () => {
-        const s = await setup(kind, () => ({ end: c.answer }));
-        const client = s.client();
-        client.send(requestText('/finished'));
-        const res = await client.response('GET', 'the whole response');
-        assert.equal(res.status, 200);
-        assert.equal(res.body.length, c.body.length);
-        assert.ok(res.body === c.body, 'the body byte for byte');
-        if (c.chunked) assert.ok(res.raw.endsWith('\r\n0\r\n\r\n'), 'it ends with the last chunk');
-        else assert.equal(res.headers['content-length'], String(c.body.length));
-        assert.deepEqual(errorCodes(s.errors), []);
-        await assertSettled(s);
-      });
+      test(
+        `${c.name} (${kind}): a complete response is relayed whole and ends as framed`,
+        BOUND,
+        async () => {
+          const s = await setup(kind, () => ({ end: c.answer }));
+          const client = s.client();
+          client.send(requestText('/finished'));
+          const res = await client.response('GET', 'the whole response');
+          assert.equal(res.status, 200);
+          assert.equal(res.body.length, c.body.length);
+          assert.ok(res.body === c.body, 'the body byte for byte');
+          if (c.chunked)
+            assert.ok(res.raw.endsWith('\r\n0\r\n\r\n'), 'it ends with the last chunk');
+          else assert.equal(res.headers['content-length'], String(c.body.length));
+          assert.deepEqual(errorCodes(s.errors), []);
+          await assertSettled(s);
+        },
+      );
     }
   }
 });
 
 describe('proxy_chunked.t', () => {
-  const CHUNKED = 'HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n';
+  const CHUNKED =
+    'HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n';
 
   for (const kind of KINDS) {
-    test(`proxy_chunked.t "chunked" (${kind}): an HTTP/1.0 client gets the body de-chunked, ending in SEE-THIS, then the close`, BOUND, async () => {
-      const s = await setup(kind, () => ({ end: CHUNKED }));
-      const client = s.client();
-      client.send(requestText('/', { version: '1.0' }));
-      const all = await client.untilClosed();
-      assert.match(all, /\r\nSEE-THIS$/, `nginx's check, on ${JSON.stringify(all)}`);
-      const head = parseHead(all.slice(0, all.indexOf('\r\n\r\n') + 4));
-      assert.equal(head.status, 200);
-      assert.equal(head.headers['transfer-encoding'], undefined, 'no chunked to an HTTP/1.0 client');
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_chunked.t "chunked" (${kind}): an HTTP/1.0 client gets the body de-chunked, ending in SEE-THIS, then the close`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => ({ end: CHUNKED }));
+        const client = s.client();
+        client.send(requestText('/', { version: '1.0' }));
+        const all = await client.untilClosed();
+        assert.match(all, /\r\nSEE-THIS$/, `nginx's check, on ${JSON.stringify(all)}`);
+        const head = parseHead(all.slice(0, all.indexOf('\r\n\r\n') + 4));
+        assert.equal(head.status, 200);
+        assert.equal(
+          head.headers['transfer-encoding'],
+          undefined,
+          'no chunked to an HTTP/1.0 client',
+        );
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
 
-    test(`proxy_chunked.t "chunked" (${kind}): an HTTP/1.1 client gets SEE-THIS chunked, with the last chunk, on a connection kept alive`, BOUND, async () => {
-      const s = await setup(kind, () => ({ end: CHUNKED }));
-      const client = s.client();
-      client.send(requestText('/'));
-      const res = await client.response('GET', 'the chunked response');
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'SEE-THIS');
-      assert.ok(res.raw.endsWith('0\r\n\r\n'));
-      client.send(requestText('/again'));
-      assert.equal((await client.response('GET', 'a second response')).body, 'SEE-THIS');
-    });
+    test(
+      `proxy_chunked.t "chunked" (${kind}): an HTTP/1.1 client gets SEE-THIS chunked, with the last chunk, on a connection kept alive`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => ({ end: CHUNKED }));
+        const client = s.client();
+        client.send(requestText('/'));
+        const res = await client.response('GET', 'the chunked response');
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'SEE-THIS');
+        assert.ok(res.raw.endsWith('0\r\n\r\n'));
+        client.send(requestText('/again'));
+        assert.equal((await client.response('GET', 'a second response')).body, 'SEE-THIS');
+      },
+    );
 
-    test(`proxy_chunked.t "chunked nobuffering" (${kind}): each chunk reaches the client before the upstream writes the next`, BOUND, async () => {
-      let upstream;
-      const s = await setup(kind, (req) => {
-        upstream = req.conn;
-        return 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nSEE-\r\n';
-      });
-      const client = s.client();
-      client.send(requestText('/'));
-      await client.received((all) => all.includes('SEE-'), 'the first chunk, alone');
-      upstream.send('4\r\nTHIS\r\n');
-      await client.received((all) => all.includes('THIS'), 'the second chunk, alone');
-      upstream.send('0\r\n\r\n');
-      const res = await client.response('GET', 'the whole response');
-      assert.equal(res.body, 'SEE-THIS');
-    });
+    test(
+      `proxy_chunked.t "chunked nobuffering" (${kind}): each chunk reaches the client before the upstream writes the next`,
+      BOUND,
+      async () => {
+        let upstream;
+        const s = await setup(kind, (req) => {
+          upstream = req.conn;
+          return 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nSEE-\r\n';
+        });
+        const client = s.client();
+        client.send(requestText('/'));
+        await client.received((all) => all.includes('SEE-'), 'the first chunk, alone');
+        upstream.send('4\r\nTHIS\r\n');
+        await client.received((all) => all.includes('THIS'), 'the second chunk, alone');
+        upstream.send('0\r\n\r\n');
+        const res = await client.response('GET', 'the whole response');
+        assert.equal(res.body, 'SEE-THIS');
+      },
+    );
   }
 });
 
 describe('proxy_duplicate_headers.t and Transfer-Encoding other than one chunked', () => {
   const gz = gzipSync('SECRET-BODY').toString('latin1');
   const teCases = [
-    { name: 'proxy_duplicate_headers.t "unknown transfer encoding"', lines: ['Transfer-Encoding: foo'], body: 'SECRET-BODY', secret: 'SECRET-BODY' },
-    { name: 'proxy_duplicate_headers.t "unknown transfer encoding", with gzip (a known coding, not chunked)', lines: ['Transfer-Encoding: gzip'], body: gz, secret: gz },
+    {
+      name: 'proxy_duplicate_headers.t "unknown transfer encoding"',
+      lines: ['Transfer-Encoding: foo'],
+      body: 'SECRET-BODY',
+      secret: 'SECRET-BODY',
+    },
+    {
+      name: 'proxy_duplicate_headers.t "unknown transfer encoding", with gzip (a known coding, not chunked)',
+      lines: ['Transfer-Encoding: gzip'],
+      body: gz,
+      secret: gz,
+    },
     {
       name: 'proxy_duplicate_headers.t "unknown transfer encoding", with gzip, chunked (a list that ends in chunked)',
       lines: ['Transfer-Encoding: gzip, chunked'],
@@ -835,115 +1027,183 @@ describe('proxy_duplicate_headers.t and Transfer-Encoding other than one chunked
 
   for (const c of teCases) {
     for (const kind of KINDS) {
-      test(`${c.name} (${kind}): 502 EBADRESPONSE, logged, none of the body reaches the client, the upstream connection closed`, BOUND, async () => {
-        // Unlike nginx's backend, no Connection: close, and the upstream keeps the connection: the proxy must drop it.
-        const s = await setup(kind, () => `HTTP/1.1 200 OK\r\n${c.lines.map((line) => `${line}\r\n`).join('')}\r\n${c.body}`);
-        const client = s.client();
-        client.send(requestText('/coded'));
-        const res = await client.response('GET', 'the answer');
-        assertProxyMade(res, 502);
-        assert.ok(!client.all.includes(c.secret), `none of the upstream's body reaches the client: ${JSON.stringify(client.all)}`);
-        assert.equal(res.headers['transfer-encoding'], undefined);
-        assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
-        assert.ok(logged(s.logger, 'error', /502/), `an error line: ${JSON.stringify(s.logger.lines)}`);
-        await within(s.up.connections[0].closed, 2_000, 'the upstream connection is closed, not pooled');
-        await assertSettled(s);
-      });
+      test(
+        `${c.name} (${kind}): 502 EBADRESPONSE, logged, none of the body reaches the client, the upstream connection closed`,
+        BOUND,
+        async () => {
+          // Unlike nginx's backend, no Connection: close, and the upstream keeps the connection: the proxy must drop it.
+          const s = await setup(
+            kind,
+            () =>
+              `HTTP/1.1 200 OK\r\n${c.lines.map((line) => `${line}\r\n`).join('')}\r\n${c.body}`,
+          );
+          const client = s.client();
+          client.send(requestText('/coded'));
+          const res = await client.response('GET', 'the answer');
+          assertProxyMade(res, 502);
+          assert.ok(
+            !client.all.includes(c.secret),
+            `none of the upstream's body reaches the client: ${JSON.stringify(client.all)}`,
+          );
+          assert.equal(res.headers['transfer-encoding'], undefined);
+          assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
+          assert.ok(
+            logged(s.logger, 'error', /502/),
+            `an error line: ${JSON.stringify(s.logger.lines)}`,
+          );
+          await within(
+            s.up.connections[0].closed,
+            2_000,
+            'the upstream connection is closed, not pooled',
+          );
+          await assertSettled(s);
+        },
+      );
     }
   }
 
   for (const kind of KINDS) {
-    test(`proxy_duplicate_headers.t "unknown transfer encoding", on an upstream's refusal of an upgrade (${kind}): 502 EBADRESPONSE, none of the body relayed, the socket closed`, BOUND, async () => {
-      const s = await setup(kind, () => ({ end: `HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: gzip\r\n\r\n${gz}` }));
-      const client = s.client();
-      client.send(wsHandshake('/chat'));
-      const res = await client.response('GET', 'the answer to the upgrade');
-      assertProxyMade(res, 502);
-      assert.ok(!client.all.includes(gz), `none of the upstream's body reaches the client: ${JSON.stringify(client.all)}`);
-      await client.untilClosed();
-      assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
-      assert.equal(s.proxy.stats().tunnels.active, 0);
-    });
+    test(
+      `proxy_duplicate_headers.t "unknown transfer encoding", on an upstream's refusal of an upgrade (${kind}): 502 EBADRESPONSE, none of the body relayed, the socket closed`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => ({
+          end: `HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: gzip\r\n\r\n${gz}`,
+        }));
+        const client = s.client();
+        client.send(wsHandshake('/chat'));
+        const res = await client.response('GET', 'the answer to the upgrade');
+        assertProxyMade(res, 502);
+        assert.ok(
+          !client.all.includes(gz),
+          `none of the upstream's body reaches the client: ${JSON.stringify(client.all)}`,
+        );
+        await client.untilClosed();
+        assert.deepEqual(errorCodes(s.errors), [[true, 502, 'EBADRESPONSE']]);
+        assert.equal(s.proxy.stats().tunnels.active, 0);
+      },
+    );
   }
 
   for (const kind of KINDS) {
-    test(`proxy_duplicate_headers.t "normal" (${kind}): 200, and one Transfer-Encoding: chunked (in any case) is relayed`, BOUND, async () => {
-      const answers = {
-        '/': 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
-        '/chunked': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n',
-        '/Chunked': 'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n',
-      };
-      const s = await setup(kind, (req) => answers[req.target]);
-      for (const [path, body] of [['/', ''], ['/chunked', 'SEE-THIS'], ['/Chunked', 'SEE-THIS']]) {
-        const client = s.client();
-        client.send(requestText(path));
-        const res = await client.response('GET', path);
-        assert.equal(res.status, 200, path);
-        assert.equal(res.body, body, path);
-      }
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_duplicate_headers.t "normal" (${kind}): 200, and one Transfer-Encoding: chunked (in any case) is relayed`,
+      BOUND,
+      async () => {
+        const answers = {
+          '/': 'HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n',
+          '/chunked':
+            'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n',
+          '/Chunked':
+            'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n8\r\nSEE-THIS\r\n0\r\n\r\n',
+        };
+        const s = await setup(kind, (req) => answers[req.target]);
+        for (const [path, body] of [
+          ['/', ''],
+          ['/chunked', 'SEE-THIS'],
+          ['/Chunked', 'SEE-THIS'],
+        ]) {
+          const client = s.client();
+          client.send(requestText(path));
+          const res = await client.response('GET', path);
+          assert.equal(res.status, 200, path);
+          assert.equal(res.body, body, path);
+        }
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
   }
 
   const rejected = [
     { name: 'proxy_duplicate_headers.t "invalid length"', lines: ['Content-Length: foo'] },
-    { name: 'proxy_duplicate_headers.t "duplicate length"', lines: ['Content-Length: 0', 'Content-Length: 0'] },
-    { name: 'proxy_duplicate_headers.t "duplicate length", with different values', lines: ['Content-Length: 4', 'Content-Length: 0'], body: 'BODY' },
-    { name: 'proxy_duplicate_headers.t "length and transfer encoding"', lines: ['Content-Length: 0', 'Transfer-Encoding: chunked'], body: '0\r\n\r\n' },
-    { name: 'proxy_duplicate_headers.t "transfer encoding and length"', lines: ['Transfer-Encoding: chunked', 'Content-Length: 0'], body: '0\r\n\r\n' },
+    {
+      name: 'proxy_duplicate_headers.t "duplicate length"',
+      lines: ['Content-Length: 0', 'Content-Length: 0'],
+    },
+    {
+      name: 'proxy_duplicate_headers.t "duplicate length", with different values',
+      lines: ['Content-Length: 4', 'Content-Length: 0'],
+      body: 'BODY',
+    },
+    {
+      name: 'proxy_duplicate_headers.t "length and transfer encoding"',
+      lines: ['Content-Length: 0', 'Transfer-Encoding: chunked'],
+      body: '0\r\n\r\n',
+    },
+    {
+      name: 'proxy_duplicate_headers.t "transfer encoding and length"',
+      lines: ['Transfer-Encoding: chunked', 'Content-Length: 0'],
+      body: '0\r\n\r\n',
+    },
   ];
   for (const c of rejected) {
     for (const kind of KINDS) {
-      test(`${c.name} (${kind}): 502 with a proxy-made body, and the front keeps serving`, BOUND, async () => {
-        const s = await setup(kind, (req) =>
-          req.target === '/good'
-            ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
-            : { end: `HTTP/1.1 200 OK\r\nConnection: close\r\n${c.lines.map((line) => `${line}\r\n`).join('')}\r\n${c.body ?? ''}` },
-        );
-        const client = s.client();
-        client.send(requestText('/bad'));
-        const res = await client.response('GET', 'the answer');
-        assertProxyMade(res, 502);
-        if (c.body === 'BODY') assert.ok(!client.all.includes('BODY'));
-        assert.deepEqual(
-          s.errors.map((error) => [error instanceof ProxyError, error.status]),
-          [[true, 502]],
-        );
-        const good = s.client();
-        good.send(requestText('/good'));
-        assert.equal((await good.response('GET', 'a good request afterwards')).body, 'ok');
-        await assertSettled(s);
-      });
+      test(
+        `${c.name} (${kind}): 502 with a proxy-made body, and the front keeps serving`,
+        BOUND,
+        async () => {
+          const s = await setup(kind, (req) =>
+            req.target === '/good'
+              ? 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'
+              : {
+                  end: `HTTP/1.1 200 OK\r\nConnection: close\r\n${c.lines.map((line) => `${line}\r\n`).join('')}\r\n${c.body ?? ''}`,
+                },
+          );
+          const client = s.client();
+          client.send(requestText('/bad'));
+          const res = await client.response('GET', 'the answer');
+          assertProxyMade(res, 502);
+          if (c.body === 'BODY') assert.ok(!client.all.includes('BODY'));
+          assert.deepEqual(
+            s.errors.map((error) => [error instanceof ProxyError, error.status]),
+            [[true, 502]],
+          );
+          const good = s.client();
+          good.send(requestText('/good'));
+          assert.equal((await good.response('GET', 'a good request afterwards')).body, 'ok');
+          await assertSettled(s);
+        },
+      );
     }
   }
 
   for (const kind of KINDS) {
-    test(`proxy_duplicate_headers.t "duplicate expires ignored" (${kind}): Expires: foo, not bar`, BOUND, async () => {
-      const s = await setup(kind, () => ({ end: 'HTTP/1.1 200 OK\r\nConnection: close\r\nExpires: foo\r\nExpires: bar\r\nContent-Length: 0\r\n\r\n' }));
-      const client = s.client();
-      client.send(requestText('/'));
-      const res = await client.response('GET', 'the answer');
-      assert.equal(res.status, 200);
-      assert.deepEqual(fieldValues(res, 'expires'), ['foo']);
-      assert.ok(!/bar/.test(res.raw), `no bar: ${JSON.stringify(res.raw)}`);
-    });
+    test(
+      `proxy_duplicate_headers.t "duplicate expires ignored" (${kind}): Expires: foo, not bar`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => ({
+          end: 'HTTP/1.1 200 OK\r\nConnection: close\r\nExpires: foo\r\nExpires: bar\r\nContent-Length: 0\r\n\r\n',
+        }));
+        const client = s.client();
+        client.send(requestText('/'));
+        const res = await client.response('GET', 'the answer');
+        assert.equal(res.status, 200);
+        assert.deepEqual(fieldValues(res, 'expires'), ['foo']);
+        assert.ok(!/bar/.test(res.raw), `no bar: ${JSON.stringify(res.raw)}`);
+      },
+    );
 
-    test(`proxy_duplicate_headers.t, repeated list headers and Set-Cookie (${kind}): every value reaches the client in order, each Set-Cookie on its own line`, BOUND, async () => {
-      const s = await setup(
-        kind,
-        () =>
-          'HTTP/1.1 200 OK\r\nX-Dup: a\r\nSet-Cookie: a=1; Path=/\r\nVary: Accept\r\nX-Dup: b\r\nSet-Cookie: b=2; Path=/\r\nVary: Origin\r\nContent-Length: 2\r\n\r\nok',
-      );
-      const client = s.client();
-      client.send(requestText('/'));
-      const res = await client.response('GET', 'the answer');
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'ok');
-      // RFC 9110 §5.3: list fields may be combined with ", " in order; Set-Cookie may not (RFC 6265 §3).
-      assert.equal(res.headers['x-dup'], 'a, b');
-      assert.equal(res.headers.vary, 'Accept, Origin');
-      assert.deepEqual(fieldValues(res, 'set-cookie'), ['a=1; Path=/', 'b=2; Path=/']);
-    });
+    test(
+      `proxy_duplicate_headers.t, repeated list headers and Set-Cookie (${kind}): every value reaches the client in order, each Set-Cookie on its own line`,
+      BOUND,
+      async () => {
+        const s = await setup(
+          kind,
+          () =>
+            'HTTP/1.1 200 OK\r\nX-Dup: a\r\nSet-Cookie: a=1; Path=/\r\nVary: Accept\r\nX-Dup: b\r\nSet-Cookie: b=2; Path=/\r\nVary: Origin\r\nContent-Length: 2\r\n\r\nok',
+        );
+        const client = s.client();
+        client.send(requestText('/'));
+        const res = await client.response('GET', 'the answer');
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'ok');
+        // RFC 9110 §5.3: list fields may be combined with ", " in order; Set-Cookie may not (RFC 6265 §3).
+        assert.equal(res.headers['x-dup'], 'a, b');
+        assert.equal(res.headers.vary, 'Accept, Origin');
+        assert.deepEqual(fieldValues(res, 'set-cookie'), ['a=1; Path=/', 'b=2; Path=/']);
+      },
+    );
   }
 });
 
@@ -952,164 +1212,229 @@ describe('proxy_early_hints.t: informational responses', () => {
   const FINAL = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nSEE-THIS';
 
   for (const kind of KINDS) {
-    test(`proxy_early_hints.t "early hints" (${kind}): the 103 with its Link reaches the client before the upstream has answered, then the 200`, BOUND, async () => {
-      let upstream;
-      const s = await setup(kind, (req) => {
-        upstream = req.conn;
-        return HINTS;
-      });
-      const client = s.client();
-      client.send(requestText('/', { headers: { Connection: 'close' } }));
-      await client.received((all) => all.includes('\r\n\r\n'), 'the 103, before the final response exists');
-      upstream.send(FINAL);
-      const res = await client.response('GET', 'the final response');
-      assert.ok(client.all.startsWith('HTTP/1.1 103 '), `the 103 first: ${JSON.stringify(client.all)}`);
-      assert.deepEqual(
-        res.informational.map((info) => [info.status, info.headers.link]),
-        [[103, '</style.css>; rel=preload; as=style']],
-      );
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'SEE-THIS');
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_early_hints.t "early hints" (${kind}): the 103 with its Link reaches the client before the upstream has answered, then the 200`,
+      BOUND,
+      async () => {
+        let upstream;
+        const s = await setup(kind, (req) => {
+          upstream = req.conn;
+          return HINTS;
+        });
+        const client = s.client();
+        client.send(requestText('/', { headers: { Connection: 'close' } }));
+        await client.received(
+          (all) => all.includes('\r\n\r\n'),
+          'the 103, before the final response exists',
+        );
+        upstream.send(FINAL);
+        const res = await client.response('GET', 'the final response');
+        assert.ok(
+          client.all.startsWith('HTTP/1.1 103 '),
+          `the 103 first: ${JSON.stringify(client.all)}`,
+        );
+        assert.deepEqual(
+          res.informational.map((info) => [info.status, info.headers.link]),
+          [[103, '</style.css>; rel=preload; as=style']],
+        );
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'SEE-THIS');
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
 
-    test(`proxy_early_hints.t "early hints" (${kind}): two Link headers, the response policy applied to the 103, hop-by-hop headers removed from it`, BOUND, async () => {
-      const hints =
-        'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Drop: 1\r\nLink: </script.js>; rel=preload; as=script\r\n\r\n';
-      const s = await setup(kind, () => hints + FINAL, { headers: { response: { 'x-policy': 'yes', 'x-drop': null } } });
-      const client = s.client();
-      client.send(requestText('/'));
-      const res = await client.response('GET', 'the final response');
-      assert.equal(res.informational.length, 1, `one 103: ${JSON.stringify(client.all)}`);
-      const [info] = res.informational;
-      assert.equal(info.status, 103);
-      assert.equal(info.headers.link, '</style.css>; rel=preload; as=style, </script.js>; rel=preload; as=script', 'both Link values, in order');
-      assert.equal(info.headers['x-policy'], 'yes', 'the policy adds x-policy to the 103');
-      assert.equal(info.headers['x-drop'], undefined, 'the policy removes x-drop from the 103');
-      assert.equal(info.headers['x-hop'], undefined, 'a header named in Connection is removed');
-      assert.equal(info.headers['keep-alive'], undefined);
-      assert.ok(!/x-hop/i.test(info.headers.connection ?? ''), 'no Connection naming the removed header');
-      assert.equal(res.status, 200);
-      assert.equal(res.headers['x-policy'], 'yes');
-      assert.equal(res.body, 'SEE-THIS');
-    });
+    test(
+      `proxy_early_hints.t "early hints" (${kind}): two Link headers, the response policy applied to the 103, hop-by-hop headers removed from it`,
+      BOUND,
+      async () => {
+        const hints =
+          'HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\nConnection: x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Drop: 1\r\nLink: </script.js>; rel=preload; as=script\r\n\r\n';
+        const s = await setup(kind, () => hints + FINAL, {
+          headers: { response: { 'x-policy': 'yes', 'x-drop': null } },
+        });
+        const client = s.client();
+        client.send(requestText('/'));
+        const res = await client.response('GET', 'the final response');
+        assert.equal(res.informational.length, 1, `one 103: ${JSON.stringify(client.all)}`);
+        const [info] = res.informational;
+        assert.equal(info.status, 103);
+        assert.equal(
+          info.headers.link,
+          '</style.css>; rel=preload; as=style, </script.js>; rel=preload; as=script',
+          'both Link values, in order',
+        );
+        assert.equal(info.headers['x-policy'], 'yes', 'the policy adds x-policy to the 103');
+        assert.equal(info.headers['x-drop'], undefined, 'the policy removes x-drop from the 103');
+        assert.equal(info.headers['x-hop'], undefined, 'a header named in Connection is removed');
+        assert.equal(info.headers['keep-alive'], undefined);
+        assert.ok(
+          !/x-hop/i.test(info.headers.connection ?? ''),
+          'no Connection naming the removed header',
+        );
+        assert.equal(res.status, 200);
+        assert.equal(res.headers['x-policy'], 'yes');
+        assert.equal(res.body, 'SEE-THIS');
+      },
+    );
   }
 
-  test('proxy_early_hints.t "early hints" (Node\'s http client): an information event with the Link, then the response', BOUND, async () => {
-    const s = await setup('node', () => HINTS + FINAL);
-    const order = [];
-    const res = await within(
-      new Promise((resolve, reject) => {
-        const req = http.request(`${s.front.url}/`, { agent: false }, (response) => {
-          order.push(response.statusCode);
-          let body = '';
-          response.setEncoding('latin1');
-          response.on('data', (chunk) => (body += chunk));
-          response.on('end', () => resolve({ status: response.statusCode, body }));
-        });
-        req.on('information', (info) => order.push([info.statusCode, info.headers.link]));
-        req.on('error', reject);
-        req.end();
-      }),
-      2_000,
-      'the response',
-    );
-    assert.deepEqual(order, [[103, '</style.css>; rel=preload; as=style'], 200]);
-    assert.equal(res.body, 'SEE-THIS');
-  });
+  test(
+    'proxy_early_hints.t "early hints" (Node\'s http client): an information event with the Link, then the response',
+    BOUND,
+    async () => {
+      const s = await setup('node', () => HINTS + FINAL);
+      const order = [];
+      const res = await within(
+        new Promise((resolve, reject) => {
+          const req = http.request(`${s.front.url}/`, { agent: false }, (response) => {
+            order.push(response.statusCode);
+            let body = '';
+            response.setEncoding('latin1');
+            response.on('data', (chunk) => (body += chunk));
+            response.on('end', () => resolve({ status: response.statusCode, body }));
+          });
+          req.on('information', (info) => order.push([info.statusCode, info.headers.link]));
+          req.on('error', reject);
+          req.end();
+        }),
+        2_000,
+        'the response',
+      );
+      assert.deepEqual(order, [[103, '</style.css>; rel=preload; as=style'], 200]);
+      assert.equal(res.body, 'SEE-THIS');
+    },
+  );
 
   for (const kind of KINDS) {
-    test(`proxy_early_hints.t "early hints only" (${kind}): a 103 and then the close: the final response is a 502`, BOUND, async () => {
-      const s = await setup(kind, () => ({ end: HINTS }));
-      const client = s.client();
-      client.send(requestText('/only'));
-      const res = await client.response('GET', 'the final response');
-      assertProxyMade(res, 502);
-      assert.deepEqual(
-        s.errors.map((error) => error.status),
-        [502],
-      );
-      await assertSettled(s);
-    });
+    test(
+      `proxy_early_hints.t "early hints only" (${kind}): a 103 and then the close: the final response is a 502`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => ({ end: HINTS }));
+        const client = s.client();
+        client.send(requestText('/only'));
+        const res = await client.response('GET', 'the final response');
+        assertProxyMade(res, 502);
+        assert.deepEqual(
+          s.errors.map((error) => error.status),
+          [502],
+        );
+        await assertSettled(s);
+      },
+    );
 
-    test(`proxy_early_hints.t "early hints off", for an HTTP/1.0 client (${kind}): no 103, only the final response`, BOUND, async () => {
-      const s = await setup(kind, () => HINTS + FINAL);
-      const client = s.client();
-      client.send(requestText('/', { version: '1.0' }));
-      const res = await client.response('GET', 'the final response');
-      assert.deepEqual(res.informational, []);
-      assert.ok(!client.all.includes('103'), `no 103: ${JSON.stringify(client.all)}`);
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'SEE-THIS');
-    });
+    test(
+      `proxy_early_hints.t "early hints off", for an HTTP/1.0 client (${kind}): no 103, only the final response`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => HINTS + FINAL);
+        const client = s.client();
+        client.send(requestText('/', { version: '1.0' }));
+        const res = await client.response('GET', 'the final response');
+        assert.deepEqual(res.informational, []);
+        assert.ok(!client.all.includes('103'), `no 103: ${JSON.stringify(client.all)}`);
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'SEE-THIS');
+      },
+    );
 
-    test(`100 Continue (${kind}): the front answers Expect: 100-continue once; the upstream's own 100 is not relayed again`, BOUND, async () => {
-      const s = await setup(kind, (req) => `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: ${4 + req.body.length}\r\n\r\ngot:${req.body}`);
-      const client = s.client();
-      client.send(requestText('/upload', { method: 'POST', headers: { 'Content-Length': 5, Expect: '100-continue' } }));
-      await client.received((all) => all.includes('\r\n\r\n'), "the front's 100 Continue");
-      assert.match(client.all, /^HTTP\/1\.1 100 Continue\r\n/);
-      client.send('hello');
-      const res = await client.response('POST', 'the final response');
-      assert.deepEqual(
-        res.informational.map((info) => info.status),
-        [100],
-        `exactly one 100: ${JSON.stringify(client.all)}`,
-      );
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'got:hello');
-      assert.equal(s.up.requests[0].headers.expect, undefined, 'Expect is not forwarded');
-      assert.equal(s.up.requests[0].body, 'hello');
-      client.send(requestText('/after'));
-      assert.equal((await client.response('POST', 'a second response on the connection')).status, 200);
-    });
+    test(
+      `100 Continue (${kind}): the front answers Expect: 100-continue once; the upstream's own 100 is not relayed again`,
+      BOUND,
+      async () => {
+        const s = await setup(
+          kind,
+          (req) =>
+            `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: ${4 + req.body.length}\r\n\r\ngot:${req.body}`,
+        );
+        const client = s.client();
+        client.send(
+          requestText('/upload', {
+            method: 'POST',
+            headers: { 'Content-Length': 5, Expect: '100-continue' },
+          }),
+        );
+        await client.received((all) => all.includes('\r\n\r\n'), "the front's 100 Continue");
+        assert.match(client.all, /^HTTP\/1\.1 100 Continue\r\n/);
+        client.send('hello');
+        const res = await client.response('POST', 'the final response');
+        assert.deepEqual(
+          res.informational.map((info) => info.status),
+          [100],
+          `exactly one 100: ${JSON.stringify(client.all)}`,
+        );
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'got:hello');
+        assert.equal(s.up.requests[0].headers.expect, undefined, 'Expect is not forwarded');
+        assert.equal(s.up.requests[0].body, 'hello');
+        client.send(requestText('/after'));
+        assert.equal(
+          (await client.response('POST', 'a second response on the connection')).status,
+          200,
+        );
+      },
+    );
 
-    test(`100 Continue (${kind}): an upstream's unsolicited 100 before its 200 does not reach a client that sent no Expect`, BOUND, async () => {
-      const s = await setup(kind, () => `HTTP/1.1 100 Continue\r\n\r\n${FINAL}`);
-      const client = s.client();
-      client.send(requestText('/'));
-      const res = await client.response('GET', 'the final response');
-      assert.deepEqual(res.informational, [], JSON.stringify(client.all));
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'SEE-THIS');
-    });
+    test(
+      `100 Continue (${kind}): an upstream's unsolicited 100 before its 200 does not reach a client that sent no Expect`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, () => `HTTP/1.1 100 Continue\r\n\r\n${FINAL}`);
+        const client = s.client();
+        client.send(requestText('/'));
+        const res = await client.response('GET', 'the final response');
+        assert.deepEqual(res.informational, [], JSON.stringify(client.all));
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'SEE-THIS');
+      },
+    );
   }
 });
 
 describe('426 Upgrade Required keeps its Upgrade header (RFC 9110 §15.5.22)', () => {
   for (const kind of KINDS) {
-    test(`on an ordinary request (${kind}): Upgrade kept, listed in Connection, the body intact`, BOUND, async () => {
-      const s = await setup(
-        kind,
-        () => 'HTTP/1.1 426 Upgrade Required\r\nUpgrade: HTTP/2.0\r\nConnection: Upgrade\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nupgrade!!\n',
-      );
-      const client = s.client();
-      client.send(requestText('/needs-upgrade'));
-      const res = await client.response('GET', 'the 426');
-      assert.equal(res.status, 426);
-      assert.equal(res.headers.upgrade, 'HTTP/2.0');
-      // RFC 9110 §7.8: a sender of Upgrade also sends the "upgrade" connection option.
-      assert.match(res.headers.connection ?? '', /(^|,)\s*upgrade\s*(,|$)/i);
-      assert.equal(res.body, 'upgrade!!\n');
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `on an ordinary request (${kind}): Upgrade kept, listed in Connection, the body intact`,
+      BOUND,
+      async () => {
+        const s = await setup(
+          kind,
+          () =>
+            'HTTP/1.1 426 Upgrade Required\r\nUpgrade: HTTP/2.0\r\nConnection: Upgrade\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nupgrade!!\n',
+        );
+        const client = s.client();
+        client.send(requestText('/needs-upgrade'));
+        const res = await client.response('GET', 'the 426');
+        assert.equal(res.status, 426);
+        assert.equal(res.headers.upgrade, 'HTTP/2.0');
+        // RFC 9110 §7.8: a sender of Upgrade also sends the "upgrade" connection option.
+        assert.match(res.headers.connection ?? '', /(^|,)\s*upgrade\s*(,|$)/i);
+        assert.equal(res.body, 'upgrade!!\n');
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
 
-    test(`on an upgrade the upstream refuses with 426 (${kind}): the refusal keeps Upgrade, then the socket is closed`, BOUND, async () => {
-      const s = await setup(
-        kind,
-        () => 'HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nConnection: Upgrade\r\nContent-Length: 4\r\n\r\nnope',
-      );
-      const client = s.client();
-      client.send(wsHandshake('/chat', { 'Sec-WebSocket-Version': '8' }));
-      const res = await client.response('GET', 'the refusal');
-      assert.equal(res.status, 426);
-      assert.equal(res.headers.upgrade, 'websocket');
-      assert.equal(res.headers['sec-websocket-version'], '13');
-      assert.equal(res.body, 'nope');
-      await client.untilClosed();
-      assert.equal(s.proxy.stats().tunnels.active, 0);
-      assert.equal(s.proxy.stats().tunnels.rejected, 1);
-    });
+    test(
+      `on an upgrade the upstream refuses with 426 (${kind}): the refusal keeps Upgrade, then the socket is closed`,
+      BOUND,
+      async () => {
+        const s = await setup(
+          kind,
+          () =>
+            'HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nConnection: Upgrade\r\nContent-Length: 4\r\n\r\nnope',
+        );
+        const client = s.client();
+        client.send(wsHandshake('/chat', { 'Sec-WebSocket-Version': '8' }));
+        const res = await client.response('GET', 'the refusal');
+        assert.equal(res.status, 426);
+        assert.equal(res.headers.upgrade, 'websocket');
+        assert.equal(res.headers['sec-websocket-version'], '13');
+        assert.equal(res.body, 'nope');
+        await client.untilClosed();
+        assert.equal(s.proxy.stats().tunnels.active, 0);
+        assert.equal(s.proxy.stats().tunnels.rejected, 1);
+      },
+    );
   }
 });
 
@@ -1117,94 +1442,158 @@ describe('proxy_keepalive.t: upstream connections kept alive, and not when they 
   /** nginx's "dumb server which is able to keep connections alive". */
   function keepaliveBackend(req) {
     const { conn, index, target, method } = req;
-    const head = (status) => `HTTP/1.1 ${status}\r\nX-Request: ${index}\r\nX-Connection: ${conn.id}\r\n`;
+    const head = (status) =>
+      `HTTP/1.1 ${status}\r\nX-Request: ${index}\r\nX-Connection: ${conn.id}\r\n`;
     const see = `TEST-OK-IF-YOU-SEE-THIS${String(conn.id).padStart(3, '0')}`;
     const isHead = method === 'HEAD';
-    if (target.includes('length')) return `${head('200 OK')}Content-Length: 26\r\n\r\n${isHead ? '' : see}`;
+    if (target.includes('length'))
+      return `${head('200 OK')}Content-Length: 26\r\n\r\n${isHead ? '' : see}`;
     if (target.includes('empty')) return `${head('200 OK')}Content-Length: 0\r\n\r\n`;
     if (target.includes('304nolen')) return `${head('304 Not Modified')}\r\n`;
     if (target.includes('304len')) return `${head('304 Not Modified')}Content-Length: 100\r\n\r\n`;
-    if (target.includes('chunked')) return `${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${isHead ? '' : `1a\r\n${see}\r\n0\r\n\r\n`}`;
+    if (target.includes('chunked'))
+      return `${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${isHead ? '' : `1a\r\n${see}\r\n0\r\n\r\n`}`;
     if (target.includes('complex')) {
       // nginx paces these writes so that they arrive apart: the last chunk's CRLF comes last.
-      conn.send(`${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${'a\r\n0123456789\r\n'.repeat(50)}`);
+      conn.send(
+        `${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${'a\r\n0123456789\r\n'.repeat(50)}`,
+      );
       setTimeout(() => {
         conn.send(`${'a\r\n0123456789\r\n'.repeat(50)}1a\r\n${see}\r\n0\r\n`);
         setTimeout(() => conn.send(CRLF), 20);
       }, 10);
       return undefined;
     }
-    if (target.includes('chunk0')) return `${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${isHead ? '' : '0\r\n\r\n'}`;
-    if (target.includes('closed')) return { end: `${head('200 OK')}Connection: close\r\nContent-Length: 12\r\n\r\n0123456789\r\n` };
-    return { end: `${head('404 Not Found')}Connection: close\r\n\r\nOops, '${target}' not found\r\n` };
+    if (target.includes('chunk0'))
+      return `${head('200 OK')}Transfer-Encoding: chunked\r\n\r\n${isHead ? '' : '0\r\n\r\n'}`;
+    if (target.includes('closed'))
+      return {
+        end: `${head('200 OK')}Connection: close\r\nContent-Length: 12\r\n\r\n0123456789\r\n`,
+      };
+    return {
+      end: `${head('404 Not Found')}Connection: close\r\n\r\nOops, '${target}' not found\r\n`,
+    };
   }
   const see = (id) => `TEST-OK-IF-YOU-SEE-THIS${String(id).padStart(3, '0')}`;
 
   const reused = [
     { name: 'proxy_keepalive.t "buffered" / "buffered 2"', path: '/buffered/length', body: see(1) },
-    { name: 'proxy_keepalive.t "buffered chunked" / "buffered chunked 2"', path: '/buffered/chunked', body: see(1) },
-    { name: 'proxy_keepalive.t "buffered complex chunked" / "buffered complex chunked 2"', path: '/buffered/complex', body: '0123456789'.repeat(100) + see(1) },
-    { name: 'proxy_keepalive.t "buffered 0 chunk" / "buffered 0 chunk 2"', path: '/buffered/chunk0', body: '' },
-    { name: 'proxy_keepalive.t "buffered head" / "buffered head 2"', path: '/buffered/length/head', method: 'HEAD', body: '' },
-    { name: 'proxy_keepalive.t "buffered empty" / "buffered empty 2"', path: '/buffered/empty', body: '' },
-    { name: 'proxy_keepalive.t "buffered 304" / "buffered 304 2"', path: '/buffered/304nolen', status: 304, body: '' },
-    { name: 'proxy_keepalive.t "buffered 304 with length" / "buffered 304 with length 2"', path: '/buffered/304len', status: 304, body: '' },
+    {
+      name: 'proxy_keepalive.t "buffered chunked" / "buffered chunked 2"',
+      path: '/buffered/chunked',
+      body: see(1),
+    },
+    {
+      name: 'proxy_keepalive.t "buffered complex chunked" / "buffered complex chunked 2"',
+      path: '/buffered/complex',
+      body: '0123456789'.repeat(100) + see(1),
+    },
+    {
+      name: 'proxy_keepalive.t "buffered 0 chunk" / "buffered 0 chunk 2"',
+      path: '/buffered/chunk0',
+      body: '',
+    },
+    {
+      name: 'proxy_keepalive.t "buffered head" / "buffered head 2"',
+      path: '/buffered/length/head',
+      method: 'HEAD',
+      body: '',
+    },
+    {
+      name: 'proxy_keepalive.t "buffered empty" / "buffered empty 2"',
+      path: '/buffered/empty',
+      body: '',
+    },
+    {
+      name: 'proxy_keepalive.t "buffered 304" / "buffered 304 2"',
+      path: '/buffered/304nolen',
+      status: 304,
+      body: '',
+    },
+    {
+      name: 'proxy_keepalive.t "buffered 304 with length" / "buffered 304 with length 2"',
+      path: '/buffered/304len',
+      status: 304,
+      body: '',
+    },
   ];
 
   for (const c of reused) {
     for (const kind of KINDS) {
-      test(`${c.name} (${kind}): two requests, one upstream connection, both bodies whole, no error`, BOUND, async () => {
-        const method = c.method ?? 'GET';
-        const s = await setup(kind, keepaliveBackend);
-        const responses = [];
-        for (const n of [1, 2]) {
-          const client = s.client();
-          client.send(requestText(`${c.path}${n}`, { method }));
-          responses.push(await client.response(method, `response ${n}`));
-          client.socket.destroy();
-        }
-        for (const [i, res] of responses.entries()) {
-          assert.equal(res.status, c.status ?? 200);
-          assert.equal(res.headers['x-connection'], '1', `response ${i + 1} came over upstream connection 1`);
-          assert.equal(res.headers['x-request'], String(i + 1));
-          assert.equal(res.body, c.body);
-        }
-        assert.equal(s.up.connections.length, 1);
-        assert.ok(!logged(s.logger, 'error', /./) && !logged(s.logger, 'warn', /./), `no errors: ${JSON.stringify(s.logger.lines)}`);
-        assert.deepEqual(errorCodes(s.errors), []);
-      });
+      test(
+        `${c.name} (${kind}): two requests, one upstream connection, both bodies whole, no error`,
+        BOUND,
+        async () => {
+          const method = c.method ?? 'GET';
+          const s = await setup(kind, keepaliveBackend);
+          const responses = [];
+          for (const n of [1, 2]) {
+            const client = s.client();
+            client.send(requestText(`${c.path}${n}`, { method }));
+            responses.push(await client.response(method, `response ${n}`));
+            client.socket.destroy();
+          }
+          for (const [i, res] of responses.entries()) {
+            assert.equal(res.status, c.status ?? 200);
+            assert.equal(
+              res.headers['x-connection'],
+              '1',
+              `response ${i + 1} came over upstream connection 1`,
+            );
+            assert.equal(res.headers['x-request'], String(i + 1));
+            assert.equal(res.body, c.body);
+          }
+          assert.equal(s.up.connections.length, 1);
+          assert.ok(
+            !logged(s.logger, 'error', /./) && !logged(s.logger, 'warn', /./),
+            `no errors: ${JSON.stringify(s.logger.lines)}`,
+          );
+          assert.deepEqual(errorCodes(s.errors), []);
+        },
+      );
     }
   }
 
   for (const kind of KINDS) {
-    test(`proxy_keepalive.t "buffered closed 1" / "buffered closed 2" (${kind}): Connection: close from the upstream, and the next request goes over a new connection`, BOUND, async () => {
-      const s = await setup(kind, keepaliveBackend);
-      const client = s.client();
-      for (const n of [1, 2]) {
-        client.send(requestText(`/buffered/closed${n}`));
-        const res = await client.response('GET', `response ${n}`);
-        assert.equal(res.status, 200);
-        assert.equal(res.body, '0123456789\r\n');
-        assert.equal(res.headers['x-connection'], String(n));
-        assert.equal(res.headers['x-request'], String(n));
-      }
-      assert.equal(s.up.connections.length, 2);
-      assert.deepEqual(errorCodes(s.errors), []);
-      assert.ok(!logged(s.logger, 'error', /./), JSON.stringify(s.logger.lines));
-    });
+    test(
+      `proxy_keepalive.t "buffered closed 1" / "buffered closed 2" (${kind}): Connection: close from the upstream, and the next request goes over a new connection`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, keepaliveBackend);
+        const client = s.client();
+        for (const n of [1, 2]) {
+          client.send(requestText(`/buffered/closed${n}`));
+          const res = await client.response('GET', `response ${n}`);
+          assert.equal(res.status, 200);
+          assert.equal(res.body, '0123456789\r\n');
+          assert.equal(res.headers['x-connection'], String(n));
+          assert.equal(res.headers['x-request'], String(n));
+        }
+        assert.equal(s.up.connections.length, 2);
+        assert.deepEqual(errorCodes(s.errors), []);
+        assert.ok(!logged(s.logger, 'error', /./), JSON.stringify(s.logger.lines));
+      },
+    );
 
-    test(`proxy_keepalive.t, the backend's 404 (${kind}): a body the upstream ends by closing reaches an HTTP/1.1 client whole, chunked, on a connection kept alive`, BOUND, async () => {
-      const s = await setup(kind, keepaliveBackend);
-      const client = s.client();
-      client.send(requestText('/nowhere'));
-      const res = await client.response('GET', 'the 404');
-      assert.equal(res.status, 404);
-      assert.equal(res.body, "Oops, '/nowhere' not found\r\n");
-      assert.match(res.headers['transfer-encoding'] ?? '', /chunked/);
-      client.send(requestText('/nowhere-else'));
-      assert.equal((await client.response('GET', 'a second response')).body, "Oops, '/nowhere-else' not found\r\n");
-      assert.deepEqual(errorCodes(s.errors), []);
-    });
+    test(
+      `proxy_keepalive.t, the backend's 404 (${kind}): a body the upstream ends by closing reaches an HTTP/1.1 client whole, chunked, on a connection kept alive`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, keepaliveBackend);
+        const client = s.client();
+        client.send(requestText('/nowhere'));
+        const res = await client.response('GET', 'the 404');
+        assert.equal(res.status, 404);
+        assert.equal(res.body, "Oops, '/nowhere' not found\r\n");
+        assert.match(res.headers['transfer-encoding'] ?? '', /chunked/);
+        client.send(requestText('/nowhere-else'));
+        assert.equal(
+          (await client.response('GET', 'a second response')).body,
+          "Oops, '/nowhere-else' not found\r\n",
+        );
+        assert.deepEqual(errorCodes(s.errors), []);
+      },
+    );
   }
 
   const http10 = [
@@ -1221,189 +1610,306 @@ describe('proxy_keepalive.t: upstream connections kept alive, and not when they 
   ];
   for (const c of http10) {
     for (const kind of KINDS) {
-      test(`proxy_keepalive.t, ${c.name} (${kind}): relayed whole; the upstream connection is reused only when it said keep-alive`, BOUND, async () => {
-        const s = await setup(kind, () => c.answer);
-        const client = s.client();
-        for (const n of [1, 2]) {
-          client.send(requestText(`/old${n}`));
-          const res = await client.response('GET', `response ${n}`);
-          assert.equal(res.status, 200);
-          assert.equal(res.body, 'hello');
-        }
-        assert.equal(s.up.connections.length, c.connections);
-        if (c.connections === 2) await within(s.up.connections[0].closed, 2_000, 'the HTTP/1.0 connection is closed by the proxy');
-        assert.deepEqual(errorCodes(s.errors), []);
-      });
+      test(
+        `proxy_keepalive.t, ${c.name} (${kind}): relayed whole; the upstream connection is reused only when it said keep-alive`,
+        BOUND,
+        async () => {
+          const s = await setup(kind, () => c.answer);
+          const client = s.client();
+          for (const n of [1, 2]) {
+            client.send(requestText(`/old${n}`));
+            const res = await client.response('GET', `response ${n}`);
+            assert.equal(res.status, 200);
+            assert.equal(res.body, 'hello');
+          }
+          assert.equal(s.up.connections.length, c.connections);
+          if (c.connections === 2)
+            await within(
+              s.up.connections[0].closed,
+              2_000,
+              'the HTTP/1.0 connection is closed by the proxy',
+            );
+          assert.deepEqual(errorCodes(s.errors), []);
+        },
+      );
     }
   }
 
-  test(`proxy_keepalive.t, an HTTP/1.0 answer delimited by the close (${KINDS[0]} and ${KINDS[1]}): the body reaches the client whole, chunked`, BOUND, async () => {
-    for (const kind of KINDS) {
-      const s = await setup(kind, () => ({ end: 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close' }));
-      const client = s.client();
-      client.send(requestText('/old'));
-      const res = await client.response('GET', `the response (${kind})`);
-      assert.equal(res.status, 200);
-      assert.equal(res.body, 'until the close');
-      assert.match(res.headers['transfer-encoding'] ?? '', /chunked/);
-      assert.deepEqual(errorCodes(s.errors), []);
-    }
-  });
+  test(
+    `proxy_keepalive.t, an HTTP/1.0 answer delimited by the close (${KINDS[0]} and ${KINDS[1]}): the body reaches the client whole, chunked`,
+    BOUND,
+    async () => {
+      for (const kind of KINDS) {
+        const s = await setup(kind, () => ({
+          end: 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close',
+        }));
+        const client = s.client();
+        client.send(requestText('/old'));
+        const res = await client.response('GET', `the response (${kind})`);
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'until the close');
+        assert.match(res.headers['transfer-encoding'] ?? '', /chunked/);
+        assert.deepEqual(errorCodes(s.errors), []);
+      }
+    },
+  );
 });
 
 describe('proxy_upgrade.t / proxy_websocket.t: tunnels', () => {
   const GREETING = encodeFrame(0x1, 'handshaked', false);
 
   for (const kind of KINDS) {
-    test(`proxy_upgrade.t "handshake" / "upgrade response" (${kind}): Connection: upgrade and the client's Upgrade sent upstream, bytes relayed byte for byte both ways`, BOUND, async () => {
-      const s = await setup(kind, (req) => switching(req) + latin1(GREETING));
-      const client = s.client();
-      client.send(wsHandshake('/chat?room=1', { Upgrade: 'WebSocket' }));
-      const res = await client.response('GET', 'the 101');
-      assert.equal(res.status, 101);
-      assert.equal(res.headers['sec-websocket-accept'], acceptFor(KEY));
-      const [request] = s.up.requests;
-      assert.equal(request.target, '/chat?room=1');
-      assert.equal(request.headers.upgrade, 'WebSocket', "the client's Upgrade value");
-      assert.match(request.headers.connection, /^upgrade$/i);
-
-      // Upstream → client: what came with the 101, then frames of every size class, byte for byte.
-      const conn = s.up.connections[0];
-      const fromUpstream = Buffer.concat([encodeFrame(0x2, randomBytes(70_000), false), encodeFrame(0x1, 'bar', false), encodeFrame(0x9, 'p', false)]);
-      conn.send(fromUpstream);
-      const expected = latin1(GREETING) + latin1(fromUpstream);
-      await client.received((all) => all.length - res.raw.length >= expected.length, 'the upstream bytes at the client');
-      assert.ok(client.pending === expected, 'the client got exactly the bytes the upstream sent after its 101');
-
-      // Client → upstream: masked frames, as written.
-      const fromClient = Buffer.concat([encodeFrame(0x1, 'foo', true), encodeFrame(0x2, randomBytes(1_000), true), encodeFrame(0xa, 'p', true)]);
-      client.send(fromClient);
-      await s.up.until(() => conn.tunnel.length >= fromClient.length, 'the client bytes at the upstream');
-      assert.ok(conn.tunnel === latin1(fromClient), 'the upstream got exactly the bytes the client sent');
-      assert.equal(s.proxy.stats().tunnels.active, 1);
-      client.socket.destroy();
-      await within(conn.closed, 2_000, 'the upstream side is closed when the client goes');
-    });
-
-    test(`proxy_upgrade.t "upgrade big response", "upgrade 1".."upgrade 10", "upgrade small 1".."upgrade small 10" (${kind})`, BOUND, async () => {
-      const s = await setup(kind, (req) => switching(req) + latin1(GREETING), { onTunnel: echoFooBar });
-      const client = s.client();
-      client.send(wsHandshake('/'));
-      assert.equal((await client.response('GET', 'the 101')).status, 101);
-      assert.equal((await client.nextFrame('the greeting')).payload.toString(), 'handshaked');
-
-      client.send(encodeFrame(0x1, 'foo', true));
-      assert.equal((await client.nextFrame('"upgrade response"')).payload.toString(), 'bar');
-      client.send(encodeFrame(0x1, 'foo'.repeat(16384), true));
-      assert.equal((await client.nextFrame('"upgrade big response"')).payload.toString(), 'bar'.repeat(16384));
-
-      for (let i = 1; i <= 10; i++) client.send(Buffer.concat([encodeFrame(0x1, `${'foo'.repeat(16384)}${i}`, true), encodeFrame(0x1, `bazz${i}`, true)]));
-      for (let i = 1; i <= 10; i++) {
-        assert.equal((await client.nextFrame(`"upgrade ${i}"`)).payload.toString(), `${'bar'.repeat(16384)}${i}`);
-        assert.equal((await client.nextFrame(`"upgrade small ${i}"`)).payload.toString(), `bazz${i}`);
-      }
-      client.socket.destroy();
-    });
-
-    test(`proxy_upgrade.t "handshake pipelined" / "response pipelined" / "next to pipelined" (${kind}): a frame sent with the handshake reaches the upstream after it`, BOUND, async () => {
-      const s = await setup(kind, (req) => switching(req) + latin1(GREETING), { onTunnel: echoFooBar });
-      const client = s.client();
-      const pipelined = encodeFrame(0x1, 'foo', true);
-      client.send(Buffer.concat([Buffer.from(wsHandshake('/'), 'latin1'), pipelined]));
-      assert.equal((await client.response('GET', 'the 101')).status, 101);
-      assert.equal((await client.nextFrame('the greeting')).payload.toString(), 'handshaked');
-      assert.equal((await client.nextFrame('"response pipelined"')).payload.toString(), 'bar');
-      assert.ok(s.up.connections[0].tunnel.startsWith(latin1(pipelined)), 'the pipelined frame, byte for byte, after the handshake');
-      assert.equal(s.up.requests.length, 1, 'the frame was not read as a request');
-      client.send(encodeFrame(0x1, 'foo', true));
-      assert.equal((await client.nextFrame('"next to pipelined"')).payload.toString(), 'bar');
-      client.socket.destroy();
-    });
-
-    test(`proxy_upgrade.t "log - bytes" / "log - bytes pipelined" (${kind}): the close event counts the tunnel bytes each way`, BOUND, async () => {
-      const s = await setup(kind, (req) => switching(req) + latin1(GREETING), { onTunnel: echoFooBar });
-      const client = s.client();
-      const pipelined = encodeFrame(0x1, 'foo', true);
-      client.send(Buffer.concat([Buffer.from(wsHandshake('/'), 'latin1'), pipelined]));
-      const res = await client.response('GET', 'the 101');
-      const big = encodeFrame(0x1, 'foo'.repeat(16384), true);
-      client.send(big);
-      await client.received((all) => all.length - res.raw.length >= GREETING.length + 5 + 4 + 16384 * 3, 'every echo at the client');
-      const closed = nextEvent(s.proxy, 'close');
-      client.socket.destroy();
-      const [info] = await within(closed, 2_000, 'the close event');
-      const conn = s.up.connections[0];
-      assert.equal(info.reason, 'client');
-      assert.equal(info.bytesFromClient, conn.tunnel.length, 'what reached the upstream after the handshake');
-      assert.equal(conn.tunnel.length, pipelined.length + big.length);
-      assert.equal(info.bytesFromUpstream, client.all.length - res.raw.length, 'what reached the client after the 101');
-    });
-
-    test(`proxy_websocket.t, frames split across TCP writes (${kind}): each piece is relayed as it comes, the frame arrives intact`, BOUND, async () => {
-      const s = await setup(kind, (req) => switching(req));
-      const client = s.client();
-      client.send(wsHandshake('/'));
-      const res = await client.response('GET', 'the 101');
-      assert.equal(res.status, 101);
-      const conn = s.up.connections[0];
-
-      const up = encodeFrame(0x2, randomBytes(3_000), true);
-      const cuts = [1, 7, 1_500, up.length];
-      let from = 0;
-      for (const to of cuts) {
-        client.send(up.subarray(from, to));
-        await s.up.until(() => conn.tunnel.length >= to, `client bytes up to ${to} at the upstream`);
-        from = to;
-      }
-      assert.ok(conn.tunnel === latin1(up), 'the split client frame reached the upstream intact');
-
-      const down = encodeFrame(0x1, 'x'.repeat(200_000), false);
-      from = 0;
-      for (const to of [1, 3, 100_000, down.length]) {
-        conn.send(down.subarray(from, to));
-        await client.received((all) => all.length - res.raw.length >= to, `upstream bytes up to ${to} at the client`);
-        from = to;
-      }
-      const frame = await client.nextFrame('the split upstream frame');
-      assert.equal(frame.opcode, 0x1);
-      assert.equal(frame.masked, false);
-      assert.ok(frame.payload.toString() === 'x'.repeat(200_000), 'intact');
-      client.socket.destroy();
-    });
-
-    test(`proxy_upgrade.t "handshake", refused (${kind}): a non-101 answer to an upgrade is passed to the client as HTTP, then the socket is closed; no tunnel`, BOUND, async () => {
-      const s = await setup(kind, (req) =>
-        req.target === '/forbidden'
-          ? 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nforbidden'
-          : 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nnot-now',
-      );
-      for (const [path, status, body] of [['/forbidden', 403, 'forbidden'], ['/ok', 200, 'not-now']]) {
+    test(
+      `proxy_upgrade.t "handshake" / "upgrade response" (${kind}): Connection: upgrade and the client's Upgrade sent upstream, bytes relayed byte for byte both ways`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) => switching(req) + latin1(GREETING));
         const client = s.client();
-        client.send(wsHandshake(path));
-        const res = await client.response('GET', `the refusal of ${path}`);
-        assert.equal(res.status, status);
-        assert.equal(res.body, body);
-        assert.match(res.headers.connection ?? '', /close/i);
-        await client.untilClosed(`the front closes the socket after the ${status}`);
-      }
-      await s.up.until(() => s.up.connections.every((conn) => conn.socket.destroyed), 'both upstream connections closed');
-      assert.equal(s.proxy.stats().tunnels.active, 0);
-      assert.equal(s.proxy.stats().tunnels.rejected, 2);
-      assert.equal(s.proxy.stats().tunnels.total, 0);
-    });
+        client.send(wsHandshake('/chat?room=1', { Upgrade: 'WebSocket' }));
+        const res = await client.response('GET', 'the 101');
+        assert.equal(res.status, 101);
+        assert.equal(res.headers['sec-websocket-accept'], acceptFor(KEY));
+        const [request] = s.up.requests;
+        assert.equal(request.target, '/chat?room=1');
+        assert.equal(request.headers.upgrade, 'WebSocket', "the client's Upgrade value");
+        assert.match(request.headers.connection, /^upgrade$/i);
+
+        // Upstream → client: what came with the 101, then frames of every size class, byte for byte.
+        const conn = s.up.connections[0];
+        const fromUpstream = Buffer.concat([
+          encodeFrame(0x2, randomBytes(70_000), false),
+          encodeFrame(0x1, 'bar', false),
+          encodeFrame(0x9, 'p', false),
+        ]);
+        conn.send(fromUpstream);
+        const expected = latin1(GREETING) + latin1(fromUpstream);
+        await client.received(
+          (all) => all.length - res.raw.length >= expected.length,
+          'the upstream bytes at the client',
+        );
+        assert.ok(
+          client.pending === expected,
+          'the client got exactly the bytes the upstream sent after its 101',
+        );
+
+        // Client → upstream: masked frames, as written.
+        const fromClient = Buffer.concat([
+          encodeFrame(0x1, 'foo', true),
+          encodeFrame(0x2, randomBytes(1_000), true),
+          encodeFrame(0xa, 'p', true),
+        ]);
+        client.send(fromClient);
+        await s.up.until(
+          () => conn.tunnel.length >= fromClient.length,
+          'the client bytes at the upstream',
+        );
+        assert.ok(
+          conn.tunnel === latin1(fromClient),
+          'the upstream got exactly the bytes the client sent',
+        );
+        assert.equal(s.proxy.stats().tunnels.active, 1);
+        client.socket.destroy();
+        await within(conn.closed, 2_000, 'the upstream side is closed when the client goes');
+      },
+    );
+
+    test(
+      `proxy_upgrade.t "upgrade big response", "upgrade 1".."upgrade 10", "upgrade small 1".."upgrade small 10" (${kind})`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) => switching(req) + latin1(GREETING), {
+          onTunnel: echoFooBar,
+        });
+        const client = s.client();
+        client.send(wsHandshake('/'));
+        assert.equal((await client.response('GET', 'the 101')).status, 101);
+        assert.equal((await client.nextFrame('the greeting')).payload.toString(), 'handshaked');
+
+        client.send(encodeFrame(0x1, 'foo', true));
+        assert.equal((await client.nextFrame('"upgrade response"')).payload.toString(), 'bar');
+        client.send(encodeFrame(0x1, 'foo'.repeat(16384), true));
+        assert.equal(
+          (await client.nextFrame('"upgrade big response"')).payload.toString(),
+          'bar'.repeat(16384),
+        );
+
+        for (let i = 1; i <= 10; i++)
+          client.send(
+            Buffer.concat([
+              encodeFrame(0x1, `${'foo'.repeat(16384)}${i}`, true),
+              encodeFrame(0x1, `bazz${i}`, true),
+            ]),
+          );
+        for (let i = 1; i <= 10; i++) {
+          assert.equal(
+            (await client.nextFrame(`"upgrade ${i}"`)).payload.toString(),
+            `${'bar'.repeat(16384)}${i}`,
+          );
+          assert.equal(
+            (await client.nextFrame(`"upgrade small ${i}"`)).payload.toString(),
+            `bazz${i}`,
+          );
+        }
+        client.socket.destroy();
+      },
+    );
+
+    test(
+      `proxy_upgrade.t "handshake pipelined" / "response pipelined" / "next to pipelined" (${kind}): a frame sent with the handshake reaches the upstream after it`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) => switching(req) + latin1(GREETING), {
+          onTunnel: echoFooBar,
+        });
+        const client = s.client();
+        const pipelined = encodeFrame(0x1, 'foo', true);
+        client.send(Buffer.concat([Buffer.from(wsHandshake('/'), 'latin1'), pipelined]));
+        assert.equal((await client.response('GET', 'the 101')).status, 101);
+        assert.equal((await client.nextFrame('the greeting')).payload.toString(), 'handshaked');
+        assert.equal((await client.nextFrame('"response pipelined"')).payload.toString(), 'bar');
+        assert.ok(
+          s.up.connections[0].tunnel.startsWith(latin1(pipelined)),
+          'the pipelined frame, byte for byte, after the handshake',
+        );
+        assert.equal(s.up.requests.length, 1, 'the frame was not read as a request');
+        client.send(encodeFrame(0x1, 'foo', true));
+        assert.equal((await client.nextFrame('"next to pipelined"')).payload.toString(), 'bar');
+        client.socket.destroy();
+      },
+    );
+
+    test(
+      `proxy_upgrade.t "log - bytes" / "log - bytes pipelined" (${kind}): the close event counts the tunnel bytes each way`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) => switching(req) + latin1(GREETING), {
+          onTunnel: echoFooBar,
+        });
+        const client = s.client();
+        const pipelined = encodeFrame(0x1, 'foo', true);
+        client.send(Buffer.concat([Buffer.from(wsHandshake('/'), 'latin1'), pipelined]));
+        const res = await client.response('GET', 'the 101');
+        const big = encodeFrame(0x1, 'foo'.repeat(16384), true);
+        client.send(big);
+        await client.received(
+          (all) => all.length - res.raw.length >= GREETING.length + 5 + 4 + 16384 * 3,
+          'every echo at the client',
+        );
+        const closed = nextEvent(s.proxy, 'close');
+        client.socket.destroy();
+        const [info] = await within(closed, 2_000, 'the close event');
+        const conn = s.up.connections[0];
+        assert.equal(info.reason, 'client');
+        assert.equal(
+          info.bytesFromClient,
+          conn.tunnel.length,
+          'what reached the upstream after the handshake',
+        );
+        assert.equal(conn.tunnel.length, pipelined.length + big.length);
+        assert.equal(
+          info.bytesFromUpstream,
+          client.all.length - res.raw.length,
+          'what reached the client after the 101',
+        );
+      },
+    );
+
+    test(
+      `proxy_websocket.t, frames split across TCP writes (${kind}): each piece is relayed as it comes, the frame arrives intact`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) => switching(req));
+        const client = s.client();
+        client.send(wsHandshake('/'));
+        const res = await client.response('GET', 'the 101');
+        assert.equal(res.status, 101);
+        const conn = s.up.connections[0];
+
+        const up = encodeFrame(0x2, randomBytes(3_000), true);
+        const cuts = [1, 7, 1_500, up.length];
+        let from = 0;
+        for (const to of cuts) {
+          client.send(up.subarray(from, to));
+          await s.up.until(
+            () => conn.tunnel.length >= to,
+            `client bytes up to ${to} at the upstream`,
+          );
+          from = to;
+        }
+        assert.ok(conn.tunnel === latin1(up), 'the split client frame reached the upstream intact');
+
+        const down = encodeFrame(0x1, 'x'.repeat(200_000), false);
+        from = 0;
+        for (const to of [1, 3, 100_000, down.length]) {
+          conn.send(down.subarray(from, to));
+          await client.received(
+            (all) => all.length - res.raw.length >= to,
+            `upstream bytes up to ${to} at the client`,
+          );
+          from = to;
+        }
+        const frame = await client.nextFrame('the split upstream frame');
+        assert.equal(frame.opcode, 0x1);
+        assert.equal(frame.masked, false);
+        assert.ok(frame.payload.toString() === 'x'.repeat(200_000), 'intact');
+        client.socket.destroy();
+      },
+    );
+
+    test(
+      `proxy_upgrade.t "handshake", refused (${kind}): a non-101 answer to an upgrade is passed to the client as HTTP, then the socket is closed; no tunnel`,
+      BOUND,
+      async () => {
+        const s = await setup(kind, (req) =>
+          req.target === '/forbidden'
+            ? 'HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nforbidden'
+            : 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nnot-now',
+        );
+        for (const [path, status, body] of [
+          ['/forbidden', 403, 'forbidden'],
+          ['/ok', 200, 'not-now'],
+        ]) {
+          const client = s.client();
+          client.send(wsHandshake(path));
+          const res = await client.response('GET', `the refusal of ${path}`);
+          assert.equal(res.status, status);
+          assert.equal(res.body, body);
+          assert.match(res.headers.connection ?? '', /close/i);
+          await client.untilClosed(`the front closes the socket after the ${status}`);
+        }
+        await s.up.until(
+          () => s.up.connections.every((conn) => conn.socket.destroyed),
+          'both upstream connections closed',
+        );
+        assert.equal(s.proxy.stats().tunnels.active, 0);
+        assert.equal(s.proxy.stats().tunnels.rejected, 2);
+        assert.equal(s.proxy.stats().tunnels.total, 0);
+      },
+    );
   }
 
-  test('proxy_websocket.t "websocket handshake" / "websocket response" / "websocket big response" (ws client, express5)', BOUND, async () => {
-    const s = await setup('express5', (req) => switching(req) + latin1(encodeFrame(0x1, `hello:${req.target}`, false)), { onTunnel: echoFooBar });
-    const opened = await within(openSocket(`${s.front.wsUrl}/ws`), 2_000, 'the WebSocket opens');
-    assert.ok(opened.ws, `opened, not refused: ${JSON.stringify(opened.refused)}`);
-    assert.equal(opened.greeting, 'hello:/ws');
-    assert.equal(await within(roundTrip(opened.ws, 'foo'), 2_000, 'a round trip'), 'bar');
-    assert.equal(await within(roundTrip(opened.ws, 'foo'.repeat(16384)), 2_000, 'a big round trip'), 'bar'.repeat(16384));
-    const closed = nextEvent(s.proxy, 'close');
-    opened.ws.close();
-    const [info] = await within(closed, 2_000, 'the tunnel closes');
-    assert.equal(info.reason, 'client');
-    assert.equal(s.proxy.stats().tunnels.active, 0);
-  });
+  test(
+    'proxy_websocket.t "websocket handshake" / "websocket response" / "websocket big response" (ws client, express5)',
+    BOUND,
+    async () => {
+      const s = await setup(
+        'express5',
+        (req) => switching(req) + latin1(encodeFrame(0x1, `hello:${req.target}`, false)),
+        { onTunnel: echoFooBar },
+      );
+      const opened = await within(openSocket(`${s.front.wsUrl}/ws`), 2_000, 'the WebSocket opens');
+      assert.ok(opened.ws, `opened, not refused: ${JSON.stringify(opened.refused)}`);
+      assert.equal(opened.greeting, 'hello:/ws');
+      assert.equal(await within(roundTrip(opened.ws, 'foo'), 2_000, 'a round trip'), 'bar');
+      assert.equal(
+        await within(roundTrip(opened.ws, 'foo'.repeat(16384)), 2_000, 'a big round trip'),
+        'bar'.repeat(16384),
+      );
+      const closed = nextEvent(s.proxy, 'close');
+      opened.ws.close();
+      const [info] = await within(closed, 2_000, 'the tunnel closes');
+      assert.equal(info.reason, 'client');
+      assert.equal(s.proxy.stats().tunnels.active, 0);
+    },
+  );
 });

@@ -8,7 +8,9 @@ const fixture = fileURLToPath(new URL('fixtures/one-of-each.mjs', import.meta.ur
 
 function run(entry) {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [fixture, entry], { timeout: 10_000 }, (error, stdout, stderr) => (error ? reject(Object.assign(error, { stderr })) : resolve({ stdout, stderr })));
+    execFile(process.execPath, [fixture, entry], { timeout: 10_000 }, (error, stdout, stderr) =>
+      error ? reject(Object.assign(error, { stderr })) : resolve({ stdout, stderr }),
+    );
   });
 }
 

@@ -10,11 +10,19 @@ async function show(promise) {
   }
 }
 
-$('time').addEventListener('click', () => show(fetch('api/time', { headers: { accept: 'application/json' } })));
+$('time').addEventListener('click', () =>
+  show(fetch('api/time', { headers: { accept: 'application/json' } })),
+);
 $('echo').addEventListener('submit', (event) => {
   event.preventDefault();
   const body = JSON.stringify({ text: $('echo-text').value });
-  show(fetch('api/echo', { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json' }, body }));
+  show(
+    fetch('api/echo', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body,
+    }),
+  );
 });
 
 let socket;
@@ -62,7 +70,14 @@ async function refreshStats() {
     $('stats-rows').replaceChildren(
       ...Object.entries(stats).map(([name, s]) => {
         const row = document.createElement('tr');
-        for (const value of [name, s.requests.total, s.requests.active, s.requests.errors, s.tunnels.active, s.tunnels.total]) {
+        for (const value of [
+          name,
+          s.requests.total,
+          s.requests.active,
+          s.requests.errors,
+          s.tunnels.active,
+          s.tunnels.total,
+        ]) {
           const cell = document.createElement('td');
           cell.textContent = value;
           row.append(cell);

@@ -45,7 +45,8 @@ export function defaultPort(req: IncomingMessage): '80' | '443' {
 function portOf(host: string | undefined, req: IncomingMessage): string {
   const colon = host ? host.lastIndexOf(':') : -1;
   // After the last colon, and not inside an IPv6 literal ("[::1]" has no port).
-  if (colon !== -1 && host!.indexOf(']', colon) === -1 && colon < host!.length - 1) return host!.slice(colon + 1);
+  if (colon !== -1 && host!.indexOf(']', colon) === -1 && colon < host!.length - 1)
+    return host!.slice(colon + 1);
   return defaultPort(req);
 }
 
@@ -67,7 +68,11 @@ function forwardedNode(address: string | undefined): string {
  * Adds the forwarding headers of `mode` to the upstream headers. `headers` already holds the
  * incoming forwarding headers when the peer is trusted (they are appended to) and none otherwise.
  */
-export function addForwarding(headers: OutgoingHttpHeaders, req: IncomingMessage, mode: ForwardedMode): void {
+export function addForwarding(
+  headers: OutgoingHttpHeaders,
+  req: IncomingMessage,
+  mode: ForwardedMode,
+): void {
   if (mode === false) return;
   const proto = protoOf(req);
   const host = req.headers.host;
@@ -78,7 +83,10 @@ export function addForwarding(headers: OutgoingHttpHeaders, req: IncomingMessage
     headers.forwarded = appended(headers.forwarded, element);
     return;
   }
-  headers['x-forwarded-for'] = appended(headers['x-forwarded-for'], req.socket.remoteAddress ?? 'unknown');
+  headers['x-forwarded-for'] = appended(
+    headers['x-forwarded-for'],
+    req.socket.remoteAddress ?? 'unknown',
+  );
   headers['x-forwarded-proto'] = appended(headers['x-forwarded-proto'], proto);
   if (host) headers['x-forwarded-host'] = appended(headers['x-forwarded-host'], host);
   headers['x-forwarded-port'] = appended(headers['x-forwarded-port'], portOf(host, req));

@@ -7,7 +7,11 @@ import type { HeaderRule, HeaderRules, HeaderValue } from '../types';
 export type CompiledHeaderRule =
   | { readonly name: string; readonly kind: 'set'; readonly value: string | readonly string[] }
   | { readonly name: string; readonly kind: 'remove' }
-  | { readonly name: string; readonly kind: 'dynamic'; readonly compute: (req: IncomingMessage) => HeaderValue | null | undefined };
+  | {
+      readonly name: string;
+      readonly kind: 'dynamic';
+      readonly compute: (req: IncomingMessage) => HeaderValue | null | undefined;
+    };
 
 export type HeaderPolicy = readonly CompiledHeaderRule[];
 
@@ -24,16 +28,21 @@ function normaliseValue(value: HeaderValue): string | readonly string[] | undefi
 }
 
 function compileRule(name: string, rule: HeaderRule, where: string): CompiledHeaderRule {
-  if (!isToken(name)) throw new TypeError(`viaduct: ${where}: "${name}" is not a valid header name`);
+  if (!isToken(name))
+    throw new TypeError(`viaduct: ${where}: "${name}" is not a valid header name`);
   const lower = name.toLowerCase();
   if (rule === null) return { name: lower, kind: 'remove' };
   if (typeof rule === 'function') return { name: lower, kind: 'dynamic', compute: rule };
   if (typeof rule !== 'string' && typeof rule !== 'number' && !Array.isArray(rule)) {
-    throw new TypeError(`viaduct: ${where}["${name}"]: a header rule is a string, number, array, null or function`);
+    throw new TypeError(
+      `viaduct: ${where}["${name}"]: a header rule is a string, number, array, null or function`,
+    );
   }
   const value = normaliseValue(rule);
   if (value === undefined) {
-    throw new TypeError(`viaduct: ${where}["${name}"]: the value contains CR, LF, NUL or another control character`);
+    throw new TypeError(
+      `viaduct: ${where}["${name}"]: the value contains CR, LF, NUL or another control character`,
+    );
   }
   return { name: lower, kind: 'set', value };
 }
@@ -45,7 +54,8 @@ export function compileHeaderPolicy(
   where: string,
 ): HeaderPolicy {
   if (overrides === undefined) return base;
-  if (typeof overrides !== 'object' || overrides === null) throw new TypeError(`viaduct: ${where} must be an object`);
+  if (typeof overrides !== 'object' || overrides === null)
+    throw new TypeError(`viaduct: ${where} must be an object`);
   const compiled = Object.entries(overrides).map(([name, rule]) => compileRule(name, rule, where));
   const replaced = new Set(compiled.map((rule) => rule.name));
   return [...base.filter((rule) => !replaced.has(rule.name)), ...compiled];
@@ -55,18 +65,26 @@ export function compileHeaderPolicy(
  * The value a rule gives for this request: a value to set, `null` to remove, `undefined` to leave.
  * Throws `EBADHEADER` when a rule function returns an unwritable value (CR, LF, NUL or another control character).
  */
-function valueFor(rule: CompiledHeaderRule, req: IncomingMessage): string | readonly string[] | null | undefined {
+function valueFor(
+  rule: CompiledHeaderRule,
+  req: IncomingMessage,
+): string | readonly string[] | null | undefined {
   if (rule.kind === 'set') return rule.value;
   if (rule.kind === 'remove') return null;
   const computed = rule.compute(req);
   if (computed === null || computed === undefined) return computed;
   const value = normaliseValue(computed);
-  if (value === undefined) throw new ProxyError('EBADHEADER', `header "${rule.name}" would carry a control character`);
+  if (value === undefined)
+    throw new ProxyError('EBADHEADER', `header "${rule.name}" would carry a control character`);
   return value;
 }
 
 /** Applies the policy to a plain header object with lower-case names (upstream requests, raw responses). */
-export function applyToHeaders(policy: HeaderPolicy, headers: OutgoingHttpHeaders, req: IncomingMessage): void {
+export function applyToHeaders(
+  policy: HeaderPolicy,
+  headers: OutgoingHttpHeaders,
+  req: IncomingMessage,
+): void {
   for (const rule of policy) {
     const value = valueFor(rule, req);
     if (value === null) delete headers[rule.name];
@@ -92,7 +110,12 @@ export function headerObject(headers: OutgoingHttpHeaders): HeaderSink {
  * Applies the policy to a response about to write its head. A rule function that fails or returns
  * an unwritable value leaves that header out and is reported; the response still goes out.
  */
-export function applyToResponse(policy: HeaderPolicy, sink: HeaderSink, req: IncomingMessage, report: (error: unknown) => void): void {
+export function applyToResponse(
+  policy: HeaderPolicy,
+  sink: HeaderSink,
+  req: IncomingMessage,
+  report: (error: unknown) => void,
+): void {
   for (const rule of policy) {
     try {
       const value = valueFor(rule, req);

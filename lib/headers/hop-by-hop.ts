@@ -4,7 +4,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 const CONNECTION_OPTIONS: ReadonlySet<string> = new Set(['close', 'keep-alive', 'upgrade']);
 
 /** The header names listed in a `Connection` value, which are hop-by-hop as well. */
-export function connectionListed(connection: string | string[] | undefined): ReadonlySet<string> | undefined {
+export function connectionListed(
+  connection: string | string[] | undefined,
+): ReadonlySet<string> | undefined {
   if (connection === undefined) return undefined;
   const value = String(connection);
   // The usual values as sent: answered without trimming, lowering or splitting.
@@ -36,7 +38,7 @@ export function isHopByHop(name: string, listed: ReadonlySet<string> | undefined
     case 'proxy-authenticate':
       return true;
     default:
-      return listed !== undefined && listed.has(name);
+      return listed?.has(name) === true;
   }
 }
 
@@ -54,7 +56,10 @@ export function endToEnd(headers: IncomingHttpHeaders): IncomingHttpHeaders {
  * The end-to-end headers of a response for the client. A `426 Upgrade Required` keeps its
  * `Upgrade`: it must name the protocols to switch to (RFC 9110 §15.5.22).
  */
-export function responseEndToEnd(headers: IncomingHttpHeaders, status: number | undefined): IncomingHttpHeaders {
+export function responseEndToEnd(
+  headers: IncomingHttpHeaders,
+  status: number | undefined,
+): IncomingHttpHeaders {
   const copy = endToEnd(headers);
   if (status === 426 && headers.upgrade !== undefined) copy.upgrade = headers.upgrade;
   return copy;

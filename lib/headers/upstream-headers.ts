@@ -16,17 +16,23 @@ export interface RequestHeaderSettings {
  * forwarding headers, the request policy, and for an upgrade `Connection`/`Upgrade` set explicitly.
  * Throws `EBADHEADER` when a rule function returns an unwritable value.
  */
-export function upstreamHeaders(req: IncomingMessage, settings: RequestHeaderSettings, upgrade: boolean): OutgoingHttpHeaders {
+export function upstreamHeaders(
+  req: IncomingMessage,
+  settings: RequestHeaderSettings,
+  upgrade: boolean,
+): OutgoingHttpHeaders {
   const incoming = req.headers;
   const listed = connectionListed(incoming.connection);
   const trusted = isTrusted(req, settings.trustProxy);
   const headers: OutgoingHttpHeaders = {};
   for (const name in incoming) {
-    if (isHopByHop(name, listed) || name === 'expect' || (!trusted && isForwardingHeader(name))) continue;
+    if (isHopByHop(name, listed) || name === 'expect' || (!trusted && isForwardingHeader(name)))
+      continue;
     headers[name] = incoming[name];
   }
   // The body is re-framed on our hop: chunked when the client sent it without a length.
-  if (incoming['transfer-encoding'] !== undefined && !upgrade) headers['transfer-encoding'] = 'chunked';
+  if (incoming['transfer-encoding'] !== undefined && !upgrade)
+    headers['transfer-encoding'] = 'chunked';
   addForwarding(headers, req, settings.forwarded);
   applyToHeaders(settings.headers.request, headers, req);
   if (upgrade) {

@@ -43,10 +43,12 @@ function formPairs(prefix: string, value: unknown, pairs: [string, string][]): v
   if (value === undefined) return;
   if (Array.isArray(value)) {
     const nested = value.some((item) => item !== null && typeof item === 'object');
-    const key = (index: number): string => (nested ? `${prefix}[${index}]` : value.length === 1 ? `${prefix}[]` : prefix);
+    const key = (index: number): string =>
+      nested ? `${prefix}[${index}]` : value.length === 1 ? `${prefix}[]` : prefix;
     value.forEach((item, index) => formPairs(key(index), item, pairs));
   } else if (value !== null && typeof value === 'object') {
-    for (const [key, item] of Object.entries(value)) formPairs(prefix ? `${prefix}[${key}]` : key, item, pairs);
+    for (const [key, item] of Object.entries(value))
+      formPairs(prefix ? `${prefix}[${key}]` : key, item, pairs);
   } else {
     pairs.push([prefix, value === null ? '' : String(value)]);
   }
@@ -62,7 +64,8 @@ function serialise(req: ParsedRequest): Buffer | string {
     return Buffer.from(body, encoding);
   }
   if (body !== null && typeof body === 'object') {
-    if (type === 'application/json' || type.endsWith('+json')) return Buffer.from(JSON.stringify(body));
+    if (type === 'application/json' || type.endsWith('+json'))
+      return Buffer.from(JSON.stringify(body));
     if (type === 'application/x-www-form-urlencoded') {
       const pairs: [string, string][] = [];
       formPairs('', body, pairs);
@@ -80,5 +83,7 @@ function serialise(req: ParsedRequest): Buffer | string {
 export function consumedBody(req: IncomingMessage): ConsumedBody | undefined {
   if (!isBodyConsumed(req)) return undefined;
   const result = serialise(req as ParsedRequest);
-  return typeof result === 'string' ? { kind: 'lost', reason: result } : { kind: 'resend', body: result };
+  return typeof result === 'string'
+    ? { kind: 'lost', reason: result }
+    : { kind: 'resend', body: result };
 }

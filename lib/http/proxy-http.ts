@@ -1,4 +1,10 @@
-import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, InformationEvent, ServerResponse } from 'node:http';
+import type {
+  ClientRequest,
+  IncomingHttpHeaders,
+  IncomingMessage,
+  InformationEvent,
+  ServerResponse,
+} from 'node:http';
 import onHeaders = require('on-headers');
 import { isEventStream } from '../upstream/response-relay';
 import { announcesBody, unrelayableCoding } from '../headers/body-framing';
@@ -27,7 +33,8 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   const path = forwardedPath(req.url ?? '/', route, req);
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
   const coding = req.headers['transfer-encoding'];
-  if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') return new ProxyError('EUNSUPPORTEDTE', coding);
+  if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked')
+    return new ProxyError('EUNSUPPORTEDTE', coding);
   const headers = upstreamHeaders(req, route.settings, false);
   // Without a body there is nothing to stream or re-send, whether or not a parser looked. Asked
   // first: in Express on V8 before 13, each first read of a property of `req` misses V8's caches.
@@ -70,7 +77,8 @@ class HttpExchange extends InFlight implements WebHooks {
     ctx.requests.add(this);
     res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
-    if (route.settings.headers.response.length > 0) onHeaders(res, () => this.applyResponsePolicy());
+    if (route.settings.headers.response.length > 0)
+      onHeaders(res, () => this.applyResponsePolicy());
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
     const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.fail(outgoing);
@@ -80,7 +88,9 @@ class HttpExchange extends InFlight implements WebHooks {
   /** Response policy, on proxied and proxy-made responses alike. */
   private applyResponsePolicy(sink: HeaderSink = this.res): void {
     applyToResponse(this.route.settings.headers.response, sink, this.req, (error) => {
-      this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
+      this.ctx.logger.error(
+        `viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`,
+      );
     });
   }
 
@@ -99,7 +109,10 @@ class HttpExchange extends InFlight implements WebHooks {
     this.proxyRes = proxyRes;
     const unrelayable = unrelayableCoding(proxyRes);
     // Answered here, the engine finds the client response ended and copies nothing.
-    if (unrelayable) return this.fail(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`));
+    if (unrelayable)
+      return this.fail(
+        new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`),
+      );
     this.responded = true;
     // The engine copies these to the client. (Removing hop-by-hop headers from the client response
     // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
@@ -110,7 +123,8 @@ class HttpExchange extends InFlight implements WebHooks {
     headers.connection = connectionOf(headers, this.res.shouldKeepAlive);
     proxyRes.headers = headers;
     proxyRes.on('close', () => {
-      if (!proxyRes.complete) this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
+      if (!proxyRes.complete)
+        this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
     });
     this.ctx.emit('proxyRes', proxyRes, this.req, this.res);
   }
@@ -120,7 +134,8 @@ class HttpExchange extends InFlight implements WebHooks {
     const headers = proxyRes.headers;
     if (this.upstreamHeaders) proxyRes.headers = this.upstreamHeaders;
     // To an HTTP/1.0 client the engine echoes its own Connection header, whatever was decided.
-    if (this.req.httpVersion === '1.0') this.res.setHeader('connection', connectionOf(headers, this.res.shouldKeepAlive));
+    if (this.req.httpVersion === '1.0')
+      this.res.setHeader('connection', connectionOf(headers, this.res.shouldKeepAlive));
     // An event stream is open once its head arrives (`EventSource` fires `open`), before any event:
     // the engine would write the head with the first chunk of the body.
     if (isEventStream(headers['content-type'])) this.res.flushHeaders();
@@ -133,7 +148,13 @@ class HttpExchange extends InFlight implements WebHooks {
    */
   onInformation(info: InformationEvent): void {
     const { res } = this;
-    if (info.statusCode === 100 || this.req.httpVersion !== '1.1' || res.headersSent || this.settled) return;
+    if (
+      info.statusCode === 100 ||
+      this.req.httpVersion !== '1.1' ||
+      res.headersSent ||
+      this.settled
+    )
+      return;
     const headers = endToEnd(info.headers);
     this.applyResponsePolicy(headerObject(headers));
     writeInformational(res, info.statusCode, info.statusMessage, headers);
@@ -146,7 +167,8 @@ class HttpExchange extends InFlight implements WebHooks {
    */
   onResponseEnd(proxyRes: IncomingMessage): void {
     const socket = proxyRes.socket;
-    if (socket?.destroyed && !socket.readableEnded && !socket.errored) this.readPastResponse('a second response');
+    if (socket?.destroyed && !socket.readableEnded && !socket.errored)
+      this.readPastResponse('a second response');
   }
 
   /** Logs, once, that bytes after a complete response were dropped with their connection. */
@@ -164,11 +186,16 @@ class HttpExchange extends InFlight implements WebHooks {
       // the response itself is relayed whole.
       const code = (error as NodeJS.ErrnoException).code;
       if (code?.startsWith('HPE_')) this.readPastResponse(code);
-      else this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the response was complete: ${error.message}`);
+      else
+        this.ctx.logger.debug(
+          `viaduct: ${this.req.method} ${this.req.url}: after the response was complete: ${error.message}`,
+        );
       return;
     }
     if (this.settled || this.clientGone || this.res.destroyed) {
-      this.ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: after the exchange ended: ${error.message}`);
+      this.ctx.logger.debug(
+        `viaduct: ${this.req.method} ${this.req.url}: after the exchange ended: ${error.message}`,
+      );
       return;
     }
     this.abandon(toProxyError(error));
@@ -180,9 +207,25 @@ class HttpExchange extends InFlight implements WebHooks {
    */
   override checkDeadline(now: number): void {
     const socket = this.proxyReq?.socket;
-    if (!socket || socket.connecting || socket.destroyed || this.settled || this.clientGone || this.proxyRes?.complete) return;
-    if (this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >= this.route.settings.timeouts.read) {
-      this.abandon(new ProxyError('EREADTIMEOUT', `${this.route.targetLabel} silent for ${this.route.settings.timeouts.read} ms`));
+    if (
+      !socket ||
+      socket.connecting ||
+      socket.destroyed ||
+      this.settled ||
+      this.clientGone ||
+      this.proxyRes?.complete
+    )
+      return;
+    if (
+      this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >=
+      this.route.settings.timeouts.read
+    ) {
+      this.abandon(
+        new ProxyError(
+          'EREADTIMEOUT',
+          `${this.route.targetLabel} silent for ${this.route.settings.timeouts.read} ms`,
+        ),
+      );
     }
   }
 
@@ -229,15 +272,23 @@ class HttpExchange extends InFlight implements WebHooks {
   }
 
   shutdown(): void {
-    if (!this.settled && !this.clientGone) this.abandon(new ProxyError('ESHUTDOWN', 'still running at the close timeout'));
+    if (!this.settled && !this.clientGone)
+      this.abandon(new ProxyError('ESHUTDOWN', 'still running at the close timeout'));
   }
 }
 
-export function proxyHttp(ctx: ProxyContext, route: Route, req: IncomingMessage, res: ServerResponse): void {
+export function proxyHttp(
+  ctx: ProxyContext,
+  route: Route,
+  req: IncomingMessage,
+  res: ServerResponse,
+): void {
   // A request pipelined behind one we refused and said `Connection: close` to (RFC 9112 §9.6): its
   // framing may be what we refused, and Node closes the connection before it could be answered.
   if (closingConnections.has(req.socket)) {
-    ctx.logger.debug(`viaduct: ${req.method} ${req.url}: pipelined behind a refused request, not forwarded`);
+    ctx.logger.debug(
+      `viaduct: ${req.method} ${req.url}: pipelined behind a refused request, not forwarded`,
+    );
     return;
   }
   // First: every read of `req` and `res` after this, ours included, gains from it.

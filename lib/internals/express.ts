@@ -16,13 +16,20 @@
 import type { IncomingMessage } from 'node:http';
 
 /** For a viaduct proxy: whether a route of it would take `req` at `url`; `undefined` for any other handler. */
-export type ProxyRouteCheck = (handler: unknown, req: IncomingMessage, url: string) => boolean | undefined;
+export type ProxyRouteCheck = (
+  handler: unknown,
+  req: IncomingMessage,
+  url: string,
+) => boolean | undefined;
 
 /** A `Layer` of Express 4's router (`regexp`) or of `router` 2, Express 5's (`matchers`). */
 interface RouterLayer {
   readonly handle?: unknown;
   readonly name?: string;
-  readonly route?: { readonly stack?: readonly RouterLayer[]; readonly methods?: Record<string, boolean> };
+  readonly route?: {
+    readonly stack?: readonly RouterLayer[];
+    readonly methods?: Record<string, boolean>;
+  };
   readonly method?: string;
   readonly regexp?: RegExp & { fast_slash?: boolean; fast_star?: boolean };
   readonly matchers?: ReadonlyArray<(path: string) => false | { path: string }>;
@@ -74,12 +81,25 @@ function routeTakesGet(route: NonNullable<RouterLayer['route']>): boolean {
 
 /** The middleware stack of an Express app or router, or of a Connect app; `undefined` when there is none to read. */
 function stackOf(handler: object): Stack | undefined {
-  const app = handler as { stack?: unknown; _router?: { stack?: unknown }; lazyrouter?: unknown; router?: { stack?: unknown }; handle?: unknown; set?: unknown };
+  const app = handler as {
+    stack?: unknown;
+    _router?: { stack?: unknown };
+    lazyrouter?: unknown;
+    router?: { stack?: unknown };
+    handle?: unknown;
+    set?: unknown;
+  };
   if (Array.isArray(app.stack)) return app.stack as Stack;
   // Express 4 creates its router with the first middleware; Express 5's `router` getter creates
   // it when read, as the app's own `handle` would.
-  if (typeof app.lazyrouter === 'function') return Array.isArray(app._router?.stack) ? (app._router.stack as Stack) : [];
-  if (typeof app.handle === 'function' && typeof app.set === 'function' && Array.isArray(app.router?.stack)) return app.router.stack as Stack;
+  if (typeof app.lazyrouter === 'function')
+    return Array.isArray(app._router?.stack) ? (app._router.stack as Stack) : [];
+  if (
+    typeof app.handle === 'function' &&
+    typeof app.set === 'function' &&
+    Array.isArray(app.router?.stack)
+  )
+    return app.router.stack as Stack;
   return undefined;
 }
 
@@ -87,7 +107,14 @@ function isConnectEntry(entry: RouterLayer | ConnectEntry): entry is ConnectEntr
   return typeof (entry as ConnectEntry).route === 'string';
 }
 
-function entryServes(entry: RouterLayer | ConnectEntry, req: IncomingMessage, path: string, url: string, depth: number, check: ProxyRouteCheck): boolean {
+function entryServes(
+  entry: RouterLayer | ConnectEntry,
+  req: IncomingMessage,
+  path: string,
+  url: string,
+  depth: number,
+  check: ProxyRouteCheck,
+): boolean {
   if (isConnectEntry(entry)) {
     // Connect matches its routes case-insensitively.
     if (!path.toLowerCase().startsWith(entry.route.toLowerCase())) return false;
@@ -97,7 +124,14 @@ function entryServes(entry: RouterLayer | ConnectEntry, req: IncomingMessage, pa
   const matched = layerMatch(entry, path);
   if (matched === undefined) return false;
   if (entry.route) {
-    return routeTakesGet(entry.route) && (entry.route.stack ?? []).some((layer) => (layer.method === undefined || layer.method === 'get') && serves(layer.handle, req, url, depth + 1, check));
+    return (
+      routeTakesGet(entry.route) &&
+      (entry.route.stack ?? []).some(
+        (layer) =>
+          (layer.method === undefined || layer.method === 'get') &&
+          serves(layer.handle, req, url, depth + 1, check),
+      )
+    );
   }
   // An Express sub-app, mounted through a closure that hides it.
   if (entry.name === 'mounted_app') return true;
@@ -105,10 +139,17 @@ function entryServes(entry: RouterLayer | ConnectEntry, req: IncomingMessage, pa
   return rest !== undefined && serves(entry.handle, req, rest, depth + 1, check);
 }
 
-function serves(handler: unknown, req: IncomingMessage, url: string, depth: number, check: ProxyRouteCheck): boolean {
+function serves(
+  handler: unknown,
+  req: IncomingMessage,
+  url: string,
+  depth: number,
+  check: ProxyRouteCheck,
+): boolean {
   const proxied = check(handler, req, url);
   if (proxied !== undefined) return proxied;
-  if (typeof handler !== 'function' && (typeof handler !== 'object' || handler === null)) return false;
+  if (typeof handler !== 'function' && (typeof handler !== 'object' || handler === null))
+    return false;
   const stack = stackOf(handler);
   // A plain middleware function: not a proxy, and nothing behind it.
   if (stack === undefined) return false;
@@ -122,7 +163,12 @@ function serves(handler: unknown, req: IncomingMessage, url: string, depth: numb
  * True when a viaduct route in `app` would take the upgrade `req` arriving at `url` (the URL as
  * the app received it), or when part of the app cannot be read. `check` tells a proxy's answer.
  */
-export function reachesProxy(app: unknown, req: IncomingMessage, url: string, check: ProxyRouteCheck): boolean {
+export function reachesProxy(
+  app: unknown,
+  req: IncomingMessage,
+  url: string,
+  check: ProxyRouteCheck,
+): boolean {
   return serves(app, req, url, 0, check);
 }
 
@@ -138,7 +184,10 @@ export function forgetDispatch(req: IncomingMessage): void {
 
 /** An Express app: it changes the prototype of each request and response it is given. */
 export function isExpressApp(app: unknown): boolean {
-  return typeof (app as { request?: unknown }).request === 'object' && typeof (app as { response?: unknown }).response === 'object';
+  return (
+    typeof (app as { request?: unknown }).request === 'object' &&
+    typeof (app as { response?: unknown }).response === 'object'
+  );
 }
 
 /**

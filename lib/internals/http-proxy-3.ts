@@ -23,7 +23,8 @@ export function engineListeners(socket: Duplex): { detach(): void } {
         socket.removeListener('close', listener);
         listener.call(socket);
       }
-      for (const listener of socket.listeners('error').slice(errorBefore) as Listener[]) socket.removeListener('error', listener);
+      for (const listener of socket.listeners('error').slice(errorBefore) as Listener[])
+        socket.removeListener('error', listener);
     },
   };
 }

@@ -2,7 +2,12 @@
  * The one place where viaduct relies on what Node and its engine do not document. Each use says
  * why, and what would break it.
  */
-import type { ClientRequest, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type {
+  ClientRequest,
+  IncomingMessage,
+  OutgoingHttpHeaders,
+  ServerResponse,
+} from 'node:http';
 import type { Socket } from 'node:net';
 import { responseHead } from '../runtime/raw-response';
 
@@ -14,7 +19,12 @@ type RawWriter = ServerResponse & { _writeRaw(data: string, encoding: BufferEnco
  * `Link` values more strictly than RFC 8288 and know only 102 and 103, where a proxy forwards any
  * 1xx as the upstream sent it. Breaks if Node renames `_writeRaw` (present from Node 0.x to 26).
  */
-export function writeInformational(res: ServerResponse, status: number, statusMessage: string | undefined, headers: OutgoingHttpHeaders): void {
+export function writeInformational(
+  res: ServerResponse,
+  status: number,
+  statusMessage: string | undefined,
+  headers: OutgoingHttpHeaders,
+): void {
   (res as RawWriter)._writeRaw(responseHead(status, statusMessage, headers), 'latin1');
 }
 
@@ -32,7 +42,11 @@ export function requestOf(res: IncomingMessage): ClientRequest {
  * Node renames `_httpMessage` (present from Node 0.x to 26).
  */
 export function lastResponseHeaders(socket: Socket): Record<string, unknown> | undefined {
-  return (socket as Socket & { _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } } })._httpMessage?.res?.headers;
+  return (
+    socket as Socket & {
+      _httpMessage?: ClientRequest & { res?: { headers: Record<string, unknown> } };
+    }
+  )._httpMessage?.res?.headers;
 }
 
 /**

@@ -28,7 +28,11 @@ const SCRATCH = Symbol('viaduct.sharedShape');
  * Express's properties before the swap instead (`ExpressProperties` in attach.ts).
  */
 export function shareShape(object: object): void {
-  if (!SWAPPED_PROTOTYPES_SPLIT_SHAPES || Object.getPrototypeOf(object) === object.constructor.prototype) return;
+  if (
+    !SWAPPED_PROTOTYPES_SPLIT_SHAPES ||
+    Object.getPrototypeOf(object) === object.constructor.prototype
+  )
+    return;
   const scratch = object as Record<symbol, unknown>;
   scratch[SCRATCH] = undefined;
   delete scratch[SCRATCH];
@@ -46,7 +50,8 @@ export class ExpressProperties {
   private routerSymbols: symbol[] | undefined;
 
   addTo(req: IncomingMessage, res: ServerResponse): void {
-    const request = req as IncomingMessage & Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params' | symbol, unknown>;
+    const request = req as IncomingMessage &
+      Record<'next' | 'baseUrl' | 'originalUrl' | '_parsedUrl' | 'params' | symbol, unknown>;
     request.next = undefined;
     request.baseUrl = undefined;
     request.originalUrl = undefined;
@@ -58,7 +63,9 @@ export class ExpressProperties {
 
   /** Notes the router's symbols on a request Express dispatched to a proxy. */
   learnFrom(req: IncomingMessage): void {
-    this.routerSymbols ??= Object.getOwnPropertySymbols(req).filter((symbol) => symbol.description?.startsWith('router.') === true);
+    this.routerSymbols ??= Object.getOwnPropertySymbols(req).filter(
+      (symbol) => symbol.description?.startsWith('router.') === true,
+    );
   }
 }
 

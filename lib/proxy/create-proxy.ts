@@ -10,15 +10,43 @@ import { resolveLogger } from '../runtime/logger';
 import { buildRoute, type Route, type RouteFactory } from '../routing/route';
 import { RouteTable } from '../routing/route-table';
 import { RouteResolver, isPending, type Resolution } from '../routing/route-resolver';
-import { DEFAULT_SETTINGS, SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from '../routing/settings';
+import {
+  DEFAULT_SETTINGS,
+  SETTING_KEYS,
+  checkKeys,
+  resolveSettings,
+  type ResolvedSettings,
+} from '../routing/settings';
 import { StatsBook } from '../runtime/stats-book';
 import { Sweep } from '../runtime/sweep';
 import { proxyUpgrade } from '../upgrade/proxy-upgrade';
-import type { ClientSide, CloseOptions, Logger, Proxy, ProxyEvents, ProxyOptions, ProxyStats, RouteStats, Target } from '../types';
-import { claimDispatched, claimSocket, dispatchedUpgrade, isClaimed, type DispatchedUpgrade } from '../upgrade/upgrade-claims';
+import type {
+  ClientSide,
+  CloseOptions,
+  Logger,
+  Proxy,
+  ProxyEvents,
+  ProxyOptions,
+  ProxyStats,
+  RouteStats,
+  Target,
+} from '../types';
+import {
+  claimDispatched,
+  claimSocket,
+  dispatchedUpgrade,
+  isClaimed,
+  type DispatchedUpgrade,
+} from '../upgrade/upgrade-claims';
 import { UpstreamAgents } from '../upstream/upstream-agents';
 
-const OPTION_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target', 'routes', 'router', 'logger']);
+const OPTION_KEYS: ReadonlySet<string> = new Set([
+  ...SETTING_KEYS,
+  'target',
+  'routes',
+  'router',
+  'logger',
+]);
 const NO_HEAD = Buffer.alloc(0);
 const DEFAULT_CLOSE_TIMEOUT = 10_000;
 
@@ -27,10 +55,13 @@ type Next = (err?: unknown) => void;
 function toOptions(config: Target | ProxyOptions): ProxyOptions {
   if (typeof config === 'string' || config instanceof URL) return { target: config };
   if (typeof config !== 'object' || config === null) {
-    throw new TypeError('viaduct: createProxy takes a target (URL string, URL, { host, port }, { socketPath }) or options');
+    throw new TypeError(
+      'viaduct: createProxy takes a target (URL string, URL, { host, port }, { socketPath }) or options',
+    );
   }
   const isOptions = 'target' in config || 'routes' in config || 'router' in config;
-  if (!isOptions && ('host' in config || 'socketPath' in config)) return { target: config as Target };
+  if (!isOptions && ('host' in config || 'socketPath' in config))
+    return { target: config as Target };
   return config as ProxyOptions;
 }
 
@@ -54,7 +85,11 @@ class ProxyCore implements ProxyContext, RouteFactory {
     private readonly emitter: EventEmitter,
   ) {
     checkKeys(options, OPTION_KEYS, 'createProxy');
-    if (options.target === undefined && options.routes === undefined && options.router === undefined) {
+    if (
+      options.target === undefined &&
+      options.routes === undefined &&
+      options.router === undefined
+    ) {
       throw new TypeError('viaduct: createProxy needs a target, routes or a router');
     }
     if (options.router !== undefined && typeof options.router !== 'function') {
@@ -62,8 +97,15 @@ class ProxyCore implements ProxyContext, RouteFactory {
     }
     this.logger = resolveLogger(options.logger);
     this.defaults = resolveSettings(options, DEFAULT_SETTINGS, 'createProxy');
-    const fallback = options.target === undefined ? undefined : buildRoute(this, 'default', '', options.target, 'target');
-    this.resolver = new RouteResolver(new RouteTable(options.routes, fallback, this), options.router, this);
+    const fallback =
+      options.target === undefined
+        ? undefined
+        : buildRoute(this, 'default', '', options.target, 'target');
+    this.resolver = new RouteResolver(
+      new RouteTable(options.routes, fallback, this),
+      options.router,
+      this,
+    );
   }
 
   statsFor(key: string): RouteStats {
@@ -75,11 +117,18 @@ class ProxyCore implements ProxyContext, RouteFactory {
     try {
       this.emitter.emit(event, ...args);
     } catch (error) {
-      this.logger.error(`viaduct: a "${event}" listener threw: ${error instanceof Error ? error.stack : String(error)}`);
+      this.logger.error(
+        `viaduct: a "${event}" listener threw: ${error instanceof Error ? error.stack : String(error)}`,
+      );
     }
   }
 
-  report(error: ProxyError, req: IncomingMessage, client: ClientSide, route: RouteLabel | undefined): void {
+  report(
+    error: ProxyError,
+    req: IncomingMessage,
+    client: ClientSide,
+    route: RouteLabel | undefined,
+  ): void {
     const where = route ? ` on route "${route.key}" (${route.targetLabel})` : '';
     const line = `viaduct: ${error.status} for ${req.method} ${req.url}${where}: ${error.message}`;
     if (error.status >= 500) this.logger.error(line);
@@ -97,7 +146,13 @@ class ProxyCore implements ProxyContext, RouteFactory {
   }
 
   released(): void {
-    if (this.closing && this.requests.size === 0 && this.handshakes.size === 0 && this.tunnels.size === 0) this.onDrained?.();
+    if (
+      this.closing &&
+      this.requests.size === 0 &&
+      this.handshakes.size === 0 &&
+      this.tunnels.size === 0
+    )
+      this.onDrained?.();
   }
 
   /** Whether a route would take `req` were its URL `url` (see {@link RouteResolver.mayRoute}). */
@@ -126,7 +181,13 @@ class ProxyCore implements ProxyContext, RouteFactory {
     }
   }
 
-  private dispatch(route: Route | undefined, req: IncomingMessage, res: ServerResponse, next: Next | undefined, upgrade: DispatchedUpgrade | undefined): void {
+  private dispatch(
+    route: Route | undefined,
+    req: IncomingMessage,
+    res: ServerResponse,
+    next: Next | undefined,
+    upgrade: DispatchedUpgrade | undefined,
+  ): void {
     if (!route) {
       if (next) next();
       else this.failWithoutRoute(new ProxyError('ENOROUTE'), req, res);
@@ -149,7 +210,12 @@ class ProxyCore implements ProxyContext, RouteFactory {
       resolution.then(
         (route) => {
           if (route) proxyUpgrade(this, route, req, socket, head);
-          else this.failWithoutRoute(new ProxyError('ENOROUTE', 'the async router and the table had no route'), req, socket);
+          else
+            this.failWithoutRoute(
+              new ProxyError('ENOROUTE', 'the async router and the table had no route'),
+              req,
+              socket,
+            );
         },
         (error: unknown) => this.failWithoutRoute(toProxyError(error, 'EINTERNAL'), req, socket),
       );
@@ -160,19 +226,29 @@ class ProxyCore implements ProxyContext, RouteFactory {
   }
 
   /** An error before any route was chosen (a failing router): no route policy applies. */
-  private failWithoutRoute(error: ProxyError, req: IncomingMessage, client: ServerResponse | Duplex): void {
+  private failWithoutRoute(
+    error: ProxyError,
+    req: IncomingMessage,
+    client: ServerResponse | Duplex,
+  ): void {
     this.report(error, req, client, undefined);
     writeErrorAnswer(client, error, req);
   }
 
   close(options: CloseOptions = {}): Promise<void> {
     const timeout = options.timeout ?? DEFAULT_CLOSE_TIMEOUT;
-    if (typeof timeout !== 'number' || !(timeout >= 0)) throw new TypeError('viaduct: close({ timeout }) takes milliseconds ≥ 0');
+    if (typeof timeout !== 'number' || !(timeout >= 0))
+      throw new TypeError('viaduct: close({ timeout }) takes milliseconds ≥ 0');
     this.closed ??= new Promise<void>((resolve) => {
       this.closing = true;
       const deadline = setTimeout(() => {
         // Still running at the deadline: requests are aborted, tunnels that did not flush are destroyed.
-        for (const work of [...this.requests.toArray(), ...this.handshakes.toArray(), ...this.tunnels.toArray()]) work.shutdown();
+        for (const work of [
+          ...this.requests.toArray(),
+          ...this.handshakes.toArray(),
+          ...this.tunnels.toArray(),
+        ])
+          work.shutdown();
       }, timeout);
       this.onDrained = () => {
         this.onDrained = undefined;
@@ -199,7 +275,11 @@ export function isProxy(value: unknown): value is Proxy {
  * For a value `createProxy` returned: whether one of its routes would take `req` were its URL
  * `url` (mount-relative; a `router` may take any). `undefined` for anything else.
  */
-export function proxyMayRoute(handler: unknown, req: IncomingMessage, url: string): boolean | undefined {
+export function proxyMayRoute(
+  handler: unknown,
+  req: IncomingMessage,
+  url: string,
+): boolean | undefined {
   return isProxy(handler) ? cores.get(handler)!.mayRoute(req, url) : undefined;
 }
 
@@ -213,7 +293,12 @@ export function createProxy(config: Target | ProxyOptions): Proxy {
   } as Proxy;
   // A function that is also an EventEmitter, as an Express app is.
   for (const key of Reflect.ownKeys(EventEmitter.prototype)) {
-    if (key !== 'constructor') Object.defineProperty(proxy, key, Object.getOwnPropertyDescriptor(EventEmitter.prototype, key)!);
+    if (key !== 'constructor')
+      Object.defineProperty(
+        proxy,
+        key,
+        Object.getOwnPropertyDescriptor(EventEmitter.prototype, key)!,
+      );
   }
   EventEmitter.call(proxy as unknown as EventEmitter);
   const core = new ProxyCore(toOptions(config), proxy as unknown as EventEmitter);

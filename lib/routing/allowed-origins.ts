@@ -14,7 +14,10 @@ function ruleMatcher(rule: OriginRule, where: string): (origin: string) => boole
 }
 
 /** Lists refuse an upgrade without `Origin`; a function sees `undefined` and decides itself. */
-export function compileAllowedOrigins(allowed: AllowedOrigins | undefined, where: string): OriginCheck | undefined {
+export function compileAllowedOrigins(
+  allowed: AllowedOrigins | undefined,
+  where: string,
+): OriginCheck | undefined {
   if (allowed === undefined) return undefined;
   if (typeof allowed === 'function') return allowed;
   const rules = (Array.isArray(allowed) ? allowed : [allowed]) as readonly OriginRule[];

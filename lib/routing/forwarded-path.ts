@@ -4,14 +4,20 @@ import type { PathRewrite } from '../types';
 /** A compiled `pathRewrite`: returns the new path (with query), or `undefined` to keep it. */
 export type PathRewriter = (path: string, req: IncomingMessage) => string | undefined;
 
-export function compilePathRewrite(rewrite: PathRewrite | undefined, where: string): PathRewriter | undefined {
+export function compilePathRewrite(
+  rewrite: PathRewrite | undefined,
+  where: string,
+): PathRewriter | undefined {
   if (rewrite === undefined) return undefined;
   if (typeof rewrite === 'function') return rewrite;
   if (typeof rewrite !== 'object' || rewrite === null) {
-    throw new TypeError(`viaduct: ${where}.pathRewrite is an object of RegExp sources, or a function`);
+    throw new TypeError(
+      `viaduct: ${where}.pathRewrite is an object of RegExp sources, or a function`,
+    );
   }
   const rules = Object.entries(rewrite).map(([source, replacement]): [RegExp, string] => {
-    if (typeof replacement !== 'string') throw new TypeError(`viaduct: ${where}.pathRewrite["${source}"] must be a string`);
+    if (typeof replacement !== 'string')
+      throw new TypeError(`viaduct: ${where}.pathRewrite["${source}"] must be a string`);
     try {
       return [new RegExp(source), replacement];
     } catch {
@@ -45,7 +51,9 @@ export function isUnsafePath(url: string): boolean {
     if (code === 0x2e || code === 0x25) suspicious = true; // '.' or '%'
   }
   if (!suspicious) return false;
-  const path = url.slice(0, end).replace(ENCODED_SEPARATOR_OR_DOT, (_, hex: string) => DECODED[hex.toLowerCase()]!);
+  const path = url
+    .slice(0, end)
+    .replace(ENCODED_SEPARATOR_OR_DOT, (_, hex: string) => DECODED[hex.toLowerCase()]!);
   return path.includes('\\') || path.split('/').some((segment) => DOT_SEGMENT.test(segment));
 }
 
@@ -54,14 +62,21 @@ export interface PathRule {
   readonly prefix: string;
   /** The target's own path, without a trailing slash. */
   readonly basePath: string;
-  readonly settings: { readonly stripPrefix: boolean; readonly pathRewrite: PathRewriter | undefined };
+  readonly settings: {
+    readonly stripPrefix: boolean;
+    readonly pathRewrite: PathRewriter | undefined;
+  };
 }
 
 /**
  * The path sent upstream: the path the middleware sees, then `stripPrefix`, then `pathRewrite`,
  * then joined to the target's path. `undefined` when the result would be unsafe to forward.
  */
-export function forwardedPath(url: string, rule: PathRule, req: IncomingMessage): string | undefined {
+export function forwardedPath(
+  url: string,
+  rule: PathRule,
+  req: IncomingMessage,
+): string | undefined {
   if (url.charCodeAt(0) !== 0x2f || isUnsafePath(url)) return undefined;
   let path = url;
   const { stripPrefix, pathRewrite } = rule.settings;

@@ -71,6 +71,8 @@ export class RouteResolver {
   }
 
   private fromRouter(value: RouterResult, req: IncomingMessage): Route | undefined {
-    return value === undefined || value === null ? this.table.match(req) : this.routerRoutes.get(value);
+    return value === undefined || value === null
+      ? this.table.match(req)
+      : this.routerRoutes.get(value);
   }
 }

@@ -28,11 +28,14 @@ function splitHost(host: string): [hostname: string, port: string | undefined] {
 }
 
 function parseKey(key: string): ParsedKey {
-  if (key.startsWith('/')) return { hostname: undefined, port: undefined, prefix: normalisePrefix(key) };
+  if (key.startsWith('/'))
+    return { hostname: undefined, port: undefined, prefix: normalisePrefix(key) };
   const slash = key.indexOf('/');
   const [hostname, port] = splitHost(slash === -1 ? key : key.slice(0, slash));
   if (!hostname || (port !== undefined && !/^\d+$/.test(port))) {
-    throw new TypeError(`viaduct: routes["${key}"]: a key is '/path', 'host', 'host:port' or 'host/path'`);
+    throw new TypeError(
+      `viaduct: routes["${key}"]: a key is '/path', 'host', 'host:port' or 'host/path'`,
+    );
   }
   return { hostname, port, prefix: slash === -1 ? '' : normalisePrefix(key.slice(slash)) };
 }
@@ -47,12 +50,19 @@ function prefixMatches(prefix: string, url: string): boolean {
 
 // Longest prefix first; between equal prefixes, a key naming the port first.
 function bySpecificity(a: Entry, b: Entry): number {
-  return b.prefix.length - a.prefix.length || Number(b.port !== undefined) - Number(a.port !== undefined);
+  return (
+    b.prefix.length - a.prefix.length || Number(b.port !== undefined) - Number(a.port !== undefined)
+  );
 }
 
-function firstMatch(entries: readonly Entry[], url: string, port: string | undefined): Route | undefined {
+function firstMatch(
+  entries: readonly Entry[],
+  url: string,
+  port: string | undefined,
+): Route | undefined {
   for (const entry of entries) {
-    if ((entry.port === undefined || entry.port === port) && prefixMatches(entry.prefix, url)) return entry.route;
+    if ((entry.port === undefined || entry.port === port) && prefixMatches(entry.prefix, url))
+      return entry.route;
   }
   return undefined;
 }
@@ -71,10 +81,15 @@ export class RouteTable {
     factory: RouteFactory,
   ) {
     if (routes === undefined) return;
-    if (typeof routes !== 'object' || routes === null) throw new TypeError('viaduct: routes must be an object');
+    if (typeof routes !== 'object' || routes === null)
+      throw new TypeError('viaduct: routes must be an object');
     for (const [key, value] of Object.entries(routes)) {
       const parsed = parseKey(key);
-      const entry: Entry = { port: parsed.port, prefix: parsed.prefix, route: buildRoute(factory, key, parsed.prefix, value, `routes["${key}"]`) };
+      const entry: Entry = {
+        port: parsed.port,
+        prefix: parsed.prefix,
+        route: buildRoute(factory, key, parsed.prefix, value, `routes["${key}"]`),
+      };
       if (parsed.hostname === undefined) {
         this.byPath.push(entry);
       } else {

@@ -56,14 +56,34 @@ export interface RouteFactory {
 }
 
 /** Compiles a table value, `target` or router result into a {@link Route}. */
-export function buildRoute(factory: RouteFactory, key: string, prefix: string, value: RouteValue, where: string): Route {
+export function buildRoute(
+  factory: RouteFactory,
+  key: string,
+  prefix: string,
+  value: RouteValue,
+  where: string,
+): Route {
   let route: Route;
   if (isTarget(value)) {
-    route = new Route(key, prefix, resolveTarget(value, where), factory.defaults, factory.agents, factory.statsFor(key));
+    route = new Route(
+      key,
+      prefix,
+      resolveTarget(value, where),
+      factory.defaults,
+      factory.agents,
+      factory.statsFor(key),
+    );
   } else {
     checkKeys(value, ROUTE_KEYS, where);
     const settings = resolveSettings(value, factory.defaults, where);
-    route = new Route(key, prefix, resolveTarget(value.target, `${where}.target`), settings, factory.agents, factory.statsFor(key));
+    route = new Route(
+      key,
+      prefix,
+      resolveTarget(value.target, `${where}.target`),
+      settings,
+      factory.agents,
+      factory.statsFor(key),
+    );
   }
   factory.sweep.cover(Math.min(route.settings.timeouts.read, route.settings.timeouts.connect));
   return route;

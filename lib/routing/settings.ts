@@ -14,8 +14,15 @@ interface Setting<T> {
   resolve(value: unknown, inherited: T, where: string): T;
 }
 
-function setting<T>(defaultValue: T, resolve: (value: unknown, inherited: T, where: string) => T): Setting<T> {
-  return { default: defaultValue, resolve: (value, inherited, where) => (value === undefined ? inherited : resolve(value, inherited, where)) };
+function setting<T>(
+  defaultValue: T,
+  resolve: (value: unknown, inherited: T, where: string) => T,
+): Setting<T> {
+  return {
+    default: defaultValue,
+    resolve: (value, inherited, where) =>
+      value === undefined ? inherited : resolve(value, inherited, where),
+  };
 }
 
 /** Refuses unknown keys, so that a misspelt option fails at `createProxy` instead of being ignored. */
@@ -27,27 +34,36 @@ export function checkKeys(options: object, allowed: ReadonlySet<string>, where: 
 
 function flag<T extends boolean | undefined>(name: string, defaultValue: T): Setting<boolean | T> {
   return setting<boolean | T>(defaultValue, (value, _inherited, where) => {
-    if (typeof value !== 'boolean') throw new TypeError(`viaduct: ${where}.${name} must be true or false`);
+    if (typeof value !== 'boolean')
+      throw new TypeError(`viaduct: ${where}.${name} must be true or false`);
     return value;
   });
 }
 
 function object(value: unknown, name: string, where: string): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null) throw new TypeError(`viaduct: ${where}.${name} must be an object`);
+  if (typeof value !== 'object' || value === null)
+    throw new TypeError(`viaduct: ${where}.${name} must be an object`);
   return value as Record<string, unknown>;
 }
 
 function milliseconds(value: unknown, fallback: number, name: string, where: string): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
-    throw new TypeError(`viaduct: ${where}.timeouts.${name} must be a positive number of milliseconds`);
+    throw new TypeError(
+      `viaduct: ${where}.timeouts.${name} must be a positive number of milliseconds`,
+    );
   }
   return value;
 }
 
 function cookieRewrite(name: string): Setting<CookieRewrite | undefined> {
   return setting<CookieRewrite | undefined>(undefined, (value, _inherited, where) => {
-    if (value === false || typeof value === 'string' || (typeof value === 'object' && value !== null)) return value as CookieRewrite;
+    if (
+      value === false ||
+      typeof value === 'string' ||
+      (typeof value === 'object' && value !== null)
+    )
+      return value as CookieRewrite;
     throw new TypeError(`viaduct: ${where}.${name} is a string, an object or false`);
   });
 }
@@ -76,18 +92,29 @@ const SETTINGS = {
   ws: flag('ws', true),
   changeOrigin: flag('changeOrigin', false),
   stripPrefix: flag('stripPrefix', false),
-  pathRewrite: setting<PathRewriter | undefined>(undefined, (value, _inherited, where) => compilePathRewrite(value as never, where)),
+  pathRewrite: setting<PathRewriter | undefined>(undefined, (value, _inherited, where) =>
+    compilePathRewrite(value as never, where),
+  ),
   // A route's rules replace top-level rules of the same header name and keep the others.
   headers: setting<HeaderPolicies>({ request: [], response: [] }, (value, inherited, where) => {
     const headers = object(value, 'headers', where);
     checkKeys(headers, HEADER_KEYS, `${where}.headers`);
     return {
-      request: compileHeaderPolicy(inherited.request, headers.request as never, `${where}.headers.request`),
-      response: compileHeaderPolicy(inherited.response, headers.response as never, `${where}.headers.response`),
+      request: compileHeaderPolicy(
+        inherited.request,
+        headers.request as never,
+        `${where}.headers.request`,
+      ),
+      response: compileHeaderPolicy(
+        inherited.response,
+        headers.response as never,
+        `${where}.headers.response`,
+      ),
     };
   }),
   forwarded: setting<ForwardedMode>('x-forwarded', (value, _inherited, where) => {
-    if (value !== 'x-forwarded' && value !== 'forwarded' && value !== false) throw new TypeError(`viaduct: ${where}.forwarded is 'x-forwarded', 'forwarded' or false`);
+    if (value !== 'x-forwarded' && value !== 'forwarded' && value !== false)
+      throw new TypeError(`viaduct: ${where}.forwarded is 'x-forwarded', 'forwarded' or false`);
     return value;
   }),
   // Unset: Express's `trust proxy` verdict on the connecting address decides per request.
@@ -96,17 +123,27 @@ const SETTINGS = {
   timeouts: setting<Timeouts>({ connect: 10_000, read: 60_000 }, (value, inherited, where) => {
     const timeouts = object(value, 'timeouts', where);
     checkKeys(timeouts, TIMEOUT_KEYS, `${where}.timeouts`);
-    return { connect: milliseconds(timeouts.connect, inherited.connect, 'connect', where), read: milliseconds(timeouts.read, inherited.read, 'read', where) };
+    return {
+      connect: milliseconds(timeouts.connect, inherited.connect, 'connect', where),
+      read: milliseconds(timeouts.read, inherited.read, 'read', where),
+    };
   }),
-  allowedOrigins: setting<OriginCheck | undefined>(undefined, (value, _inherited, where) => compileAllowedOrigins(value as never, where)),
+  allowedOrigins: setting<OriginCheck | undefined>(undefined, (value, _inherited, where) =>
+    compileAllowedOrigins(value as never, where),
+  ),
   maxTunnels: setting(Infinity, (value, _inherited, where) => {
-    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) throw new TypeError(`viaduct: ${where}.maxTunnels must be a whole number ≥ 0`);
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0)
+      throw new TypeError(`viaduct: ${where}.maxTunnels must be a whole number ≥ 0`);
     return value;
   }),
   secure: flag('secure', undefined),
-  ca: setting<string | Buffer | Array<string | Buffer> | undefined>(undefined, (value) => value as string | Buffer | Array<string | Buffer>),
+  ca: setting<string | Buffer | Array<string | Buffer> | undefined>(
+    undefined,
+    (value) => value as string | Buffer | Array<string | Buffer>,
+  ),
   agent: setting<Agent | false | undefined>(undefined, (value, _inherited, where) => {
-    if (value !== false && typeof value !== 'object') throw new TypeError(`viaduct: ${where}.agent must be an http.Agent or false`);
+    if (value !== false && typeof value !== 'object')
+      throw new TypeError(`viaduct: ${where}.agent must be an http.Agent or false`);
     return value as Agent | false;
   }),
   cookieDomainRewrite: cookieRewrite('cookieDomainRewrite'),
@@ -117,18 +154,30 @@ const SETTINGS = {
 type Table = typeof SETTINGS;
 
 /** The shared settings of one route, validated and compiled, with the levels above filled in. */
-export type ResolvedSettings = { readonly [K in keyof Table]: Table[K] extends Setting<infer T> ? T : never };
+export type ResolvedSettings = {
+  readonly [K in keyof Table]: Table[K] extends Setting<infer T> ? T : never;
+};
 
 /** The keys every route and the top level accept. */
 export const SETTING_KEYS: readonly string[] = Object.keys(SETTINGS);
 
-export const DEFAULT_SETTINGS = Object.fromEntries(Object.entries(SETTINGS).map(([key, entry]) => [key, entry.default])) as ResolvedSettings;
+export const DEFAULT_SETTINGS = Object.fromEntries(
+  Object.entries(SETTINGS).map(([key, entry]) => [key, entry.default]),
+) as ResolvedSettings;
 
 /** Resolves `options` over `inherited`: a route over the top level, the top level over the defaults. */
-export function resolveSettings(options: RouteSettings, inherited: ResolvedSettings, where: string): ResolvedSettings {
+export function resolveSettings(
+  options: RouteSettings,
+  inherited: ResolvedSettings,
+  where: string,
+): ResolvedSettings {
   const resolved: Record<string, unknown> = {};
   for (const key of SETTING_KEYS as (keyof Table)[]) {
-    resolved[key] = (SETTINGS[key] as Setting<unknown>).resolve(options[key], inherited[key], where);
+    resolved[key] = (SETTINGS[key] as Setting<unknown>).resolve(
+      options[key],
+      inherited[key],
+      where,
+    );
   }
   return resolved as ResolvedSettings;
 }

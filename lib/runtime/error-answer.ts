@@ -1,4 +1,9 @@
-import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import {
+  STATUS_CODES,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ProxyError } from './proxy-error';
 import { writeRawResponse } from './raw-response';
@@ -41,7 +46,10 @@ function errorBody(error: ProxyError, accept: string | undefined): ErrorBody {
       body: JSON.stringify({ error: reason, status: error.status, message: error.publicMessage }),
     };
   }
-  return { contentType: 'text/plain; charset=utf-8', body: `${error.status} ${reason}: ${error.publicMessage}\n` };
+  return {
+    contentType: 'text/plain; charset=utf-8',
+    body: `${error.status} ${reason}: ${error.publicMessage}\n`,
+  };
 }
 
 /**
@@ -50,7 +58,12 @@ function errorBody(error: ProxyError, accept: string | undefined): ErrorBody {
  * then closed (`applyPolicy` sets its headers). A response whose head went out already can only
  * be cut.
  */
-export function writeErrorAnswer(client: ServerResponse | Duplex, error: ProxyError, req: IncomingMessage, applyPolicy?: (headers: OutgoingHttpHeaders) => void): void {
+export function writeErrorAnswer(
+  client: ServerResponse | Duplex,
+  error: ProxyError,
+  req: IncomingMessage,
+  applyPolicy?: (headers: OutgoingHttpHeaders) => void,
+): void {
   const { contentType, body } = errorBody(error, req.headers.accept);
   if (!('writeHead' in client)) {
     const headers: OutgoingHttpHeaders = { 'content-type': contentType };

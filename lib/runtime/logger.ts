@@ -13,10 +13,13 @@ export const defaultLogger: Logger = {
 export function resolveLogger(logger: Logger | undefined): Logger {
   if (logger === undefined) return defaultLogger;
   if (typeof logger !== 'object' || logger === null) {
-    throw new TypeError('viaduct: logger must be an object with debug, info, warn and error methods');
+    throw new TypeError(
+      'viaduct: logger must be an object with debug, info, warn and error methods',
+    );
   }
   for (const level of ['debug', 'info', 'warn', 'error'] as const) {
-    if (typeof logger[level] !== 'function') throw new TypeError(`viaduct: logger.${level} must be a function`);
+    if (typeof logger[level] !== 'function')
+      throw new TypeError(`viaduct: logger.${level} must be a function`);
   }
   return logger;
 }

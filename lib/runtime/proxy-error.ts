@@ -5,7 +5,10 @@
 const ERRORS = {
   EBADPATH: [400, 'The request path is not allowed.'], // dot-segments, backslashes, not origin-form
   EBADHEADER: [400, 'A request header could not be forwarded.'], // a header rule gave an unwritable value
-  EBADUPGRADE: [400, 'Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.'],
+  EBADUPGRADE: [
+    400,
+    'Only WebSocket upgrades (GET with Upgrade: websocket and Sec-WebSocket-Key) are proxied.',
+  ],
   EFORBIDDENORIGIN: [403, 'This origin may not open a WebSocket here.'],
   ENOWS: [404, 'WebSockets are not proxied on this route.'],
   ENOROUTE: [404, 'No route for this request.'], // an upgrade claimed before an async router found none
@@ -65,8 +68,10 @@ export function toProxyError(error: unknown, fallback: ProxyErrorCode = 'EUPSTRE
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
   const message = error instanceof Error ? error.message : String(error);
   const detail = code ? `${code}: ${message}` : message;
-  if (code && TIMEOUT_CODES.has(code)) return new ProxyError('ECONNECTTIMEOUT', detail, { cause: error });
-  if (code && REQUEST_CONSTRUCTION_CODES.has(code)) return new ProxyError('EINTERNAL', detail, { cause: error });
+  if (code && TIMEOUT_CODES.has(code))
+    return new ProxyError('ECONNECTTIMEOUT', detail, { cause: error });
+  if (code && REQUEST_CONSTRUCTION_CODES.has(code))
+    return new ProxyError('EINTERNAL', detail, { cause: error });
   return new ProxyError(fallback, detail, { cause: error });
 }
 

@@ -2,7 +2,11 @@ import { STATUS_CODES, type IncomingHttpHeaders, type OutgoingHttpHeaders } from
 import type { Duplex } from 'node:stream';
 
 /** Serialises a response head for a socket that no `ServerResponse` owns (the upgrade path). */
-export function responseHead(status: number, statusMessage: string | undefined, headers: OutgoingHttpHeaders | IncomingHttpHeaders): string {
+export function responseHead(
+  status: number,
+  statusMessage: string | undefined,
+  headers: OutgoingHttpHeaders | IncomingHttpHeaders,
+): string {
   let head = `HTTP/1.1 ${status} ${statusMessage || STATUS_CODES[status] || ''}\r\n`;
   for (const name of Object.keys(headers)) {
     const value = headers[name];
@@ -20,7 +24,12 @@ export function closeAfterFlush(socket: Duplex): void {
 }
 
 /** Writes a complete response to a raw socket and closes it. */
-export function writeRawResponse(socket: Duplex, status: number, headers: OutgoingHttpHeaders, body: string): void {
+export function writeRawResponse(
+  socket: Duplex,
+  status: number,
+  headers: OutgoingHttpHeaders,
+  body: string,
+): void {
   if (socket.destroyed || !socket.writable) {
     socket.destroy();
     return;

@@ -1,7 +1,10 @@
 import type { ProxyStats, RouteStats } from '../types';
 
 function emptyStats(): RouteStats {
-  return { requests: { total: 0, active: 0, errors: 0 }, tunnels: { total: 0, active: 0, rejected: 0 } };
+  return {
+    requests: { total: 0, active: 0, errors: 0 },
+    tunnels: { total: 0, active: 0, rejected: 0 },
+  };
 }
 
 function copy(stats: RouteStats): RouteStats {

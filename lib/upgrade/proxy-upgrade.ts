@@ -1,4 +1,9 @@
-import type { ClientRequest, IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import type {
+  ClientRequest,
+  IncomingHttpHeaders,
+  IncomingMessage,
+  OutgoingHttpHeaders,
+} from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { announcesBody, unrelayableCoding } from '../headers/body-framing';
@@ -33,13 +38,15 @@ function isWebSocketHandshake(req: IncomingMessage): boolean {
 /** Decides what to send upstream, or the error that refuses the upgrade first (returned or thrown). */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
   if (!route.settings.ws) return new ProxyError('ENOWS');
-  if (!isWebSocketHandshake(req)) return new ProxyError('EBADUPGRADE', `${req.method} with Upgrade: ${req.headers.upgrade}`);
+  if (!isWebSocketHandshake(req))
+    return new ProxyError('EBADUPGRADE', `${req.method} with Upgrade: ${req.headers.upgrade}`);
   const path = forwardedPath(req.url ?? '/', route, req);
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
   if (route.settings.allowedOrigins && !route.settings.allowedOrigins(req.headers.origin, req)) {
     return new ProxyError('EFORBIDDENORIGIN', `Origin: ${req.headers.origin ?? '(none)'}`);
   }
-  if (route.tunnelSlots >= route.settings.maxTunnels) return new ProxyError('ETUNNELLIMIT', `${route.settings.maxTunnels} open`);
+  if (route.tunnelSlots >= route.settings.maxTunnels)
+    return new ProxyError('ETUNNELLIMIT', `${route.settings.maxTunnels} open`);
   return { path, headers: upstreamHeaders(req, route.settings, true) };
 }
 
@@ -103,9 +110,17 @@ class Handshake extends InFlight implements TunnelHooks {
   override checkDeadline(now: number): void {
     const { route } = this;
     if (this.connectedAt === 0) {
-      if (now - this.startedAt >= route.settings.timeouts.connect) this.reject(new ProxyError('ECONNECTTIMEOUT', `not connected after ${route.settings.timeouts.connect} ms`));
+      if (now - this.startedAt >= route.settings.timeouts.connect)
+        this.reject(
+          new ProxyError(
+            'ECONNECTTIMEOUT',
+            `not connected after ${route.settings.timeouts.connect} ms`,
+          ),
+        );
     } else if (now - this.connectedAt >= route.settings.timeouts.read) {
-      this.reject(new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.settings.timeouts.read} ms`));
+      this.reject(
+        new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.settings.timeouts.read} ms`),
+      );
     }
   }
 
@@ -117,9 +132,16 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 
   private applyResponsePolicy(headers: OutgoingHttpHeaders): void {
-    applyToResponse(this.route.settings.headers.response, headerObject(headers), this.req, (error) => {
-      this.ctx.logger.error(`viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`);
-    });
+    applyToResponse(
+      this.route.settings.headers.response,
+      headerObject(headers),
+      this.req,
+      (error) => {
+        this.ctx.logger.error(
+          `viaduct: route "${this.route.key}": a response header rule failed: ${String(error)}`,
+        );
+      },
+    );
   }
 
   onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer): void {
@@ -152,11 +174,15 @@ class Handshake extends InFlight implements TunnelHooks {
     const unrelayable = unrelayableCoding(proxyRes);
     if (unrelayable) {
       proxyRes.socket.destroy();
-      return this.reject(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`));
+      return this.reject(
+        new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`),
+      );
     }
     this.settle();
     this.ctx.stats.tunnelRejected(this.route.stats);
-    this.ctx.logger.info(`viaduct: upgrade on route "${this.route.key}" refused by the upstream with ${proxyRes.statusCode}`);
+    this.ctx.logger.info(
+      `viaduct: upgrade on route "${this.route.key}" refused by the upstream with ${proxyRes.statusCode}`,
+    );
     this.ctx.emit('proxyRes', proxyRes, this.req, this.socket);
     const headers = this.clientHeaders(proxyRes);
     headers.connection = connectionOf(headers as IncomingHttpHeaders, false);
@@ -175,7 +201,10 @@ class Handshake extends InFlight implements TunnelHooks {
 
   onError(error: Error): void {
     if (!this.settled) this.reject(toProxyError(error));
-    else this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}" after it was answered: ${error.message}`);
+    else
+      this.ctx.logger.debug(
+        `viaduct: upgrade on route "${this.route.key}" after it was answered: ${error.message}`,
+      );
   }
 
   private onClientClose(): void {
@@ -192,7 +221,9 @@ class Handshake extends InFlight implements TunnelHooks {
         `viaduct: upgrade on route "${this.route.key}": the client socket was ended by another upgrade listener before the upstream answered (socket.io does this after 1 s unless destroyUpgrade: false)`,
       );
     } else {
-      this.ctx.logger.debug(`viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`);
+      this.ctx.logger.debug(
+        `viaduct: upgrade on route "${this.route.key}": the client went away during the handshake`,
+      );
     }
   }
 
@@ -222,6 +253,12 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 }
 
-export function proxyUpgrade(ctx: ProxyContext, route: Route, req: IncomingMessage, socket: Duplex, head: Buffer): void {
+export function proxyUpgrade(
+  ctx: ProxyContext,
+  route: Route,
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+): void {
   new Handshake(ctx, route, req, socket, head).start();
 }

@@ -62,7 +62,12 @@ export class Tunnel extends InFlight {
     client.write(head);
     if (upstreamHead.length > 0) fromUpstream(upstreamHead);
     ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${route.targetLabel})`);
-    ctx.emit('open', { route: route.key, req: this.req, clientSocket: client, upstreamSocket: upstream });
+    ctx.emit('open', {
+      route: route.key,
+      req: this.req,
+      clientSocket: client,
+      upstreamSocket: upstream,
+    });
   }
 
   /** Relays `source` to `destination`; returns the function that forwards one chunk. */
@@ -138,7 +143,15 @@ export class Tunnel extends InFlight {
     ctx.logger.debug(
       `viaduct: tunnel closed on route "${route.key}": ${reason} after ${duration} ms, ${bytesFromClient} B from client, ${bytesFromUpstream} B from upstream`,
     );
-    ctx.emit('close', { route: route.key, req: this.req, reason, duration, bytesFromClient, bytesFromUpstream, ...(this.error && { error: this.error }) });
+    ctx.emit('close', {
+      route: route.key,
+      req: this.req,
+      reason,
+      duration,
+      bytesFromClient,
+      bytesFromUpstream,
+      ...(this.error && { error: this.error }),
+    });
     ctx.released();
   }
 }

@@ -52,7 +52,10 @@ export function markDispatched(res: ServerResponse, upgrade: DispatchedUpgrade):
 }
 
 /** The upgrade a request stands for when `attach()` dispatches it through an app, else `undefined`. */
-export function dispatchedUpgrade(req: IncomingMessage, res: ServerResponse): DispatchedUpgrade | undefined {
+export function dispatchedUpgrade(
+  req: IncomingMessage,
+  res: ServerResponse,
+): DispatchedUpgrade | undefined {
   return req.headers.upgrade === undefined ? undefined : (res as StandInResponse)[UPGRADE];
 }
 

@@ -29,7 +29,14 @@
  *   the target's host name here.
  */
 import { createProxyServer, type ProxyServer, type ServerOptions } from 'http-proxy-3';
-import type { Agent, ClientRequest, IncomingMessage, InformationEvent, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type {
+  Agent,
+  ClientRequest,
+  IncomingMessage,
+  InformationEvent,
+  OutgoingHttpHeaders,
+  ServerResponse,
+} from 'node:http';
 import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './response-relay';
@@ -87,7 +94,6 @@ export interface TunnelHooks {
   onError(error: Error): void;
 }
 
-
 // The engine copies per-call options with a spread, so the hooks travel under a string key.
 type CallOptions = ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
 
@@ -128,7 +134,12 @@ function relayInformation(this: HookedRequest, info: InformationEvent): void {
  */
 function refuseUpgrade(this: HookedRequest, _proxyRes: IncomingMessage, socket: Duplex): void {
   socket.destroy();
-  this.viaductHooks.onError(new ProxyError('EBADRESPONSE', 'a 101 Switching Protocols to a request that asked for no upgrade'));
+  this.viaductHooks.onError(
+    new ProxyError(
+      'EBADRESPONSE',
+      'a 101 Switching Protocols to a request that asked for no upgrade',
+    ),
+  );
 }
 
 /** The engine's report of a client socket's error during `ws`: the handshake or the tunnel handles it as `close`. */
@@ -177,7 +188,9 @@ const UNESCAPED_PATH = /[^\u0021-\u00ff]/;
 /** The error `http.request` throws for such a path; ours is set after it, so it is checked here. */
 function unescapedPathError(path: string): Error | undefined {
   if (!UNESCAPED_PATH.test(path)) return undefined;
-  return Object.assign(new TypeError('Request path contains unescaped characters'), { code: 'ERR_UNESCAPED_CHARACTERS' });
+  return Object.assign(new TypeError('Request path contains unescaped characters'), {
+    code: 'ERR_UNESCAPED_CHARACTERS',
+  });
 }
 
 /** The object the engine fills in and passes to `http.request` (its `ssl` option). */
@@ -219,7 +232,12 @@ export class Engine {
 
   constructor(options: EngineOptions) {
     const hostname = options.target.hostname ?? '';
-    this.servername = options.target.protocol === 'https:' && !options.target.socketPath && !isIP(hostname.replace(/^\[|\]$/g, '')) ? hostname : undefined;
+    this.servername =
+      options.target.protocol === 'https:' &&
+      !options.target.socketPath &&
+      !isIP(hostname.replace(/^\[|\]$/g, ''))
+        ? hostname
+        : undefined;
     this.wsAgent = options.wsAgent;
     const allOptions: ServerOptions = {
       target: options.target,
@@ -237,7 +255,9 @@ export class Engine {
       ignorePath: true,
     } as ServerOptions;
     // The engine copies its options on every call: unset ones need not be copied.
-    const setOptions = Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined));
+    const setOptions = Object.fromEntries(
+      Object.entries(allOptions).filter(([, value]) => value !== undefined),
+    );
     this.server = createProxyServer(setOptions);
     withoutWebPass(this.server, 'deleteLength');
     this.server.on('error', ignoreSocketError);
@@ -271,7 +291,11 @@ export class Engine {
     const pathError = unescapedPathError(outgoing.path);
     if (pathError) return hooks.onError(pathError);
     const buffer = new UpstreamBodySource(req, outgoing) as unknown as Readable;
-    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), buffer };
+    const options: CallOptions = {
+      viaductHooks: hooks,
+      ssl: requestOptions(this.servername),
+      buffer,
+    };
     const view = new RequestView(req, outgoing);
     let failure: unknown;
     try {
@@ -288,10 +312,17 @@ export class Engine {
     const pathError = unescapedPathError(outgoing.path);
     if (pathError) return hooks.onError(pathError);
     // The path the engine puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
-    const options: CallOptions = { viaductHooks: hooks, ssl: requestOptions(this.servername), agent: this.wsAgent };
+    const options: CallOptions = {
+      viaductHooks: hooks,
+      ssl: requestOptions(this.servername),
+      agent: this.wsAgent,
+    };
     const own = engineListeners(socket);
     try {
-      const request = new UpgradeRequestView(outgoing.path, outgoing.headers) as unknown as IncomingMessage;
+      const request = new UpgradeRequestView(
+        outgoing.path,
+        outgoing.headers,
+      ) as unknown as IncomingMessage;
       this.server.ws(request, socket, head, options, (error) => hooks.onError(error));
     } catch (error) {
       hooks.onError(asError(error));
@@ -307,6 +338,10 @@ export class Engine {
     proxyReq.removeAllListeners('response');
     proxyReq.removeAllListeners('upgrade');
     proxyReq.on('response', (proxyRes: IncomingMessage) => hooks.onRefused(proxyRes));
-    proxyReq.on('upgrade', (proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) => hooks.onUpgrade(proxyRes, upstreamSocket, upstreamHead));
+    proxyReq.on(
+      'upgrade',
+      (proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) =>
+        hooks.onUpgrade(proxyRes, upstreamSocket, upstreamHead),
+    );
   }
 }

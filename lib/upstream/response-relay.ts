@@ -17,7 +17,10 @@ export function isEventStream(contentType: string | undefined): boolean {
  * chunk, so that events are not held until the compressor's buffer fills; every other response
  * compresses as it would without a proxy.
  */
-export function relayResponseBody(source: NodeJS.ReadableStream & { headers: { 'content-type'?: string } }, destination: NodeJS.WritableStream): void {
+export function relayResponseBody(
+  source: NodeJS.ReadableStream & { headers: { 'content-type'?: string } },
+  destination: NodeJS.WritableStream,
+): void {
   const { flush } = destination as Flushable;
   const flushEach = typeof flush === 'function' && isEventStream(source.headers['content-type']);
   let resumesOnDrain = false;

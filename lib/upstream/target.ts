@@ -40,7 +40,10 @@ const PROTOCOLS: Record<string, 'http:' | 'https:'> = {
 function protocolOf(value: string | undefined, where: string): 'http:' | 'https:' {
   const key = (value ?? 'http:').toLowerCase();
   const protocol = PROTOCOLS[key.endsWith(':') ? key : `${key}:`];
-  if (!protocol) throw new TypeError(`viaduct: ${where}: unsupported protocol "${value}" (use http, https, ws or wss)`);
+  if (!protocol)
+    throw new TypeError(
+      `viaduct: ${where}: unsupported protocol "${value}" (use http, https, ws or wss)`,
+    );
   return protocol;
 }
 
@@ -62,8 +65,12 @@ export function resolveTarget(target: Target, where: string): ResolvedTarget {
     } catch {
       throw new TypeError(`viaduct: ${where}: "${String(target)}" is not an absolute URL`);
     }
-    if (url.search || url.hash) throw new TypeError(`viaduct: ${where}: a target cannot have a query or a fragment`);
-    if (url.username || url.password) throw new TypeError(`viaduct: ${where}: put credentials in headers.request, not in the target`);
+    if (url.search || url.hash)
+      throw new TypeError(`viaduct: ${where}: a target cannot have a query or a fragment`);
+    if (url.username || url.password)
+      throw new TypeError(
+        `viaduct: ${where}: put credentials in headers.request, not in the target`,
+      );
     const protocol = protocolOf(url.protocol, where);
     const engine = engineUrl(protocol, url.hostname, url.port);
     return {
@@ -76,12 +83,22 @@ export function resolveTarget(target: Target, where: string): ResolvedTarget {
   if (target && typeof target === 'object') {
     const protocol = protocolOf(target.protocol, where);
     if ('socketPath' in target && typeof target.socketPath === 'string') {
-      const url: EngineUrl = { ...engineUrl(protocol, 'localhost', ''), socketPath: target.socketPath };
-      return { url, basePath: basePathOf(target.path), secure: protocol === 'https:', label: `unix:${target.socketPath}` };
+      const url: EngineUrl = {
+        ...engineUrl(protocol, 'localhost', ''),
+        socketPath: target.socketPath,
+      };
+      return {
+        url,
+        basePath: basePathOf(target.path),
+        secure: protocol === 'https:',
+        label: `unix:${target.socketPath}`,
+      };
     }
     if ('host' in target && typeof target.host === 'string' && target.host) {
-      const port = target.port === undefined || target.port === '' ? '' : String(Number(target.port));
-      if (port === 'NaN') throw new TypeError(`viaduct: ${where}: port "${String(target.port)}" is not a number`);
+      const port =
+        target.port === undefined || target.port === '' ? '' : String(Number(target.port));
+      if (port === 'NaN')
+        throw new TypeError(`viaduct: ${where}: port "${String(target.port)}" is not a number`);
       const engine = engineUrl(protocol, bracketIPv6(target.host), port);
       return {
         url: engine,
@@ -91,10 +108,16 @@ export function resolveTarget(target: Target, where: string): ResolvedTarget {
       };
     }
   }
-  throw new TypeError(`viaduct: ${where}: a target is a URL string, a URL, { host, port, protocol } or { socketPath }`);
+  throw new TypeError(
+    `viaduct: ${where}: a target is a URL string, a URL, { host, port, protocol } or { socketPath }`,
+  );
 }
 
 /** Tells a target from route options: route options carry a `target` key. */
 export function isTarget(value: unknown): value is Target {
-  return typeof value === 'string' || value instanceof URL || (typeof value === 'object' && value !== null && !('target' in value));
+  return (
+    typeof value === 'string' ||
+    value instanceof URL ||
+    (typeof value === 'object' && value !== null && !('target' in value))
+  );
 }

@@ -24,7 +24,9 @@ function idleLimit(socket: Socket): number {
   // Node's agent reads the hint the same way: from the response of the request that held the socket.
   const hint = lastResponseHeaders(socket)?.['keep-alive'];
   const seconds = typeof hint === 'string' ? KEEP_ALIVE_HINT.exec(hint)?.[1] : undefined;
-  return seconds === undefined ? DEFAULT_IDLE_LIMIT : Math.min(LONGEST_IDLE_LIMIT, Number(seconds) * 1000 - 1000);
+  return seconds === undefined
+    ? DEFAULT_IDLE_LIMIT
+    : Math.min(LONGEST_IDLE_LIMIT, Number(seconds) * 1000 - 1000);
 }
 
 /**

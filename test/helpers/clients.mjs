@@ -11,22 +11,26 @@ import { WebSocket } from 'ws';
  */
 export function request(url, { method = 'GET', headers = {}, body, agent = false, path } = {}) {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, headers, agent, ...(path !== undefined && { path }) }, (res) => {
-      const chunks = [];
-      res.on('data', (chunk) => chunks.push(chunk));
-      res.on('end', () => {
-        const buffer = Buffer.concat(chunks);
-        resolve({
-          status: res.statusCode,
-          headers: res.headers,
-          rawHeaders: res.rawHeaders,
-          body: buffer,
-          text: buffer.toString('utf8'),
-          json: () => JSON.parse(buffer.toString('utf8')),
+    const req = http.request(
+      url,
+      { method, headers, agent, ...(path !== undefined && { path }) },
+      (res) => {
+        const chunks = [];
+        res.on('data', (chunk) => chunks.push(chunk));
+        res.on('end', () => {
+          const buffer = Buffer.concat(chunks);
+          resolve({
+            status: res.statusCode,
+            headers: res.headers,
+            rawHeaders: res.rawHeaders,
+            body: buffer,
+            text: buffer.toString('utf8'),
+            json: () => JSON.parse(buffer.toString('utf8')),
+          });
         });
-      });
-      res.on('error', reject);
-    });
+        res.on('error', reject);
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -44,7 +48,15 @@ export function openSocket(url, options = {}) {
     ws.once('unexpected-response', (_req, res) => {
       const chunks = [];
       res.on('data', (chunk) => chunks.push(chunk));
-      res.on('end', () => resolve({ refused: { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') } }));
+      res.on('end', () =>
+        resolve({
+          refused: {
+            status: res.statusCode,
+            headers: res.headers,
+            body: Buffer.concat(chunks).toString('utf8'),
+          },
+        }),
+      );
       res.on('error', reject);
     });
     ws.once('error', reject);
@@ -70,13 +82,15 @@ export function rawExchange(port, bytes, { until } = {}) {
     let received = '';
     socket.on('data', (chunk) => {
       received += chunk.toString('latin1');
-      if (until && until.test(received)) {
+      if (until?.test(received)) {
         socket.destroy();
         resolve(received);
       }
     });
     socket.on('close', () => resolve(received));
-    socket.on('error', (error) => (error.code === 'ECONNRESET' ? resolve(received) : reject(error)));
+    socket.on('error', (error) =>
+      error.code === 'ECONNRESET' ? resolve(received) : reject(error),
+    );
     socket.write(bytes);
   });
 }
@@ -106,7 +120,8 @@ export function handshake(path, headers = {}) {
     ...headers,
   };
   let text = `GET ${path} HTTP/1.1\r\n`;
-  for (const [name, value] of Object.entries(lines)) if (value !== undefined) text += `${name}: ${value}\r\n`;
+  for (const [name, value] of Object.entries(lines))
+    if (value !== undefined) text += `${name}: ${value}\r\n`;
   return `${text}\r\n`;
 }
 

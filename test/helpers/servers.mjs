@@ -16,7 +16,13 @@ const open = new Set();
 export function quietLogger() {
   const lines = [];
   const keep = (level) => (message) => lines.push([level, message]);
-  return { lines, debug: keep('debug'), info: keep('info'), warn: keep('warn'), error: keep('error') };
+  return {
+    lines,
+    debug: keep('debug'),
+    info: keep('info'),
+    warn: keep('warn'),
+    error: keep('error'),
+  };
 }
 
 /** Listens on a free loopback port; the server and its sockets are destroyed by `closeAll()`. */
@@ -82,8 +88,10 @@ export async function refusingUpstream(response) {
 export async function startSilentUpstream() {
   const requests = [];
   const upgrades = [];
-  const server = http.createServer((req, res) => requests.push({ req, res, closed: nextEvent(res, 'close') }));
-  server.on('upgrade', (req, socket) => {
+  const server = http.createServer((req, res) =>
+    requests.push({ req, res, closed: nextEvent(res, 'close') }),
+  );
+  server.on('upgrade', (_req, socket) => {
     // Node's server leaves an upgraded socket half-open when the peer ends it; a real server closes it.
     socket.on('end', () => socket.destroy());
     socket.on('error', () => {});
@@ -112,11 +120,26 @@ export async function startUpstream(handler) {
   const handshakes = [];
   const server = http.createServer(async (req, res) => {
     const body = await readBody(req);
-    const record = { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders, body, socket: req.socket };
+    const record = {
+      method: req.method,
+      url: req.url,
+      headers: req.headers,
+      rawHeaders: req.rawHeaders,
+      body,
+      socket: req.socket,
+    };
     seen.push(record);
     if (handler && (await handler(req, res, record)) !== false) return;
-    const text = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: body.toString('utf8') });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    const text = JSON.stringify({
+      method: req.method,
+      url: req.url,
+      headers: req.headers,
+      body: body.toString('utf8'),
+    });
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(text),
+    });
     res.end(text);
   });
   const wss = new WebSocketServer({ noServer: true });
@@ -125,7 +148,9 @@ export async function startUpstream(handler) {
     wss.handleUpgrade(req, socket, head, (ws) => wss.emit('connection', ws, req));
   });
   wss.on('connection', (ws, req) => {
-    ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `echo:${data}`, { binary: isBinary }));
+    ws.on('message', (data, isBinary) =>
+      ws.send(isBinary ? data : `echo:${data}`, { binary: isBinary }),
+    );
     ws.send(`hello:${req.url}`);
   });
   const port = await listen(server);
@@ -138,7 +163,11 @@ export const FRONT_KINDS = ['express5', 'express4', 'connect', 'node'];
  * A front of the given kind with `proxy` mounted at `mount` ('' = root) and attached for upgrades.
  * `before` is middleware put in front of the proxy (not for 'node').
  */
-export async function startFront(kind, proxy, { mount = '', before = [], attachTo = 'app', unmatched } = {}) {
+export async function startFront(
+  kind,
+  proxy,
+  { mount = '', before = [], attachTo = 'app', unmatched } = {},
+) {
   let app;
   let server;
   if (kind === 'node') {
@@ -154,5 +183,12 @@ export async function startFront(kind, proxy, { mount = '', before = [], attachT
   }
   const detach = attach(server, attachTo === 'proxy' ? proxy : app, unmatched ? { unmatched } : {});
   const port = await listen(server);
-  return { app, server, port, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}`, detach };
+  return {
+    app,
+    server,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    detach,
+  };
 }

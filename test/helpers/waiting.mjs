@@ -32,7 +32,9 @@ export function nextEvent(emitter, event) {
 
 /** Resolves once every WebSocket in `sockets` is closed. */
 export function allClosed(sockets) {
-  return Promise.all(sockets.map((s) => (s.readyState === s.CLOSED ? undefined : once(s, 'close'))));
+  return Promise.all(
+    sockets.map((s) => (s.readyState === s.CLOSED ? undefined : once(s, 'close'))),
+  );
 }
 
 /**
@@ -42,7 +44,11 @@ export function allClosed(sockets) {
  */
 export async function assertOnlyLiveTunnel(proxy, upstreamSockets, ws) {
   const held = upstreamSockets.filter((entry) => entry.url === '/held').map((entry) => entry.ws);
-  await within(allClosed(held), 1_000, `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`);
+  await within(
+    allClosed(held),
+    1_000,
+    `the upstream side of the abandoned upgrade (${held.length} reached the upstream) is closed`,
+  );
   assert.equal(proxy.stats().tunnels.active, 1, 'only the live tunnel is counted');
   const closed = nextEvent(proxy, 'close');
   ws.close();
