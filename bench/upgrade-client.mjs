@@ -5,7 +5,7 @@
 import net from 'node:net';
 // The tests' handshake: its key is a nonce against caches that replay handshakes, and one key for
 // every handshake does for a benchmark.
-import { HANDSHAKE_ACCEPT, handshake } from '../test/helpers/clients.mjs';
+import { HANDSHAKE_ACCEPT, handshake } from '../support/websocket-handshake.mjs';
 
 // Close with status 1000; a client's frames are masked.
 const MASK = [0x11, 0x22, 0x33, 0x44];

@@ -17,7 +17,7 @@ import {
   refusingUpstream,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   HANDSHAKE_ACCEPT as ACCEPT,
   SWITCHING_PROTOCOLS as SWITCHING,
@@ -28,8 +28,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 afterEach(closeAll);
 

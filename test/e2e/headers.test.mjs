@@ -14,7 +14,7 @@ import {
   refusingUpstream,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   HANDSHAKE_ACCEPT as ACCEPT,
   handshake,
@@ -25,7 +25,7 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
+} from '../helpers/clients.mjs';
 
 after(closeAll);
 

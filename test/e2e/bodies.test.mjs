@@ -9,9 +9,9 @@ import { gzipSync } from 'node:zlib';
 import express5 from 'express';
 import express4 from 'express4';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { rawExchange, request, statusOf } from './helpers/clients.mjs';
-import { deferred, within } from './helpers/waiting.mjs';
+import { closeAll, listen, quietLogger, startFront, startUpstream } from '../helpers/servers.mjs';
+import { rawExchange, request, statusOf } from '../helpers/clients.mjs';
+import { deferred, within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

@@ -12,7 +12,7 @@ import {
   refusingUpstream,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   HANDSHAKE_ACCEPT,
   handshake,
@@ -23,8 +23,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { assertOnlyLiveTunnel, deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { assertOnlyLiveTunnel, deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

@@ -13,7 +13,7 @@ import {
   quietLogger,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   handshake,
   openSocket,
@@ -21,8 +21,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

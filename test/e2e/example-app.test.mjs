@@ -8,13 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
-import { startExample } from '../example-app/server.mjs';
-import { viaductPlugin } from '../example-app/vite-plugin.mjs';
-import { closeAll, quietLogger, startUpstream } from './helpers/servers.mjs';
-import { openSocket, request, roundTrip } from './helpers/clients.mjs';
-import { within } from './helpers/waiting.mjs';
+import { startExample } from '../../example-app/server.mjs';
+import { viaductPlugin } from '../../example-app/vite-plugin.mjs';
+import { closeAll, quietLogger, startUpstream } from '../helpers/servers.mjs';
+import { openSocket, request, roundTrip } from '../helpers/clients.mjs';
+import { within } from '../helpers/waiting.mjs';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
+const root = fileURLToPath(new URL('../..', import.meta.url));
 after(closeAll);
 
 async function openSession(url) {

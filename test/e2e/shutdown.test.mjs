@@ -16,7 +16,7 @@ import {
   quietLogger,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   SWITCHING_PROTOCOLS,
   handshake,
@@ -25,8 +25,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { allClosed, deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { allClosed, deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 afterEach(closeAll);
 

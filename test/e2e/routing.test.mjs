@@ -3,8 +3,8 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { handshake, openSocket, rawExchange, rawRequest, request } from './helpers/clients.mjs';
+import { closeAll, listen, quietLogger, startFront, startUpstream } from '../helpers/servers.mjs';
+import { handshake, openSocket, rawExchange, rawRequest, request } from '../helpers/clients.mjs';
 
 after(closeAll);
 

@@ -22,7 +22,7 @@ import { Server as SocketIOServer } from 'socket.io';
 import { io as ioClient } from 'socket.io-client';
 import { WebSocket, WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startUpstream } from './helpers/servers.mjs';
+import { closeAll, listen, quietLogger, startUpstream } from '../helpers/servers.mjs';
 import {
   handshake,
   openSocket,
@@ -30,8 +30,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

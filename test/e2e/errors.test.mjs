@@ -15,7 +15,7 @@ import {
   startFront,
   startSilentUpstream,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   handshake,
   openSocket,
@@ -24,8 +24,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { deferred, nextEvent, within } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { deferred, nextEvent, within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

@@ -6,10 +6,10 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
-import { request, roundTrip } from './helpers/clients.mjs';
-import { allClosed, nextEvent, within } from './helpers/waiting.mjs';
+import { request, roundTrip } from '../helpers/clients.mjs';
+import { allClosed, nextEvent, within } from '../helpers/waiting.mjs';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
+const root = fileURLToPath(new URL('../..', import.meta.url));
 
 function isRunning(pid) {
   try {

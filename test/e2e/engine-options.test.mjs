@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocketServer } from 'ws';
 import { createProxy } from 'viaduct';
-import { closeAll, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
-import { openSocket, request } from './helpers/clients.mjs';
+import { closeAll, quietLogger, startFront, startUpstream } from '../helpers/servers.mjs';
+import { openSocket, request } from '../helpers/clients.mjs';
 
 after(closeAll);
 

@@ -14,7 +14,7 @@ import {
   quietLogger,
   startFront,
   startUpstream,
-} from './helpers/servers.mjs';
+} from '../helpers/servers.mjs';
 import {
   handshake,
   openSocket,
@@ -22,7 +22,7 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
+} from '../helpers/clients.mjs';
 
 after(closeAll);
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const fixture = fileURLToPath(new URL('fixtures/one-of-each.mjs', import.meta.url));
+const fixture = fileURLToPath(new URL('../fixtures/one-of-each.mjs', import.meta.url));
 
 function run(entry) {
   return new Promise((resolve, reject) => {

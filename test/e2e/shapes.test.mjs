@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { FRONT_KINDS } from './helpers/servers.mjs';
+import { FRONT_KINDS } from '../helpers/servers.mjs';
 
-const PROBE = fileURLToPath(new URL('fixtures/shape-probe.mjs', import.meta.url));
+const PROBE = fileURLToPath(new URL('../fixtures/shape-probe.mjs', import.meta.url));
 const SWAPS_PROTOTYPES = new Set(['express5', 'express4']);
 // Where viaduct uses the trick: the V8 versions whose hidden classes it works around.
 const TRICK_APPLIES = Number(process.versions.v8.split('.')[0]) < 13;

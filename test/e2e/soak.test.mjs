@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const RUN = fileURLToPath(new URL('../soak/run.mjs', import.meta.url));
+const RUN = fileURLToPath(new URL('../../soak/run.mjs', import.meta.url));
 const SECONDS = 12;
 /** The soak takes about 16 s here; the bound is for a hang, with room for a loaded machine. */
 const BOUND = 60_000;

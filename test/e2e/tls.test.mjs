@@ -11,7 +11,7 @@ import path from 'node:path';
 import express from 'express';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { closeAll, listen, quietLogger, startFront, startUpstream } from '../helpers/servers.mjs';
 import {
   handshake,
   openSocket,
@@ -19,7 +19,7 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
+} from '../helpers/clients.mjs';
 
 after(closeAll);
 

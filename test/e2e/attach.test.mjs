@@ -8,7 +8,7 @@ import express5 from 'express';
 import express4 from 'express4';
 import { WebSocketServer } from 'ws';
 import { attach, createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront, startUpstream } from './helpers/servers.mjs';
+import { closeAll, listen, quietLogger, startFront, startUpstream } from '../helpers/servers.mjs';
 import {
   handshake,
   handshakeThenReset,
@@ -17,8 +17,8 @@ import {
   request,
   roundTrip,
   statusOf,
-} from './helpers/clients.mjs';
-import { assertOnlyLiveTunnel, deferred } from './helpers/waiting.mjs';
+} from '../helpers/clients.mjs';
+import { assertOnlyLiveTunnel, deferred } from '../helpers/waiting.mjs';
 
 after(closeAll);
 

@@ -16,9 +16,9 @@ import { EventEmitter } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront } from './helpers/servers.mjs';
-import { openSocket, roundTrip } from './helpers/clients.mjs';
-import { nextEvent, within } from './helpers/waiting.mjs';
+import { closeAll, listen, quietLogger, startFront } from '../helpers/servers.mjs';
+import { openSocket, roundTrip } from '../helpers/clients.mjs';
+import { nextEvent, within } from '../helpers/waiting.mjs';
 
 afterEach(closeAll);
 

@@ -8,9 +8,9 @@ import http from 'node:http';
 import net from 'node:net';
 import fc from 'fast-check';
 import { attach, createProxy } from 'viaduct';
-import { closeAll, listen, quietLogger, startUpstream } from './helpers/servers.mjs';
-import { handshake, parseResponse, request } from './helpers/clients.mjs';
-import { within } from './helpers/waiting.mjs';
+import { closeAll, listen, quietLogger, startUpstream } from '../helpers/servers.mjs';
+import { handshake, parseResponse, request } from '../helpers/clients.mjs';
+import { within } from '../helpers/waiting.mjs';
 
 const WAIT = 5_000; // bound on every exchange
 /**

@@ -20,9 +20,9 @@ import {
   startFront,
   startSilentUpstream,
   startUpstream,
-} from './helpers/servers.mjs';
-import { handshake, rawExchange, request, statusOf } from './helpers/clients.mjs';
-import { within } from './helpers/waiting.mjs';
+} from '../helpers/servers.mjs';
+import { handshake, rawExchange, request, statusOf } from '../helpers/clients.mjs';
+import { within } from '../helpers/waiting.mjs';
 
 after(closeAll);
 
