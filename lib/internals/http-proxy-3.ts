@@ -40,3 +40,14 @@ export function withoutWebPass(server: object, name: string): void {
   const engine = server as { webPasses: Pass[] };
   engine.webPasses = engine.webPasses.filter((pass) => pass.name !== name);
 }
+
+/**
+ * The engine's options with every key a call will pass already present (as `null`, which it reads
+ * as absent: it only ever reads them as `options.ssl || {}` and alike). It merges them per call as
+ * `{ ...options, ...callOptions }`; on V8 before 12 (Node 20) each key the second spread adds gets
+ * the copy a hidden class of its own on every call, so every later read of the merged options
+ * (about thirty per request) misses V8's caches. Keys that only overwrite keep one hidden class.
+ */
+export function withCallKeys<T extends object>(options: T, keys: readonly string[]): T {
+  return { ...options, ...Object.fromEntries(keys.map((key) => [key, null])) };
+}

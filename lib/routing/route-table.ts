@@ -27,7 +27,7 @@ function splitHost(host: string): [hostname: string, port: string | undefined] {
   return [lower.slice(0, colon), lower.slice(colon + 1)];
 }
 
-function parseKey(key: string): ParsedKey {
+export function parseKey(key: string): ParsedKey {
   if (key.startsWith('/'))
     return { hostname: undefined, port: undefined, prefix: normalisePrefix(key) };
   const slash = key.indexOf('/');
@@ -41,7 +41,7 @@ function parseKey(key: string): ParsedKey {
 }
 
 /** A path prefix matches at a segment boundary: `/api` matches `/api`, `/api/x`, `/api?q`, never `/apix`. */
-function prefixMatches(prefix: string, url: string): boolean {
+export function prefixMatches(prefix: string, url: string): boolean {
   if (prefix === '') return true;
   if (!url.startsWith(prefix)) return false;
   const next = url.charCodeAt(prefix.length);

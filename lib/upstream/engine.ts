@@ -41,7 +41,7 @@ import { isIP } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
-import { engineListeners, withoutWebPass } from '../internals/http-proxy-3';
+import { engineListeners, withCallKeys, withoutWebPass } from '../internals/http-proxy-3';
 import { requestOf } from '../internals/node';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
@@ -96,6 +96,9 @@ export interface TunnelHooks {
 
 // The engine copies per-call options with a spread, so the hooks travel under a string key.
 type CallOptions = ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
+
+/** Every key a call of `web` or `ws` passes (`agent` is always set at construction). */
+const CALL_KEYS = ['viaductHooks', 'ssl', 'buffer'] as const;
 
 /** An upstream request of `web`, with its hooks: shared listeners find them there, no closure per request. */
 type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
@@ -255,8 +258,9 @@ export class Engine {
       ignorePath: true,
     } as ServerOptions;
     // The engine copies its options on every call: unset ones need not be copied.
-    const setOptions = Object.fromEntries(
-      Object.entries(allOptions).filter(([, value]) => value !== undefined),
+    const setOptions = withCallKeys(
+      Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined)),
+      CALL_KEYS,
     );
     this.server = createProxyServer(setOptions);
     withoutWebPass(this.server, 'deleteLength');
