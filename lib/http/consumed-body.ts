@@ -54,19 +54,25 @@ function formPairs(prefix: string, value: unknown, pairs: [string, string][]): v
   }
 }
 
+function isJsonType(type: string): boolean {
+  return type === 'application/json' || type === 'text/json' || type.endsWith('+json');
+}
+
+/** The body re-serialised in the charset its `Content-Type` declares, or why it cannot be. */
 function serialise(req: ParsedRequest): Buffer | string {
   const body = req.body;
   if (Buffer.isBuffer(body)) return body;
   const type = mediaType(req);
-  if (typeof body === 'string') {
-    const encoding = charsetOf(req);
-    if (!encoding) return 'its charset cannot be re-encoded';
-    return Buffer.from(body, encoding);
-  }
+  const encoding = charsetOf(req);
+  if (!encoding) return 'its charset cannot be re-encoded';
+  // A string is the text a text parser read (a JSON string from `express.json({ strict: false })`
+  // cannot be told from it); any other JSON value, primitives included, is serialised.
+  if (typeof body === 'string') return Buffer.from(body, encoding);
+  if (isJsonType(type) && body !== undefined) return Buffer.from(JSON.stringify(body), encoding);
   if (body !== null && typeof body === 'object') {
-    if (type === 'application/json' || type.endsWith('+json'))
-      return Buffer.from(JSON.stringify(body));
     if (type === 'application/x-www-form-urlencoded') {
+      // Percent-encoding is of UTF-8 bytes: a form declared in another charset would be re-coded.
+      if (encoding !== 'utf8') return 'a form in a charset other than UTF-8 cannot be re-encoded';
       const pairs: [string, string][] = [];
       formPairs('', body, pairs);
       return Buffer.from(new URLSearchParams(pairs).toString());

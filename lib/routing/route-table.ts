@@ -16,8 +16,16 @@ interface ParsedKey {
   readonly prefix: string;
 }
 
+/** Trailing slashes are not part of a prefix: `'/api/'` and `'/api//'` are `'/api'`. */
 function normalisePrefix(path: string): string {
-  return path.endsWith('/') ? path.slice(0, -1) : path;
+  return path.replace(/\/+$/, '');
+}
+
+/** A host name as a key may give it: no whitespace, and an IPv6 address only in brackets. */
+function validHost(hostname: string, port: string | undefined): boolean {
+  if (!hostname || /\s/.test(hostname) || (hostname.includes(':') && !hostname.startsWith('[')))
+    return false;
+  return port === undefined || (/^\d+$/.test(port) && Number(port) <= 65_535);
 }
 
 function splitHost(host: string): [hostname: string, port: string | undefined] {
@@ -32,9 +40,9 @@ export function parseKey(key: string): ParsedKey {
     return { hostname: undefined, port: undefined, prefix: normalisePrefix(key) };
   const slash = key.indexOf('/');
   const [hostname, port] = splitHost(slash === -1 ? key : key.slice(0, slash));
-  if (!hostname || (port !== undefined && !/^\d+$/.test(port))) {
+  if (!validHost(hostname, port)) {
     throw new TypeError(
-      `viaduct: routes["${key}"]: a key is '/path', 'host', 'host:port' or 'host/path'`,
+      `viaduct: routes["${key}"]: a key is '/path', 'host', 'host:port' or 'host/path' (an IPv6 address in brackets: '[::1]:8080')`,
     );
   }
   return { hostname, port, prefix: slash === -1 ? '' : normalisePrefix(key.slice(slash)) };

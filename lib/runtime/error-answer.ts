@@ -9,6 +9,7 @@ import type { ProxyError } from './proxy-error';
 import { writeRawResponse } from './raw-response';
 
 const JSON_RANGE = /json/i;
+const WEIGHT = /^\s*q\s*=/i;
 
 /**
  * Whether the client's `Accept` prefers JSON: a JSON type weighs more than every `text/` type, or
@@ -20,8 +21,9 @@ export function prefersJson(accept: string | undefined): boolean {
   let text = 0;
   for (const range of accept.split(',')) {
     const [type = '', ...params] = range.split(';');
-    const q = params.find((p) => p.trim().startsWith('q='));
-    const weight = q === undefined ? 1 : Number(q.trim().slice(2)) || 0;
+    // The weight parameter's name is case-insensitive, with optional whitespace around `=`.
+    const q = params.find((p) => WEIGHT.test(p));
+    const weight = q === undefined ? 1 : Number(q.slice(q.indexOf('=') + 1).trim()) || 0;
     const mediaType = type.trim().toLowerCase();
     // Strictly greater: the first range listed wins a tie.
     if (JSON_RANGE.test(mediaType)) {
