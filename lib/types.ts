@@ -12,6 +12,31 @@ export type TargetObject =
  */
 export type Target = string | URL | TargetObject;
 
+/** One upstream of a pool with its share of the traffic: `weight` (a whole number ≥ 1, default 1). */
+export interface WeightedTarget {
+  target: Target;
+  weight?: number;
+}
+
+/**
+ * One upstream, or a pool of them: `['http://10.0.0.1:4000', { target: 'http://10.0.0.2:4000', weight: 2 }]`.
+ * A single target is a pool of one.
+ */
+export type Targets = Target | readonly (Target | WeightedTarget)[];
+
+/** How a pool spreads requests and tunnels over its upstreams. */
+export type Balance = 'round-robin' | 'least-connections' | 'hash';
+
+/** Active health checks of a pool's upstreams. */
+export interface HealthCheckOptions {
+  /** The path requested with `GET` from every upstream. */
+  path: string;
+  /** Milliseconds between checks. Default 5 000. */
+  interval?: number;
+  /** Milliseconds to wait for an answer. Default 2 000. */
+  timeout?: number;
+}
+
 /** A header value as Node accepts it. */
 export type HeaderValue = string | number | readonly string[];
 
@@ -60,9 +85,14 @@ export interface TimeoutOptions {
   connect?: number;
   /**
    * HTTP: upstream silent this long gives 504 before response headers and cuts the connection after.
-   * Tunnel: no byte in either direction for this long closes both sides. Default 60 000.
+   * Tunnel: no byte in either direction for this long ends it (Close frames, code 1001). Default 60 000.
    */
   read?: number;
+  /**
+   * The longest life of a tunnel: when it is reached, the tunnel is ended as at `close()` (Close
+   * frames, code 1001, reason `expired`), e.g. to spread clients again after pool changes. Default: none.
+   */
+  tunnel?: number;
 }
 
 /** `Set-Cookie` domain/path rewriting, as in `http-proxy`: a replacement for every value, or a map. */
@@ -103,15 +133,34 @@ export interface RouteSettings {
   cookiePathRewrite?: CookieRewrite;
   /** Rewrite the host of redirect `Location`s pointing at the target to the request's host. */
   autoRewrite?: boolean;
+  /**
+   * How a pool spreads the load: smooth weighted round-robin (as nginx), the fewest requests and
+   * tunnels in flight per weight, or a consistent hash of `hashKey`. Default `'round-robin'`.
+   */
+  balance?: Balance;
+  /**
+   * For `balance: 'hash'`: the key that picks a request's upstream (a session cookie, for
+   * socket.io's long-polling); `undefined` for round-robin. Default: the client address (as
+   * `trustProxy` resolves it).
+   */
+  hashKey?: (req: IncomingMessage) => string | undefined;
+  /** Failures within `failTimeout` that leave an upstream out for `failTimeout`. Default 1; 0: never. */
+  maxFails?: number;
+  /** Milliseconds: the window for `maxFails`, and how long an upstream is left out. Default 10 000. */
+  failTimeout?: number;
+  /** How often a request or upgrade is passed to the next upstream. Default: the pool's size − 1. */
+  retries?: number;
+  /** A `GET path` to every upstream each `interval`: non-2xx or no answer marks it down, 2xx up. */
+  healthCheck?: HealthCheckOptions;
 }
 
 /** A table entry given as options: a target plus any per-route settings. */
 export interface RouteOptions extends RouteSettings {
-  target: Target;
+  target: Targets;
 }
 
 /** A route table value: a target, or route options. */
-export type RouteValue = Target | RouteOptions;
+export type RouteValue = Targets | RouteOptions;
 
 /** What a `router` returns: a route, or `undefined`/`null` to fall through to the table. */
 export type RouterResult = RouteValue | undefined | null;
@@ -130,7 +179,7 @@ export interface Logger {
 /** Options of {@link createProxy}. */
 export interface ProxyOptions extends RouteSettings {
   /** The route used when no table key matches. */
-  target?: Target;
+  target?: Targets;
   /** Keys: `'/path'`, `'host'`, `'host:port'`, `'host/path'`. The most specific match wins. */
   routes?: Record<string, RouteValue>;
   router?: Router;
@@ -156,18 +205,59 @@ export interface TunnelStats {
   rejected: number;
 }
 
+/** One upstream of a route's pool. */
+export interface UpstreamStats {
+  /** Requests and upgrades sent to it (each try counts). */
+  requests: number;
+  /** Tunnels opened through it. */
+  tunnels: number;
+  /** Requests and tunnels in flight on it. */
+  active: number;
+  /** Failures counted against it (refused, reset, unreachable, connect or read timeout before headers). */
+  fails: number;
+  /** Left out: by `maxFails`/`failTimeout` until a probe succeeds, or by the health check. */
+  down: boolean;
+}
+
 export interface RouteStats {
   requests: RequestStats;
   tunnels: TunnelStats;
+  /** By upstream URL. */
+  upstreams: Record<string, UpstreamStats>;
 }
 
 /** Totals, plus the same per route key (`'default'` for `target`, `'router'` for `router` results). */
-export interface ProxyStats extends RouteStats {
+export interface ProxyStats {
+  requests: RequestStats;
+  tunnels: TunnelStats;
   routes: Record<string, RouteStats>;
 }
 
+/** Payload of the `upstreamDown` and `upstreamUp` events. */
+export interface UpstreamEvent {
+  /** The route key. */
+  route: string;
+  /** The upstream's URL. */
+  upstream: string;
+}
+
 /** Why a tunnel ended. */
-export type TunnelCloseReason = 'client' | 'upstream' | 'idle' | 'shutdown' | 'error';
+/**
+ * Why a tunnel ended: the side whose Close frame came first (or, without one, whose connection
+ * ended first), `idle` (`timeouts.read`), `shutdown` (`close()`), `expired` (`timeouts.tunnel`),
+ * or `error` for a socket error.
+ */
+export type TunnelCloseReason = 'client' | 'upstream' | 'idle' | 'shutdown' | 'expired' | 'error';
+
+/**
+ * The close code each side sent first, in its first Close frame (1005 for a Close frame without
+ * one); absent for a side that sent none. `proxy` is 1001 when viaduct ended the tunnel itself.
+ */
+export interface TunnelCloseCodes {
+  client?: number;
+  upstream?: number;
+  proxy?: number;
+}
 
 /** Payload of the `open` event. */
 export interface TunnelOpenEvent {
@@ -188,6 +278,8 @@ export interface TunnelCloseEvent {
   bytesFromClient: number;
   /** Bytes the upstream sent through the tunnel. */
   bytesFromUpstream: number;
+  /** The close code each side sent first. */
+  code: TunnelCloseCodes;
   /** Present when `reason` is `'error'`. */
   error?: Error;
 }
@@ -203,6 +295,10 @@ export interface ProxyEvents {
   proxyRes: (proxyRes: IncomingMessage, req: IncomingMessage, client: ClientSide) => void;
   open: (event: TunnelOpenEvent) => void;
   close: (event: TunnelCloseEvent) => void;
+  /** An upstream of a pool was left out (passive failures or the health check). */
+  upstreamDown: (event: UpstreamEvent) => void;
+  /** An upstream that was down serves again. */
+  upstreamUp: (event: UpstreamEvent) => void;
   error: (error: Error, req: IncomingMessage, client: ClientSide) => void;
 }
 

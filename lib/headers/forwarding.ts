@@ -33,6 +33,21 @@ export function isTrusted(req: IncomingMessage, setting: boolean | undefined): b
   return typeof trust === 'function' && trust(req.socket.remoteAddress ?? '', 0);
 }
 
+/**
+ * The client's address: the connecting one, or from a trusted peer the one it forwards for —
+ * Express's `req.ip` where Express resolved it with its own `trust proxy`, else the first
+ * `X-Forwarded-For` entry.
+ */
+export function clientAddress(req: IncomingMessage, trustProxy: boolean | undefined): string {
+  const connecting = req.socket.remoteAddress ?? '';
+  if (!isTrusted(req, trustProxy)) return connecting;
+  const ip = (req as IncomingMessage & { ip?: unknown }).ip;
+  if (trustProxy === undefined && typeof ip === 'string') return ip;
+  const forwardedFor = req.headers['x-forwarded-for'];
+  const first = typeof forwardedFor === 'string' ? forwardedFor.split(',', 1)[0]!.trim() : '';
+  return first || connecting;
+}
+
 function protoOf(req: IncomingMessage): 'http' | 'https' {
   return (req.socket as TLSSocket).encrypted ? 'https' : 'http';
 }

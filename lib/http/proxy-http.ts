@@ -14,7 +14,9 @@ import { InFlight } from '../runtime/in-flight';
 import type { OutgoingRequest, WebHooks } from '../upstream/engine';
 import { writeErrorAnswer } from '../runtime/error-answer';
 import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
-import { forwardedPath } from '../routing/forwarded-path';
+import { forwardedPath, upstreamPath } from '../routing/forwarded-path';
+import { failureOf, isIdempotent, type UpstreamFailure } from '../upstream/failure';
+import type { Upstream } from '../upstream/upstream';
 import { writeInformational } from '../internals/node';
 import { applyToResponse, headerObject, type HeaderSink } from '../headers/header-policy';
 import { connectionOf, endToEnd, responseEndToEnd } from '../headers/hop-by-hop';
@@ -28,7 +30,10 @@ const NO_BODY = Buffer.alloc(0);
 /** Connections told `Connection: close` by an error response: what Node parsed behind it is not forwarded. */
 const closingConnections = new WeakSet<object>();
 
-/** Decides what to send upstream, or the error that stops the request first (returned or thrown). */
+/**
+ * Decides what to send upstream (the route's part of the path: each upstream puts its own in
+ * front), or the error that stops the request first (returned or thrown).
+ */
 function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyError {
   const path = forwardedPath(req.url ?? '/', route, req);
   if (path === undefined) return new ProxyError('EBADPATH', `${req.method} ${req.url}`);
@@ -49,9 +54,24 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   return { path, headers, body: consumed.body };
 }
 
-/** One proxied HTTP request, from the route match to the last byte (or the error). */
+/**
+ * One proxied HTTP request, from the route match to the last byte (or the error), over one try
+ * per upstream of the route's pool: a request that could not reach one goes to the next, where
+ * nothing of it can have been taken for a request (no connection was made) or repeating it is
+ * harmless (an idempotent method with its body in hand), and never once the response started.
+ */
 class HttpExchange extends InFlight implements WebHooks {
+  /** The current try's upstream request. */
   private proxyReq: ClientRequest | undefined;
+  private upstream: Upstream | undefined;
+  private tries = 0;
+  /** The upstreams tried before the current one; only a request that went on has them. */
+  private tried: Upstream[] | undefined;
+  /** The current try's upstream has answered or failed: its health has been told. */
+  private judged = false;
+  private outgoing: OutgoingRequest | undefined;
+  /** The route's part of the path, which each try's upstream puts its own path in front of. */
+  private routePath = '';
   /** The upstream's response headers were accepted: from now on a failure cuts the connection. */
   private responded = false;
   /** An error was answered or the connection cut: later engine errors are echoes. */
@@ -82,7 +102,43 @@ class HttpExchange extends InFlight implements WebHooks {
     if (ctx.closing) return this.fail(new ProxyError('ESHUTDOWN'));
     const outgoing = attempt(() => prepare(route, req));
     if (outgoing instanceof ProxyError) return this.fail(outgoing);
-    route.engine.web(req, res, outgoing, this);
+    this.outgoing = outgoing;
+    this.routePath = outgoing.path;
+    this.send();
+  }
+
+  /** Sends the request to the pool's next upstream, or answers 502 when none is left. */
+  private send(): void {
+    const { route, req } = this;
+    const upstream = route.pool.pick(req, this.tried);
+    if (!upstream) {
+      const why =
+        this.tries === 0
+          ? `every upstream of ${route.targetLabel} is down`
+          : `${this.tries} tries failed`;
+      return this.fail(new ProxyError('ENOUPSTREAM', why));
+    }
+    const outgoing = this.outgoing!;
+    const thisTry = ++this.tries;
+    this.upstream = upstream;
+    this.judged = false;
+    upstream.stats.requests++;
+    upstream.stats.active++;
+    outgoing.path = upstreamPath(upstream.basePath, this.routePath);
+    this.proxyReq = undefined;
+    const proxyReq = upstream.engine.web(req, this.res, outgoing, this, route.pool.retries > 0);
+    // A try that failed at once may have been followed by another, or ended the exchange.
+    if (this.tries === thisTry && !this.settled) this.proxyReq = proxyReq;
+    else if (proxyReq !== this.proxyReq) proxyReq?.destroy();
+  }
+
+  /** The current try is over: its upstream has one request less in flight. */
+  private releaseUpstream(): void {
+    const upstream = this.upstream;
+    if (!upstream) return;
+    this.upstream = undefined;
+    upstream.stats.active--;
+    if (!this.judged && upstream.probing) upstream.probeAbandoned();
   }
 
   /** Response policy, on proxied and proxy-made responses alike. */
@@ -95,24 +151,30 @@ class HttpExchange extends InFlight implements WebHooks {
   }
 
   onProxyReq(proxyReq: ClientRequest): void {
-    this.proxyReq = proxyReq;
-    if (this.clientGone) {
+    // A try given up on, or a client gone, before the upstream request got its connection.
+    if (
+      this.clientGone ||
+      this.settled ||
+      (this.proxyReq !== undefined && proxyReq !== this.proxyReq)
+    ) {
       proxyReq.destroy();
       return;
     }
-    watchConnect(proxyReq, this.route.settings.timeouts.connect, this.route.secure);
+    watchConnect(proxyReq, this.route.settings.timeouts.connect, this.upstream!.secure);
     this.ctx.sweep.start();
     this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
   }
 
   onProxyRes(proxyRes: IncomingMessage): void {
     this.proxyRes = proxyRes;
+    if (!this.judged && this.upstream) {
+      this.judged = true;
+      this.route.pool.answered(this.upstream);
+    }
     const unrelayable = unrelayableCoding(proxyRes);
     // Answered here, the engine finds the client response ended and copies nothing.
     if (unrelayable)
-      return this.fail(
-        new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`),
-      );
+      return this.fail(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.upstream?.url}`));
     this.responded = true;
     // The engine copies these to the client. (Removing hop-by-hop headers from the client response
     // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
@@ -124,7 +186,7 @@ class HttpExchange extends InFlight implements WebHooks {
     proxyRes.headers = headers;
     proxyRes.on('close', () => {
       if (!proxyRes.complete)
-        this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.route.targetLabel}`));
+        this.onError(new ProxyError('EUPSTREAMABORTED', `from ${this.upstream?.url}`), undefined);
     });
     this.ctx.emit('proxyRes', proxyRes, this.req, this.res);
   }
@@ -167,6 +229,8 @@ class HttpExchange extends InFlight implements WebHooks {
    */
   onResponseEnd(proxyRes: IncomingMessage): void {
     const socket = proxyRes.socket;
+    // Destroyed by us, when the client went away or the exchange failed: not the upstream's doing.
+    if (this.clientGone || this.settled) return;
     if (socket?.destroyed && !socket.readableEnded && !socket.errored)
       this.readPastResponse('a second response');
   }
@@ -176,11 +240,17 @@ class HttpExchange extends InFlight implements WebHooks {
     if (this.pastResponseLogged) return;
     this.pastResponseLogged = true;
     this.ctx.logger.warn(
-      `viaduct: ${this.req.method} ${this.req.url}: ${this.route.targetLabel} sent bytes after a complete response (${what}); they are dropped and the connection is not reused`,
+      `viaduct: ${this.req.method} ${this.req.url}: ${this.upstream?.url ?? this.route.targetLabel} sent bytes after a complete response (${what}); they are dropped and the connection is not reused`,
     );
   }
 
-  onError(error: Error): void {
+  onError(error: Error, proxyReq: ClientRequest | undefined): void {
+    if (proxyReq !== undefined && this.proxyReq !== undefined && proxyReq !== this.proxyReq) {
+      this.ctx.logger.debug(
+        `viaduct: ${this.req.method} ${this.req.url}: after its try was given up: ${error.message}`,
+      );
+      return;
+    }
     if (this.proxyRes?.complete && !this.settled) {
       // Node's parser failed on bytes past a complete response and destroyed that connection:
       // the response itself is relayed whole.
@@ -198,7 +268,39 @@ class HttpExchange extends InFlight implements WebHooks {
       );
       return;
     }
-    this.abandon(toProxyError(error));
+    this.upstreamFailed(toProxyError(error), failureOf(error));
+  }
+
+  /**
+   * The current try failed. A failure of the upstream's (`failure`) before any response byte counts
+   * against its health, and the request goes to the next upstream when nothing of it can have been
+   * taken for a request or repeating it is harmless; with the tries used up, a pool answers 502.
+   */
+  private upstreamFailed(error: ProxyError, failure: UpstreamFailure | undefined): void {
+    const { route, upstream } = this;
+    const beforeResponse = !this.responded && !this.res.headersSent;
+    if (failure === undefined || !beforeResponse || !upstream) return this.abandon(error);
+    if (!this.judged) {
+      this.judged = true;
+      route.pool.failed(upstream, error.message);
+    }
+    const replayable =
+      failure === 'connect' || (isIdempotent(this.req.method) && this.outgoing?.body !== undefined);
+    if (!replayable || this.ctx.closing) return this.abandon(error);
+    if (this.tries > route.pool.retries) {
+      return route.pool.upstreams.length > 1
+        ? this.fail(
+            new ProxyError('ENOUPSTREAM', `${this.tries} tries failed, the last: ${error.message}`),
+          )
+        : this.abandon(error);
+    }
+    this.ctx.logger.info(
+      `viaduct: ${this.req.method} ${this.req.url}: ${upstream.url} failed (${error.message}); trying the next upstream`,
+    );
+    this.proxyReq?.destroy();
+    this.releaseUpstream();
+    (this.tried ??= []).push(upstream);
+    this.send();
   }
 
   /**
@@ -216,16 +318,11 @@ class HttpExchange extends InFlight implements WebHooks {
       this.proxyRes?.complete
     )
       return;
-    if (
-      this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >=
-      this.route.settings.timeouts.read
-    ) {
-      this.abandon(
-        new ProxyError(
-          'EREADTIMEOUT',
-          `${this.route.targetLabel} silent for ${this.route.settings.timeouts.read} ms`,
-        ),
-      );
+    const { read } = this.route.settings.timeouts;
+    if (this.stalledFor(socket.bytesRead + socket.bytesWritten, now) >= read) {
+      const error = new ProxyError('EREADTIMEOUT', `${this.upstream?.url} silent for ${read} ms`);
+      // Only before the response is it the upstream's failure to answer.
+      this.upstreamFailed(error, this.responded ? undefined : 'read');
     }
   }
 
@@ -239,6 +336,7 @@ class HttpExchange extends InFlight implements WebHooks {
     const { ctx, route, res } = this;
     ctx.requests.delete(this);
     ctx.stats.requestEnded(route.stats);
+    this.releaseUpstream();
     if (!res.writableFinished && !this.settled) {
       this.clientGone = true;
       this.proxyReq?.destroy();

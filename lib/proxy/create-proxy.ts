@@ -30,6 +30,7 @@ import type {
   ProxyStats,
   RouteStats,
   Target,
+  Targets,
 } from '../types';
 import {
   claimDispatched,
@@ -38,6 +39,8 @@ import {
   isClaimed,
   type DispatchedUpgrade,
 } from '../upgrade/upgrade-claims';
+import type { HealthChecker } from '../upstream/health-check';
+import type { PoolEvents } from '../upstream/pool';
 import { UpstreamAgents } from '../upstream/upstream-agents';
 
 const OPTION_KEYS: ReadonlySet<string> = new Set([
@@ -52,8 +55,9 @@ const DEFAULT_CLOSE_TIMEOUT = 10_000;
 
 type Next = (err?: unknown) => void;
 
-function toOptions(config: Target | ProxyOptions): ProxyOptions {
-  if (typeof config === 'string' || config instanceof URL) return { target: config };
+function toOptions(config: Targets | ProxyOptions): ProxyOptions {
+  if (typeof config === 'string' || config instanceof URL || Array.isArray(config))
+    return { target: config as Targets };
   if (typeof config !== 'object' || config === null) {
     throw new TypeError(
       'viaduct: createProxy takes a target (URL string, URL, { host, port }, { socketPath }) or options',
@@ -79,6 +83,8 @@ class ProxyCore implements ProxyContext, RouteFactory {
   private readonly resolver: RouteResolver;
   private closed: Promise<void> | undefined;
   private onDrained: (() => void) | undefined;
+  /** Health checks run while the proxy is open. */
+  private readonly healthCheckers = new Set<HealthChecker>();
 
   constructor(
     options: ProxyOptions,
@@ -110,6 +116,27 @@ class ProxyCore implements ProxyContext, RouteFactory {
 
   statsFor(key: string): RouteStats {
     return this.stats.forKey(key);
+  }
+
+  poolEvents(route: RouteLabel): PoolEvents {
+    return {
+      down: (upstream, why) => {
+        this.logger.warn(
+          `viaduct: upstream ${upstream.url} of route "${route.key}" is down: ${why}`,
+        );
+        this.emit('upstreamDown', { route: route.key, upstream: upstream.url });
+      },
+      up: (upstream, why) => {
+        this.logger.info(
+          `viaduct: upstream ${upstream.url} of route "${route.key}" is up again: ${why}`,
+        );
+        this.emit('upstreamUp', { route: route.key, upstream: upstream.url });
+      },
+    };
+  }
+
+  watchHealth(checker: HealthChecker): void {
+    if (!this.closing) checker.start(this.healthCheckers);
   }
 
   emit<E extends keyof ProxyEvents>(event: E, ...args: Parameters<ProxyEvents[E]>): void {
@@ -241,6 +268,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
       throw new TypeError('viaduct: close({ timeout }) takes milliseconds ≥ 0');
     this.closed ??= new Promise<void>((resolve) => {
       this.closing = true;
+      for (const checker of [...this.healthCheckers]) checker.stop();
       const deadline = setTimeout(() => {
         // Still running at the deadline: requests are aborted, tunnels that did not flush are destroyed.
         for (const work of [
@@ -287,7 +315,7 @@ export function proxyMayRoute(
  * Creates the proxy: a middleware for Express, Connect and `node:http`, with `upgrade()` for
  * WebSocket tunnels on the same route table, header policy and timeouts.
  */
-export function createProxy(config: Target | ProxyOptions): Proxy {
+export function createProxy(config: Targets | ProxyOptions): Proxy {
   const proxy = function viaduct(req: IncomingMessage, res: ServerResponse, next?: Next): void {
     core.handle(req, res, next);
   } as Proxy;

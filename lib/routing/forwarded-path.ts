@@ -60,8 +60,6 @@ export function isUnsafePath(url: string): boolean {
 export interface PathRule {
   /** The matched table path prefix, `''` when the route has none. */
   readonly prefix: string;
-  /** The target's own path, without a trailing slash. */
-  readonly basePath: string;
   readonly settings: {
     readonly stripPrefix: boolean;
     readonly pathRewrite: PathRewriter | undefined;
@@ -69,8 +67,9 @@ export interface PathRule {
 }
 
 /**
- * The path sent upstream: the path the middleware sees, then `stripPrefix`, then `pathRewrite`,
- * then joined to the target's path. `undefined` when the result would be unsafe to forward.
+ * The route's part of the path sent upstream: the path the middleware sees, then `stripPrefix`,
+ * then `pathRewrite`; `undefined` when the result would be unsafe to forward. An upstream's own
+ * path goes in front of it ({@link upstreamPath}).
  */
 export function forwardedPath(
   url: string,
@@ -92,7 +91,12 @@ export function forwardedPath(
       if (isUnsafePath(path)) return undefined;
     }
   }
-  return mergeSlashes(rule.basePath + path);
+  return path;
+}
+
+/** The path sent to an upstream: its own path, then the route's path, repeated slashes merged. */
+export function upstreamPath(basePath: string, path: string): string {
+  return mergeSlashes(basePath + path);
 }
 
 /** Repeated slashes in the path (not the query) merged into one, as nginx's `merge_slashes` does. */

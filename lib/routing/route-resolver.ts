@@ -4,29 +4,61 @@ import type { RouteTable } from './route-table';
 import type { Router, RouteValue, RouterResult } from '../types';
 
 const ROUTER_KEY = 'router';
-// Routes compiled from string results are kept; past this many distinct strings the cache starts over.
-const MAX_CACHED_STRINGS = 1_000;
+// Routes compiled from results given by value are kept; past this many the cache starts over.
+const MAX_CACHED_VALUES = 1_000;
 
-/** Compiles what a `router` returns, once per distinct value. */
+/**
+ * The cache key of a result given by value: a URL string, or a list of targets made of strings,
+ * URLs and `{ target, weight }` entries. Other results (route options, target objects) are keyed
+ * by identity: a router that returns the same object for a route shares its pool's state.
+ */
+function valueKey(value: RouteValue): string | undefined {
+  if (typeof value === 'string' || value instanceof URL) return String(value);
+  if (!Array.isArray(value)) return undefined;
+  const parts: string[] = [];
+  for (const entry of value as unknown[]) {
+    if (typeof entry === 'string' || entry instanceof URL) parts.push(String(entry));
+    else if (typeof (entry as { target?: unknown })?.target === 'string')
+      parts.push(
+        `${(entry as { target: string }).target}*${(entry as { weight?: number }).weight ?? 1}`,
+      );
+    else return undefined;
+  }
+  return `[${parts.join(' ')}]`;
+}
+
+/**
+ * Compiles what a `router` returns, once per distinct value. A route dropped from the cache, or
+ * whose result object was collected, has its health checks stopped.
+ */
 class RouterRoutes {
-  private readonly byString = new Map<string, Route>();
+  private readonly byValue = new Map<string, Route>();
   private readonly byObject = new WeakMap<object, Route>();
+  private readonly collected = new FinalizationRegistry<() => void>((dispose) => dispose());
 
   constructor(private readonly factory: RouteFactory) {}
 
   get(value: RouteValue): Route {
-    if (typeof value === 'string' || value instanceof URL) {
-      const key = String(value);
-      let route = this.byString.get(key);
+    const key = valueKey(value);
+    if (key !== undefined) {
+      let route = this.byValue.get(key);
       if (!route) {
-        if (this.byString.size >= MAX_CACHED_STRINGS) this.byString.clear();
+        if (this.byValue.size >= MAX_CACHED_VALUES) {
+          for (const dropped of this.byValue.values()) dropped.dispose();
+          this.byValue.clear();
+        }
         route = this.build(value);
-        this.byString.set(key, route);
+        this.byValue.set(key, route);
       }
       return route;
     }
-    let route = this.byObject.get(value);
-    if (!route) this.byObject.set(value, (route = this.build(value)));
+    let route = this.byObject.get(value as object);
+    if (!route) {
+      route = this.build(value);
+      this.byObject.set(value as object, route);
+      const dispose = route.disposer();
+      if (dispose) this.collected.register(route, dispose);
+    }
     return route;
   }
 

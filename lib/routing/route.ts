@@ -1,50 +1,108 @@
+import type { IncomingMessage } from 'node:http';
+import { clientAddress } from '../headers/forwarding';
+import type { RouteLabel } from '../runtime/context';
+import type { Sweep } from '../runtime/sweep';
+import type { RouteStats, RouteValue, Targets, UpstreamStats } from '../types';
 import { Engine } from '../upstream/engine';
+import { HealthChecker } from '../upstream/health-check';
+import { UpstreamPool, type PoolEvents } from '../upstream/pool';
+import { isTarget, resolvePool, type PoolMember } from '../upstream/target';
+import { Upstream } from '../upstream/upstream';
+import type { UpstreamAgents } from '../upstream/upstream-agents';
 import type { PathRule } from './forwarded-path';
 import { SETTING_KEYS, checkKeys, resolveSettings, type ResolvedSettings } from './settings';
-import type { Sweep } from '../runtime/sweep';
-import { isTarget, resolveTarget, type ResolvedTarget } from '../upstream/target';
-import type { RouteStats, RouteValue } from '../types';
-import type { UpstreamAgents } from '../upstream/upstream-agents';
 
 const ROUTE_KEYS: ReadonlySet<string> = new Set([...SETTING_KEYS, 'target']);
 
 /** One compiled route: everything a request on it needs, computed once. */
-export class Route implements PathRule {
-  /** The target's own path, without a trailing slash. */
-  readonly basePath: string;
-  /** The target is `https:`. */
-  readonly secure: boolean;
-  /** For log lines only. */
+export class Route implements PathRule, RouteLabel {
+  /** The upstreams, for log lines: one URL, or the pool's in brackets. */
   readonly targetLabel: string;
-  readonly engine: Engine;
+  readonly pool: UpstreamPool;
   /** Tunnels open or being opened on this route, held against `maxTunnels`. */
   tunnelSlots = 0;
+  private readonly healthChecker: HealthChecker | undefined;
 
   constructor(
     /** The table key (or `'default'`, `'router'`): names the route in stats and logs. */
     readonly key: string,
     /** The matched table path prefix, `''` when the route has none. */
     readonly prefix: string,
-    target: ResolvedTarget,
+    members: readonly PoolMember[],
     readonly settings: ResolvedSettings,
-    agents: UpstreamAgents,
+    factory: RouteFactory,
     readonly stats: RouteStats,
   ) {
-    this.basePath = target.basePath;
-    this.secure = target.secure;
-    this.targetLabel = target.label;
-    this.engine = new Engine({
-      target: target.url,
-      changeOrigin: settings.changeOrigin,
-      secure: settings.secure,
-      ca: settings.ca,
-      webAgent: settings.agent ?? (target.secure ? agents.https : agents.http),
-      wsAgent: settings.agent ?? (target.secure ? agents.tunnelHttps : agents.tunnelHttp),
-      cookieDomainRewrite: settings.cookieDomainRewrite,
-      cookiePathRewrite: settings.cookiePathRewrite,
-      autoRewrite: settings.autoRewrite,
-    });
+    const upstreams = members.map(
+      ({ target, weight }) =>
+        new Upstream(
+          target,
+          weight,
+          engineFor(target.url, target.secure, settings, factory.agents),
+          upstreamStats(stats, target.label + target.basePath),
+        ),
+    );
+    this.targetLabel =
+      upstreams.length === 1
+        ? upstreams[0]!.url
+        : `[${upstreams.map((upstream) => upstream.url).join(', ')}]`;
+    const { trustProxy, hashKey } = settings;
+    this.pool = new UpstreamPool(
+      upstreams,
+      {
+        balance: settings.balance,
+        hashKey: hashKey ?? ((req: IncomingMessage) => clientAddress(req, trustProxy)),
+        maxFails: settings.maxFails,
+        failTimeout: settings.failTimeout,
+        retries: settings.retries === -1 ? upstreams.length - 1 : settings.retries,
+      },
+      factory.poolEvents(this),
+    );
+    if (settings.healthCheck) {
+      this.healthChecker = new HealthChecker(this.pool, {
+        ...settings.healthCheck,
+        secure: settings.secure !== false,
+        ca: settings.ca,
+      });
+      factory.watchHealth(this.healthChecker);
+    }
   }
+
+  /** Stops what the route runs on its own: its health checks. */
+  dispose(): void {
+    this.healthChecker?.stop();
+  }
+
+  /** What stops it, holding nothing of the route itself (for a finalizer); `undefined` when nothing runs. */
+  disposer(): (() => void) | undefined {
+    const checker = this.healthChecker;
+    return checker && (() => checker.stop());
+  }
+}
+
+function engineFor(
+  url: Upstream['target']['url'],
+  secure: boolean,
+  settings: ResolvedSettings,
+  agents: UpstreamAgents,
+): Engine {
+  return new Engine({
+    target: url,
+    changeOrigin: settings.changeOrigin,
+    secure: settings.secure,
+    ca: settings.ca,
+    webAgent: settings.agent ?? (secure ? agents.https : agents.http),
+    wsAgent: settings.agent ?? (secure ? agents.tunnelHttps : agents.tunnelHttp),
+    cookieDomainRewrite: settings.cookieDomainRewrite,
+    cookiePathRewrite: settings.cookiePathRewrite,
+    autoRewrite: settings.autoRewrite,
+  });
+}
+
+/** The counters of one upstream in its route's stats, created on first use. */
+function upstreamStats(stats: RouteStats, url: string): UpstreamStats {
+  stats.upstreams[url] ??= { requests: 0, tunnels: 0, active: 0, fails: 0, down: false };
+  return stats.upstreams[url];
 }
 
 export interface RouteFactory {
@@ -53,6 +111,10 @@ export interface RouteFactory {
   /** Keeps the routes' read timeouts. */
   readonly sweep: Sweep;
   statsFor(key: string): RouteStats;
+  /** Where the route's pool reports upstreams leaving and rejoining it. */
+  poolEvents(route: RouteLabel): PoolEvents;
+  /** Runs a route's health checks while the proxy is open. */
+  watchHealth(checker: HealthChecker): void;
 }
 
 /** Compiles a table value, `target` or router result into a {@link Route}. */
@@ -63,28 +125,27 @@ export function buildRoute(
   value: RouteValue,
   where: string,
 ): Route {
-  let route: Route;
+  let targets: Targets;
+  let settings: ResolvedSettings;
+  let at = where;
   if (isTarget(value)) {
-    route = new Route(
-      key,
-      prefix,
-      resolveTarget(value, where),
-      factory.defaults,
-      factory.agents,
-      factory.statsFor(key),
-    );
+    targets = value;
+    settings = factory.defaults;
   } else {
     checkKeys(value, ROUTE_KEYS, where);
-    const settings = resolveSettings(value, factory.defaults, where);
-    route = new Route(
-      key,
-      prefix,
-      resolveTarget(value.target, `${where}.target`),
-      settings,
-      factory.agents,
-      factory.statsFor(key),
-    );
+    settings = resolveSettings(value, factory.defaults, where);
+    targets = value.target;
+    at = `${where}.target`;
   }
-  factory.sweep.cover(Math.min(route.settings.timeouts.read, route.settings.timeouts.connect));
+  const route = new Route(
+    key,
+    prefix,
+    resolvePool(targets, at),
+    settings,
+    factory,
+    factory.statsFor(key),
+  );
+  const { connect, read, tunnel } = route.settings.timeouts;
+  factory.sweep.cover(Math.min(read, connect, tunnel ?? Infinity));
   return route;
 }

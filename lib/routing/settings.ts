@@ -1,7 +1,7 @@
-import type { Agent } from 'node:http';
+import type { Agent, IncomingMessage } from 'node:http';
 import type { ForwardedMode } from '../headers/forwarding';
 import { compileHeaderPolicy, type HeaderPolicy } from '../headers/header-policy';
-import type { CookieRewrite, RouteSettings } from '../types';
+import type { Balance, CookieRewrite, RouteSettings } from '../types';
 import { compileAllowedOrigins, type OriginCheck } from './allowed-origins';
 import { compilePathRewrite, type PathRewriter } from './forwarded-path';
 
@@ -78,10 +78,37 @@ export interface HeaderPolicies {
 export interface Timeouts {
   readonly connect: number;
   readonly read: number;
+  /** The longest life of a tunnel; `undefined`: none. */
+  readonly tunnel: number | undefined;
+}
+
+/** A route's active health check, resolved. */
+export interface HealthCheck {
+  readonly path: string;
+  readonly interval: number;
+  readonly timeout: number;
 }
 
 const HEADER_KEYS: ReadonlySet<string> = new Set(['request', 'response']);
-const TIMEOUT_KEYS: ReadonlySet<string> = new Set(['connect', 'read']);
+const HEALTH_CHECK_KEYS: ReadonlySet<string> = new Set(['path', 'interval', 'timeout']);
+const BALANCES: readonly Balance[] = ['round-robin', 'least-connections', 'hash'];
+
+function count(name: string, defaultValue: number): Setting<number> {
+  return setting(defaultValue, (value, _inherited, where) => {
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) {
+      throw new TypeError(`viaduct: ${where}.${name} must be a whole number ≥ 0`);
+    }
+    return value;
+  });
+}
+
+function positiveMilliseconds(value: unknown, name: string, where: string): number {
+  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
+    throw new TypeError(`viaduct: ${where}.${name} must be a positive number of milliseconds`);
+  }
+  return value;
+}
+const TIMEOUT_KEYS: ReadonlySet<string> = new Set(['connect', 'read', 'tunnel']);
 
 /**
  * Every setting shared by the HTTP and the upgrade path, once: what it defaults to and how it is
@@ -120,14 +147,24 @@ const SETTINGS = {
   // Unset: Express's `trust proxy` verdict on the connecting address decides per request.
   trustProxy: flag('trustProxy', undefined),
   // A route's timeouts override field by field.
-  timeouts: setting<Timeouts>({ connect: 10_000, read: 60_000 }, (value, inherited, where) => {
-    const timeouts = object(value, 'timeouts', where);
-    checkKeys(timeouts, TIMEOUT_KEYS, `${where}.timeouts`);
-    return {
-      connect: milliseconds(timeouts.connect, inherited.connect, 'connect', where),
-      read: milliseconds(timeouts.read, inherited.read, 'read', where),
-    };
-  }),
+  timeouts: setting<Timeouts>(
+    { connect: 10_000, read: 60_000, tunnel: undefined },
+    (value, inherited, where) => {
+      const timeouts = object(value, 'timeouts', where);
+      checkKeys(timeouts, TIMEOUT_KEYS, `${where}.timeouts`);
+      return {
+        connect: milliseconds(timeouts.connect, inherited.connect, 'connect', where),
+        read: milliseconds(timeouts.read, inherited.read, 'read', where),
+        // 0 undoes a longest life given at the top level: none.
+        tunnel:
+          timeouts.tunnel === undefined
+            ? inherited.tunnel
+            : timeouts.tunnel === 0
+              ? undefined
+              : milliseconds(timeouts.tunnel, 0, 'tunnel', where),
+      };
+    },
+  ),
   allowedOrigins: setting<OriginCheck | undefined>(undefined, (value, _inherited, where) =>
     compileAllowedOrigins(value as never, where),
   ),
@@ -145,6 +182,46 @@ const SETTINGS = {
     if (value !== false && typeof value !== 'object')
       throw new TypeError(`viaduct: ${where}.agent must be an http.Agent or false`);
     return value as Agent | false;
+  }),
+  balance: setting<Balance>('round-robin', (value, _inherited, where) => {
+    if (!BALANCES.includes(value as Balance)) {
+      throw new TypeError(
+        `viaduct: ${where}.balance is 'round-robin', 'least-connections' or 'hash'`,
+      );
+    }
+    return value as Balance;
+  }),
+  hashKey: setting<((req: IncomingMessage) => string | undefined) | undefined>(
+    undefined,
+    (value, _inherited, where) => {
+      if (typeof value !== 'function')
+        throw new TypeError(`viaduct: ${where}.hashKey must be a function of the request`);
+      return value as (req: IncomingMessage) => string | undefined;
+    },
+  ),
+  maxFails: count('maxFails', 1),
+  failTimeout: setting(10_000, (value, _inherited, where) =>
+    positiveMilliseconds(value, 'failTimeout', where),
+  ),
+  // Unset: the pool's size − 1, known once the route's targets are.
+  retries: count('retries', -1),
+  healthCheck: setting<HealthCheck | undefined>(undefined, (value, _inherited, where) => {
+    const check = object(value, 'healthCheck', where);
+    checkKeys(check, HEALTH_CHECK_KEYS, `${where}.healthCheck`);
+    if (typeof check.path !== 'string' || !check.path.startsWith('/')) {
+      throw new TypeError(`viaduct: ${where}.healthCheck.path must be a path starting with /`);
+    }
+    return {
+      path: check.path,
+      interval:
+        check.interval === undefined
+          ? 5_000
+          : positiveMilliseconds(check.interval, 'healthCheck.interval', where),
+      timeout:
+        check.timeout === undefined
+          ? 2_000
+          : positiveMilliseconds(check.timeout, 'healthCheck.timeout', where),
+    };
   }),
   cookieDomainRewrite: cookieRewrite('cookieDomainRewrite'),
   cookiePathRewrite: cookieRewrite('cookiePathRewrite'),

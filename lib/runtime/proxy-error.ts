@@ -18,6 +18,7 @@ const ERRORS = {
   EUPSTREAM: [502, 'The upstream server could not be reached.'], // refused, unreachable, reset, DNS, TLS
   EUPSTREAMABORTED: [502, 'The upstream server aborted the response.'], // stopped mid-response
   EBADRESPONSE: [502, 'The upstream server sent a response that cannot be relayed.'], // a stray 101, a coding but chunked
+  ENOUPSTREAM: [502, 'No upstream server is available.'], // all of the pool down, or its tries used up
   ETUNNELLIMIT: [503, 'Too many open WebSockets on this route; try again later.'],
   ESHUTDOWN: [503, 'The proxy is shutting down.'],
   ECONNECTTIMEOUT: [504, 'The upstream server did not accept the connection in time.'],

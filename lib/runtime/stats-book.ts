@@ -4,11 +4,14 @@ function emptyStats(): RouteStats {
   return {
     requests: { total: 0, active: 0, errors: 0 },
     tunnels: { total: 0, active: 0, rejected: 0 },
+    upstreams: {},
   };
 }
 
 function copy(stats: RouteStats): RouteStats {
-  return { requests: { ...stats.requests }, tunnels: { ...stats.tunnels } };
+  const upstreams: RouteStats['upstreams'] = {};
+  for (const [url, counters] of Object.entries(stats.upstreams)) upstreams[url] = { ...counters };
+  return { requests: { ...stats.requests }, tunnels: { ...stats.tunnels }, upstreams };
 }
 
 /** Counters for the whole proxy and per route key; every update goes to both. */
@@ -60,6 +63,7 @@ export class StatsBook {
   snapshot(): ProxyStats {
     const routes: Record<string, RouteStats> = {};
     for (const [key, stats] of this.byKey) routes[key] = copy(stats);
-    return { ...copy(this.totals), routes };
+    const { requests, tunnels } = this.totals;
+    return { requests: { ...requests }, tunnels: { ...tunnels }, routes };
   }
 }

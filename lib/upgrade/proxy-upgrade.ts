@@ -12,7 +12,10 @@ import { InFlight } from '../runtime/in-flight';
 import type { OutgoingRequest, TunnelHooks } from '../upstream/engine';
 import { writeErrorAnswer } from '../runtime/error-answer';
 import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
-import { forwardedPath } from '../routing/forwarded-path';
+import { requestOf } from '../internals/node';
+import { forwardedPath, upstreamPath } from '../routing/forwarded-path';
+import { failureOf, type UpstreamFailure } from '../upstream/failure';
+import type { Upstream } from '../upstream/upstream';
 import { applyToResponse, headerObject } from '../headers/header-policy';
 import { connectionOf, responseEndToEnd } from '../headers/hop-by-hop';
 import { closeAfterFlush, responseHead } from '../runtime/raw-response';
@@ -50,24 +53,36 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
   return { path, headers: upstreamHeaders(req, route.settings, true) };
 }
 
+const NO_HEAD = Buffer.alloc(0);
+
 /**
- * One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal. Its
- * connect and read deadlines are checked by the proxy's sweep, as HTTP read timeouts are, rather
- * than by two timers and their listeners per upgrade.
+ * One upgrade on a route, from the match to the 101 (then a {@link Tunnel}) or the refusal, over
+ * one try per upstream of the route's pool: a handshake that could not reach one goes to the next
+ * (a GET without a body, always safe to repeat). Its connect and read deadlines are checked by the
+ * proxy's sweep, as HTTP read timeouts are, rather than by two timers and their listeners per try.
  */
 class Handshake extends InFlight implements TunnelHooks {
+  /** The current try's upstream request. */
   private proxyReq: ClientRequest | undefined;
+  private upstream: Upstream | undefined;
+  private tries = 0;
+  private tried: Upstream[] | undefined;
+  /** The current try's upstream has answered or failed: its health has been told. */
+  private judged = false;
+  private outgoing: OutgoingRequest | undefined;
+  private routePath = '';
   /** Answered (101, refusal or error): later engine events are echoes. */
   private settled = false;
   private holdsSlot = false;
-  private readonly startedAt = Date.now();
+  /** When the current try started. */
+  private startedAt = 0;
   /** When the upstream connection (with TLS, its handshake) was up; 0 until then. The read deadline counts from it. */
   private connectedAt = 0;
   /** For 'close', and for 'end': upgrade sockets allow half-open, and a FIN before the 101 means the client is gone. */
   private readonly onClientGone = (): void => this.onClientClose();
   private readonly onUpstreamSocket = (upstream: Socket): void => {
     if (!upstream.connecting) this.connectedAt = Date.now();
-    else upstream.once(this.route.secure ? 'secureConnect' : 'connect', this.onConnected);
+    else upstream.once(this.upstream?.secure ? 'secureConnect' : 'connect', this.onConnected);
   };
   private readonly onConnected = (): void => {
     this.connectedAt = Date.now();
@@ -96,11 +111,91 @@ class Handshake extends InFlight implements TunnelHooks {
     ctx.sweep.start();
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
-    route.engine.ws(socket, this.head, outgoing, this);
+    this.outgoing = outgoing;
+    this.routePath = outgoing.path;
+    this.send();
+  }
+
+  /** Sends the handshake to the pool's next upstream, or answers 502 when none is left. */
+  private send(): void {
+    const { route } = this;
+    const upstream = route.pool.pick(this.req, this.tried);
+    if (!upstream) {
+      const why =
+        this.tries === 0
+          ? `every upstream of ${route.targetLabel} is down`
+          : `${this.tries} tries failed`;
+      return this.reject(new ProxyError('ENOUPSTREAM', why));
+    }
+    const outgoing = this.outgoing!;
+    const thisTry = ++this.tries;
+    this.upstream = upstream;
+    this.judged = false;
+    this.startedAt = Date.now();
+    this.connectedAt = 0;
+    upstream.stats.requests++;
+    upstream.stats.active++;
+    outgoing.path = upstreamPath(upstream.basePath, this.routePath);
+    this.proxyReq = undefined;
+    // The bytes that came with the upgrade went back into the client's socket on the first try.
+    const proxyReq = upstream.engine.ws(
+      this.socket,
+      thisTry === 1 ? this.head : NO_HEAD,
+      outgoing,
+      this,
+    );
+    if (this.tries === thisTry && !this.settled) this.proxyReq = proxyReq;
+    else if (proxyReq !== this.proxyReq) proxyReq?.destroy();
+  }
+
+  /** The current try is over (its upstream now in a tunnel's hands, with `keep`). */
+  private releaseUpstream(keep = false): void {
+    const upstream = this.upstream;
+    if (!upstream) return;
+    this.upstream = undefined;
+    if (!keep) upstream.stats.active--;
+    if (!this.judged && upstream.probing) upstream.probeAbandoned();
+  }
+
+  /** The upstream answered (a 101 or a refusal): its health is told. */
+  private answered(): void {
+    if (this.judged || !this.upstream) return;
+    this.judged = true;
+    this.route.pool.answered(this.upstream);
+  }
+
+  /**
+   * The current try failed. A failure of the upstream's counts against its health, and the
+   * handshake goes to the next upstream while tries are left; with them used up, a pool answers 502.
+   */
+  private upstreamFailed(error: ProxyError, failure: UpstreamFailure | undefined): void {
+    const { route, upstream } = this;
+    if (failure === undefined || !upstream || this.ctx.closing) return this.reject(error);
+    if (!this.judged) {
+      this.judged = true;
+      route.pool.failed(upstream, error.message);
+    }
+    if (this.tries > route.pool.retries) {
+      return this.reject(
+        route.pool.upstreams.length > 1
+          ? new ProxyError('ENOUPSTREAM', `${this.tries} tries failed, the last: ${error.message}`)
+          : error,
+      );
+    }
+    this.ctx.logger.info(
+      `viaduct: upgrade on route "${route.key}": ${upstream.url} failed (${error.message}); trying the next upstream`,
+    );
+    this.proxyReq?.destroy();
+    this.releaseUpstream();
+    (this.tried ??= []).push(upstream);
+    this.send();
   }
 
   onProxyReq(proxyReq: ClientRequest): void {
-    this.proxyReq = proxyReq;
+    if (this.settled || (this.proxyReq !== undefined && proxyReq !== this.proxyReq)) {
+      proxyReq.destroy();
+      return;
+    }
     // 'socket' comes once per request: `on` spares the wrapper `once` would add.
     proxyReq.on('socket', this.onUpstreamSocket);
     this.ctx.emit('proxyReq', proxyReq, this.req, this.socket);
@@ -109,17 +204,17 @@ class Handshake extends InFlight implements TunnelHooks {
   /** No connection within the connect timeout, or no answer within the read timeout after it. */
   override checkDeadline(now: number): void {
     const { route } = this;
+    const { connect, read } = route.settings.timeouts;
     if (this.connectedAt === 0) {
-      if (now - this.startedAt >= route.settings.timeouts.connect)
-        this.reject(
-          new ProxyError(
-            'ECONNECTTIMEOUT',
-            `not connected after ${route.settings.timeouts.connect} ms`,
-          ),
+      if (now - this.startedAt >= connect)
+        this.upstreamFailed(
+          new ProxyError('ECONNECTTIMEOUT', `not connected after ${connect} ms`),
+          'connect',
         );
-    } else if (now - this.connectedAt >= route.settings.timeouts.read) {
-      this.reject(
-        new ProxyError('EREADTIMEOUT', `no handshake answer in ${route.settings.timeouts.read} ms`),
+    } else if (now - this.connectedAt >= read) {
+      this.upstreamFailed(
+        new ProxyError('EREADTIMEOUT', `no handshake answer in ${read} ms`),
+        'read',
       );
     }
   }
@@ -145,10 +240,13 @@ class Handshake extends InFlight implements TunnelHooks {
   }
 
   onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer): void {
+    // A try given up on was destroyed first: only the current one can get here.
     if (this.settled) {
       upstreamSocket.destroy();
       return;
     }
+    this.answered();
+    const upstream = this.upstream!;
     const headers = this.clientHeaders(proxyRes);
     headers.connection = 'Upgrade';
     headers.upgrade = proxyRes.headers.upgrade;
@@ -158,24 +256,30 @@ class Handshake extends InFlight implements TunnelHooks {
     // The tunnel takes over the slot, and is in flight before the handshake leaves, so that close()
     // never finds both lists empty in between.
     this.holdsSlot = false;
-    new Tunnel(this.ctx, this.route, this.req, this.socket, upstreamSocket as Socket).open(
-      responseHead(101, 'Switching Protocols', proxyRes.headers),
-      upstreamHead,
-    );
+    this.releaseUpstream(true);
+    new Tunnel(
+      this.ctx,
+      this.route,
+      upstream,
+      this.req,
+      this.socket,
+      upstreamSocket as Socket,
+    ).open(responseHead(101, 'Switching Protocols', proxyRes.headers), upstreamHead);
     this.settle();
   }
 
   /** Anything but 101: passed to the client as HTTP, then the socket is closed. */
   onRefused(proxyRes: IncomingMessage): void {
-    if (this.settled) {
+    if (this.settled || requestOf(proxyRes) !== this.proxyReq) {
       proxyRes.resume();
       return;
     }
+    this.answered();
     const unrelayable = unrelayableCoding(proxyRes);
     if (unrelayable) {
       proxyRes.socket.destroy();
       return this.reject(
-        new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.route.targetLabel}`),
+        new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.upstream?.url}`),
       );
     }
     this.settle();
@@ -199,8 +303,9 @@ class Handshake extends InFlight implements TunnelHooks {
     });
   }
 
-  onError(error: Error): void {
-    if (!this.settled) this.reject(toProxyError(error));
+  onError(error: Error, proxyReq: ClientRequest | undefined): void {
+    if (proxyReq !== undefined && this.proxyReq !== undefined && proxyReq !== this.proxyReq) return;
+    if (!this.settled) this.upstreamFailed(toProxyError(error), failureOf(error));
     else
       this.ctx.logger.debug(
         `viaduct: upgrade on route "${this.route.key}" after it was answered: ${error.message}`,
@@ -239,6 +344,7 @@ class Handshake extends InFlight implements TunnelHooks {
 
   private settle(): void {
     this.settled = true;
+    this.releaseUpstream();
     this.socket.removeListener('close', this.onClientGone);
     this.socket.removeListener('end', this.onClientGone);
     if (this.holdsSlot) {

@@ -37,7 +37,7 @@ import type {
   OutgoingHttpHeaders,
   ServerResponse,
 } from 'node:http';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
@@ -81,7 +81,8 @@ export interface WebHooks {
   onResponseEnd(proxyRes: IncomingMessage): void;
   /** A 1xx response other than 101 arrived before the final one. */
   onInformation(info: InformationEvent): void;
-  onError(error: Error): void;
+  /** `proxyReq`: the upstream request it concerns, when the engine had created one. */
+  onError(error: Error, proxyReq: ClientRequest | undefined): void;
 }
 
 export interface TunnelHooks {
@@ -91,7 +92,8 @@ export interface TunnelHooks {
   onUpgrade(proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer): void;
   /** The upstream answered anything but 101; nothing has been written to the client. */
   onRefused(proxyRes: IncomingMessage): void;
-  onError(error: Error): void;
+  /** `proxyReq`: the upstream request it concerns, when the engine had created one. */
+  onError(error: Error, proxyReq: ClientRequest | undefined): void;
 }
 
 // The engine copies per-call options with a spread, so the hooks travel under a string key.
@@ -142,6 +144,7 @@ function refuseUpgrade(this: HookedRequest, _proxyRes: IncomingMessage, socket: 
       'EBADRESPONSE',
       'a 101 Switching Protocols to a request that asked for no upgrade',
     ),
+    this,
   );
 }
 
@@ -212,15 +215,30 @@ function endRequest(this: ClientRequest): void {
  * after the `proxyReq` listeners could still set headers: with no stream pipe set up for it.
  */
 class UpstreamBodySource {
+  /** The upstream request the engine created, known as soon as it pipes into it. */
+  proxyReq: ClientRequest | undefined;
+
   constructor(
     private readonly req: IncomingMessage,
     private readonly outgoing: OutgoingRequest,
+    /** Set when the request may go to another upstream: `connect`/`secureConnect` to wait for. */
+    private readonly connectedEvent: string | undefined,
   ) {}
 
   pipe(proxyReq: ClientRequest): ClientRequest {
+    this.proxyReq = proxyReq;
     proxyReq.path = this.outgoing.path;
     const { body } = this.outgoing;
-    if (body === undefined) return this.req.pipe(proxyReq);
+    if (body === undefined) {
+      if (this.connectedEvent === undefined) return this.req.pipe(proxyReq);
+      // Not a byte of the body is read before the connection is up: a request that could not
+      // connect goes to the next upstream with its body still unread.
+      const event = this.connectedEvent;
+      return proxyReq.once('socket', (socket: Socket) => {
+        if (socket.connecting) socket.once(event, () => this.req.pipe(proxyReq));
+        else this.req.pipe(proxyReq);
+      });
+    }
     // 'socket' comes once; the engine's own listener, which emits `proxyReq`, was added first.
     if (body.length === 0) return proxyReq.on('socket', endRequest);
     return proxyReq.on('socket', () => proxyReq.end(body));
@@ -232,6 +250,8 @@ export class Engine {
   private readonly servername: string | undefined;
   private readonly wsAgent: Agent | ConnectionSource | false;
   private createdUpgradeRequest: ClientRequest | undefined;
+  /** What a fresh connection to the target emits once it can carry the request. */
+  private readonly connectedEvent: 'connect' | 'secureConnect';
 
   constructor(options: EngineOptions) {
     const hostname = options.target.hostname ?? '';
@@ -242,6 +262,7 @@ export class Engine {
         ? hostname
         : undefined;
     this.wsAgent = options.wsAgent;
+    this.connectedEvent = options.target.protocol === 'https:' ? 'secureConnect' : 'connect';
     const allOptions: ServerOptions = {
       target: options.target,
       changeOrigin: options.changeOrigin,
@@ -291,30 +312,58 @@ export class Engine {
     return proxyReq;
   }
 
-  web(req: IncomingMessage, res: ServerResponse, outgoing: OutgoingRequest, hooks: WebHooks): void {
+  /**
+   * Proxies one HTTP request; returns the upstream request it created (`undefined` when it failed
+   * first, reported to `hooks.onError`). With `mayRetry`, a streamed body is not read before the
+   * upstream connection is up, so that a request that could not connect can go elsewhere.
+   */
+  web(
+    req: IncomingMessage,
+    res: ServerResponse,
+    outgoing: OutgoingRequest,
+    hooks: WebHooks,
+    mayRetry: boolean,
+  ): ClientRequest | undefined {
     const pathError = unescapedPathError(outgoing.path);
-    if (pathError) return hooks.onError(pathError);
-    const buffer = new UpstreamBodySource(req, outgoing) as unknown as Readable;
+    if (pathError) {
+      hooks.onError(pathError, undefined);
+      return undefined;
+    }
+    const source = new UpstreamBodySource(
+      req,
+      outgoing,
+      mayRetry ? this.connectedEvent : undefined,
+    );
     const options: CallOptions = {
       viaductHooks: hooks,
       ssl: requestOptions(this.servername),
-      buffer,
+      buffer: source as unknown as Readable,
     };
     const view = new RequestView(req, outgoing);
     let failure: unknown;
     try {
-      this.server.web(req, res, options, (error) => hooks.onError(error));
+      this.server.web(req, res, options, (error) => hooks.onError(error, source.proxyReq));
     } catch (error) {
       failure = error;
     } finally {
       view.restore();
     }
-    if (failure !== undefined) hooks.onError(asError(failure));
+    if (failure !== undefined) hooks.onError(asError(failure), source.proxyReq);
+    return source.proxyReq;
   }
 
-  ws(socket: Duplex, head: Buffer, outgoing: OutgoingRequest, hooks: TunnelHooks): void {
+  /** Sends one upgrade handshake upstream; returns the upstream request (`undefined` when it failed first). */
+  ws(
+    socket: Duplex,
+    head: Buffer,
+    outgoing: OutgoingRequest,
+    hooks: TunnelHooks,
+  ): ClientRequest | undefined {
     const pathError = unescapedPathError(outgoing.path);
-    if (pathError) return hooks.onError(pathError);
+    if (pathError) {
+      hooks.onError(pathError, undefined);
+      return undefined;
+    }
     // The path the engine puts in `ssl` is its own; `proxyReqWs` replaces it before it is written.
     const options: CallOptions = {
       viaductHooks: hooks,
@@ -327,25 +376,30 @@ export class Engine {
         outgoing.path,
         outgoing.headers,
       ) as unknown as IncomingMessage;
-      this.server.ws(request, socket, head, options, (error) => hooks.onError(error));
+      this.server.ws(request, socket, head, options, (error) => hooks.onError(error, undefined));
     } catch (error) {
-      hooks.onError(asError(error));
-      return;
+      hooks.onError(asError(error), undefined);
+      return undefined;
     } finally {
       own.detach();
     }
     const proxyReq = this.takeUpgradeRequest();
     if (!proxyReq) {
-      hooks.onError(new Error('the engine did not create an upstream request'));
-      return;
+      hooks.onError(new Error('the engine did not create an upstream request'), undefined);
+      return undefined;
     }
+    // The engine's own listeners would write a refusal itself, pipe a tunnel, and on an error end
+    // the client's socket, which the caller may still send to another upstream.
     proxyReq.removeAllListeners('response');
     proxyReq.removeAllListeners('upgrade');
+    proxyReq.removeAllListeners('error');
+    proxyReq.on('error', (error: Error) => hooks.onError(error, proxyReq));
     proxyReq.on('response', (proxyRes: IncomingMessage) => hooks.onRefused(proxyRes));
     proxyReq.on(
       'upgrade',
       (proxyRes: IncomingMessage, upstreamSocket: Duplex, upstreamHead: Buffer) =>
         hooks.onUpgrade(proxyRes, upstreamSocket, upstreamHead),
     );
+    return proxyReq;
   }
 }

@@ -1,4 +1,4 @@
-import type { Target } from '../types';
+import type { Target, Targets, WeightedTarget } from '../types';
 
 /**
  * Where the engine connects, in the fields it reads: `host` with the port, `hostname` without, and
@@ -113,11 +113,62 @@ export function resolveTarget(target: Target, where: string): ResolvedTarget {
   );
 }
 
-/** Tells a target from route options: route options carry a `target` key. */
-export function isTarget(value: unknown): value is Target {
+/** Tells a target (or a list of them) from route options: route options carry a `target` key. */
+export function isTarget(value: unknown): value is Targets {
   return (
     typeof value === 'string' ||
     value instanceof URL ||
+    Array.isArray(value) ||
     (typeof value === 'object' && value !== null && !('target' in value))
   );
+}
+
+/** One upstream of a pool, resolved once. */
+export interface PoolMember {
+  readonly target: ResolvedTarget;
+  readonly weight: number;
+}
+
+const MEMBER_KEYS: ReadonlySet<string> = new Set(['target', 'weight']);
+
+function weightOf(value: unknown, where: string): number {
+  if (value === undefined) return 1;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > 1_000) {
+    throw new TypeError(`viaduct: ${where}.weight must be a whole number from 1 to 1000`);
+  }
+  return value;
+}
+
+/** A target or a list of them, resolved as a pool: a single target is a pool of one. */
+export function resolvePool(targets: Targets, where: string): PoolMember[] {
+  if (!Array.isArray(targets))
+    return [{ target: resolveTarget(targets as Target, where), weight: 1 }];
+  if (targets.length === 0)
+    throw new TypeError(`viaduct: ${where}: a list of targets is not empty`);
+  const members = targets.map((entry, index): PoolMember => {
+    const at = `${where}[${index}]`;
+    if (
+      typeof entry === 'object' &&
+      entry !== null &&
+      'target' in entry &&
+      !(entry instanceof URL)
+    ) {
+      for (const key of Object.keys(entry)) {
+        if (!MEMBER_KEYS.has(key))
+          throw new TypeError(
+            `viaduct: ${at}: unknown option "${key}" (an upstream is { target, weight })`,
+          );
+      }
+      const { target, weight } = entry as WeightedTarget;
+      return { target: resolveTarget(target, `${at}.target`), weight: weightOf(weight, at) };
+    }
+    return { target: resolveTarget(entry as Target, at), weight: 1 };
+  });
+  const labels = new Set<string>();
+  for (const { target } of members) {
+    const name = target.label + target.basePath;
+    if (labels.has(name)) throw new TypeError(`viaduct: ${where}: ${target.label} is listed twice`);
+    labels.add(name);
+  }
+  return members;
 }
