@@ -73,7 +73,7 @@ proxy.on('open', () => tunnelsOpened++);
 const oddCloses = [];
 proxy.on('close', (info) => {
   tunnelReasons[info.reason] = (tunnelReasons[info.reason] ?? 0) + 1;
-  if (!['client', 'upstream', 'error'].includes(info.reason) && oddCloses.length < 10) {
+  if (!['client', 'upstream', 'error', 'shutdown'].includes(info.reason) && oddCloses.length < 10) {
     const { reason, duration, bytesFromClient, bytesFromUpstream } = info;
     oddCloses.push({
       reason,

@@ -7,9 +7,10 @@
 import http from 'node:http';
 import { join, resolve } from 'node:path';
 import { prng } from './bytes.mjs';
-import { Front, Upstream, killAllChildren, pickPort, sleep } from './processes.mjs';
+import { Front, Upstream, bounded, killAllChildren, pickPort, sleep } from './processes.mjs';
 import {
   FAILURES,
+  heldTunnels,
   httpDownProbe,
   httpExchange,
   nextHttpSpec,
@@ -45,6 +46,8 @@ const TOTAL_MS = SECONDS * 1_000;
 const WARMUP_MS = Math.min(Math.max(3_000, TOTAL_MS * 0.1), TOTAL_MS / 2);
 const HTTP_CLIENTS = 24;
 const WS_CLIENTS = 8;
+/** Tunnels held open for the graceful close at the end, which must end each with code 1001. */
+const HELD_AT_CLOSE = 8;
 /** Two down-probes at most besides: at most 34 exchanges in flight. */
 const MAX_OPS_PER_CLIENT = 200_000;
 const MAX_KILLS_PER_PHASE = 1_000;
@@ -536,10 +539,22 @@ async function main() {
           : 'not measured (the front did not settle)',
       ),
     );
-    // Last: the graceful close, which also ends the front.
+    // Last: the graceful close, which also ends the front, with tunnels open that it must end
+    // with Close frames (1001), not by dropping connections (1006).
     if (front.alive) {
+      const held = await heldTunnels(front.port, HELD_AT_CLOSE);
       const reply = await front.close();
-      report.closed = { reply };
+      const codes = await bounded(held.closed, 5_000);
+      report.closed = { reply, codes };
+      const byCode = {};
+      for (const code of codes ?? []) byCode[code] = (byCode[code] ?? 0) + 1;
+      checks.push(
+        check(
+          `the ${HELD_AT_CLOSE} tunnels open at the graceful close all see close code 1001`,
+          codes?.every((code) => code === 1001) === true,
+          codes ? formatObject(byCode) : 'not all closed within 5 s',
+        ),
+      );
       checks.push(
         check(
           'graceful close resolves and the front exits 0',

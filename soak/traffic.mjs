@@ -365,6 +365,32 @@ export function wsSession(port, spec) {
   });
 }
 
+/**
+ * Opens `count` WebSocket sessions and holds them: resolves, once all are open, with `closed`, a
+ * promise of the close code each one saw, for the shutdown that ends them.
+ */
+export async function heldTunnels(port, count) {
+  const sockets = await Promise.all(
+    Array.from({ length: count }, () => {
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws/echo`, { perMessageDeflate: false });
+      return new Promise((resolve, reject) => {
+        ws.once('open', () => resolve(ws));
+        ws.once('error', reject);
+      });
+    }),
+  );
+  const closed = Promise.all(
+    sockets.map(
+      (ws) =>
+        new Promise((resolve) => {
+          ws.on('error', () => {});
+          ws.once('close', (code) => resolve(code));
+        }),
+    ),
+  );
+  return { closed };
+}
+
 /** While an upstream is down: what the front answers on HTTP (`agent: false`, a fresh connection). */
 export function httpDownProbe(port) {
   return operation((finish) => {

@@ -40,20 +40,58 @@ function addMessage(text) {
   item.scrollIntoView({ block: 'nearest' });
 }
 
-$('join').addEventListener('submit', async (event) => {
-  event.preventDefault();
-  socket?.close();
+// Reconnect delays after the server went away: doubling, up to 30 s, with jitter.
+const FIRST_RETRY = 500;
+const LONGEST_RETRY = 30_000;
+let retryTimer;
+
+/** What a close code means to the user: 1001 is viaduct (or the server) going away, e.g. a deploy. */
+function closeState(event) {
+  if (event.code === 1001)
+    return `the server went away (1001${event.reason ? `: ${event.reason}` : ''}); reconnecting…`;
+  if (event.code === 1000) return 'disconnected';
+  return `connection lost (${event.code}); reconnecting…`;
+}
+
+async function connect(room, attempt = 0) {
   // The /chat route sits behind a session check, for the WebSocket upgrade as for HTTP.
-  await fetch('session', { method: 'POST' });
-  const room = encodeURIComponent($('room').value || 'lobby');
+  try {
+    await fetch('session', { method: 'POST' });
+  } catch {
+    // The app is not back yet: the WebSocket attempt below fails too and schedules the next try.
+  }
   const url = new URL(`chat/room/${room}`, location.href);
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const ws = new WebSocket(url);
   socket = ws;
-  setChatEnabled(false, 'connecting…');
-  ws.addEventListener('open', () => setChatEnabled(true, `in room ${decodeURIComponent(room)}`));
+  let opened = false;
+  setChatEnabled(false, attempt === 0 ? 'connecting…' : $('chat-state').textContent);
+  ws.addEventListener('open', () => {
+    opened = true;
+    setChatEnabled(true, `in room ${decodeURIComponent(room)}`);
+  });
   ws.addEventListener('message', (message) => addMessage(message.data));
-  ws.addEventListener('close', () => socket === ws && setChatEnabled(false, 'disconnected'));
+  ws.addEventListener('close', (event) => {
+    if (socket !== ws) return;
+    // A retry that found the app still down keeps saying why the chat went away.
+    if (opened || attempt === 0) {
+      $('chat').dataset.closeCode = String(event.code);
+      setChatEnabled(false, closeState(event));
+    }
+    if (event.code === 1000) return;
+    const next = opened ? 0 : attempt + 1;
+    const delay = Math.min(LONGEST_RETRY, FIRST_RETRY * 2 ** next) * (0.75 + Math.random() / 2);
+    retryTimer = setTimeout(() => connect(room, next), delay);
+  });
+}
+
+$('join').addEventListener('submit', (event) => {
+  event.preventDefault();
+  clearTimeout(retryTimer);
+  const previous = socket;
+  socket = undefined;
+  previous?.close(1000);
+  connect(encodeURIComponent($('room').value || 'lobby'));
 });
 
 $('say').addEventListener('submit', (event) => {

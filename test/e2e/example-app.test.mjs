@@ -107,7 +107,7 @@ describe('the page in a real browser', () => {
       ? false
       : 'Chromium is not installed: run `apt-get install -y chromium` (CI installs it; with CI set its absence fails)';
 
-  test('loads, shows the API answer, chats between two tabs, shows live stats and takes a screenshot', {
+  test('loads, shows the API answer, chats between two tabs, shows live stats and takes a screenshot; after a graceful shutdown it says the server went away (1001) and reconnects when the app is back', {
     skip,
     timeout: 60_000,
   }, async () => {
@@ -158,6 +158,26 @@ describe('the page in a real browser', () => {
     const file = join(dir, 'chat.png');
     await tab2.screenshot({ path: file, fullPage: true });
     assert.ok(statSync(file).size > 1000);
+
+    // A graceful shutdown ends the chat tunnels with Close frames (1001): the page says the server
+    // went away, and once the app is back on the same port it reconnects by itself.
+    const { port } = new URL(example.url);
+    await example.close();
+    await tab1
+      .locator('#chat-state', { hasText: 'the server went away (1001' })
+      .waitFor({ timeout: 5_000 });
+    assert.equal(await tab1.getAttribute('#chat', 'data-close-code'), '1001');
+    const back = await startExample({ port: Number(port) });
+    after(() => back.close());
+    await tab1
+      .locator('#chat-state', { hasText: 'in room browser-test' })
+      .waitFor({ timeout: 15_000 });
+    await tab2
+      .locator('#chat-state', { hasText: 'in room browser-test' })
+      .waitFor({ timeout: 15_000 });
+    await tab2.fill('#message', 'back again');
+    await tab2.click('#say button');
+    await tab1.locator('#messages li', { hasText: 'grace: back again' }).waitFor();
   });
 });
 

@@ -364,6 +364,7 @@ describe('stats()', () => {
     first.tunnels.rejected = 999;
     first.routes['/api'].requests.active = 999;
     first.routes['/api'].tunnels.total = 999;
+    first.routes['/api'].upstreams[up.url].requests = 999;
     first.routes.invented = first.routes['/api'];
     const second = proxy.stats();
     assert.deepEqual(second.requests, { total: 1, active: 0, errors: 0 });
@@ -371,6 +372,7 @@ describe('stats()', () => {
     assert.deepEqual(second.routes['/api'], {
       requests: { total: 1, active: 0, errors: 0 },
       tunnels: { total: 0, active: 0, rejected: 0 },
+      upstreams: { [up.url]: { requests: 1, tunnels: 0, active: 0, fails: 0, down: false } },
     });
     assert.equal(second.routes.invented, undefined);
     assert.notEqual(second, first);

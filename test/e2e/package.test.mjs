@@ -147,7 +147,7 @@ proxy.on('open', ({ route, clientSocket, upstreamSocket }) => {
   clientSocket.pipe(upstreamSocket) && key;
 });
 proxy.on('close', (event) => {
-  const reason: Equal<TunnelCloseEvent['reason'], 'client' | 'upstream' | 'idle' | 'shutdown' | 'error'> = true;
+  const reason: Equal<TunnelCloseEvent['reason'], 'client' | 'upstream' | 'idle' | 'shutdown' | 'expired' | 'error'> = true;
   const bytes: number = event.bytesFromClient + event.bytesFromUpstream + event.duration;
   if (event.reason === 'error' && event.error) console.log(event.error.message, bytes, reason);
 });
