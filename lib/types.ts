@@ -168,6 +168,73 @@ export type RouterResult = RouteValue | undefined | null;
 /** Consulted first for every request and upgrade; may be async. */
 export type Router = (req: IncomingMessage) => RouterResult | Promise<RouterResult>;
 
+/** Milliseconds of one proxied request: to a fresh upstream connection (absent for a reused one), to the response's head, in all. */
+export interface RequestTimings {
+  connect?: number;
+  firstByte?: number;
+  total: number;
+}
+
+/** Published on `viaduct:request:start` (`node:diagnostics_channel`) as a request goes to its first upstream. */
+export interface RequestStartMessage {
+  route: string;
+  upstream: string;
+  req: IncomingMessage;
+}
+
+/** Published on `viaduct:request:end` once the request's response is over (or cut). */
+export interface RequestEndMessage {
+  route: string;
+  /** The upstream of the last try; absent when none was tried. */
+  upstream?: string;
+  req: IncomingMessage;
+  /** The status the client got (of a cut response: the one its head carried). */
+  status: number;
+  /** The proxy's own error, when it answered with one or cut the response. */
+  error?: Error;
+  /** Upstreams tried. */
+  tries: number;
+  timings: RequestTimings;
+}
+
+/** One line of the access log for a request, as the `accessLog` function gets it. */
+export interface RequestLogEntry {
+  type: 'request';
+  /** The client's address (as `trustProxy` resolves it). */
+  client: string;
+  method: string;
+  /** The path and query the client asked for. */
+  path: string;
+  status: number;
+  /** Bytes sent to the client, head and body. */
+  bytes: number;
+  /** Milliseconds in all. */
+  ms: number;
+  route: string;
+  upstream?: string;
+  /** Milliseconds to the upstream's response head. */
+  upstreamFirstByte?: number;
+  tries: number;
+}
+
+/** One line of the access log for a tunnel, when it closed. */
+export interface TunnelLogEntry {
+  type: 'tunnel';
+  client: string;
+  path: string;
+  route: string;
+  upstream: string;
+  /** Milliseconds from the 101 to the end. */
+  duration: number;
+  bytesFromClient: number;
+  bytesFromUpstream: number;
+  reason: TunnelCloseReason;
+  code: TunnelCloseCodes;
+}
+
+/** `true`: an `info` line per request and per tunnel through `logger`; a function gets the fields instead. */
+export type AccessLog = boolean | ((entry: RequestLogEntry | TunnelLogEntry) => void);
+
 /** Anything with these four methods: `console`, pino, winston… */
 export interface Logger {
   debug(message: string): void;
@@ -185,6 +252,8 @@ export interface ProxyOptions extends RouteSettings {
   router?: Router;
   /** Where errors and diagnostics go. Default: `console.warn`/`console.error`; debug and info are dropped. */
   logger?: Logger;
+  /** One line per request and per tunnel. Default `false`. */
+  accessLog?: AccessLog;
 }
 
 export interface RequestStats {
@@ -262,6 +331,8 @@ export interface TunnelCloseCodes {
 /** Payload of the `open` event. */
 export interface TunnelOpenEvent {
   route: string;
+  /** The upstream's URL. */
+  upstream: string;
   req: IncomingMessage;
   clientSocket: Duplex;
   upstreamSocket: Duplex;
@@ -270,6 +341,8 @@ export interface TunnelOpenEvent {
 /** Payload of the `close` event. */
 export interface TunnelCloseEvent {
   route: string;
+  /** The upstream's URL. */
+  upstream: string;
   req: IncomingMessage;
   reason: TunnelCloseReason;
   /** Milliseconds from the 101 to the end. */

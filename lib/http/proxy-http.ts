@@ -5,6 +5,7 @@ import type {
   InformationEvent,
   ServerResponse,
 } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import onHeaders = require('on-headers');
 import { isEventStream } from '../upstream/response-relay';
 import { announcesBody, unrelayableCoding } from '../headers/body-framing';
@@ -20,10 +21,12 @@ import type { Upstream } from '../upstream/upstream';
 import { writeInformational } from '../internals/node';
 import { applyToResponse, headerObject, type HeaderSink } from '../headers/header-policy';
 import { connectionOf, endToEnd, responseEndToEnd } from '../headers/hop-by-hop';
+import { clientAddress } from '../headers/forwarding';
 import { upstreamHeaders } from '../headers/upstream-headers';
+import type { RequestEndMessage } from '../types';
 import type { Route } from '../routing/route';
 import { shareShape } from '../internals/v8';
-import { watchConnect } from '../upstream/connect-timeout';
+import { type ConnectWatcher, watchConnect } from '../upstream/connect-timeout';
 
 const NO_BODY = Buffer.alloc(0);
 
@@ -60,7 +63,7 @@ function prepare(route: Route, req: IncomingMessage): OutgoingRequest | ProxyErr
  * nothing of it can have been taken for a request (no connection was made) or repeating it is
  * harmless (an idempotent method with its body in hand), and never once the response started.
  */
-class HttpExchange extends InFlight implements WebHooks {
+class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
   /** The current try's upstream request. */
   private proxyReq: ClientRequest | undefined;
   private upstream: Upstream | undefined;
@@ -72,6 +75,16 @@ class HttpExchange extends InFlight implements WebHooks {
   private outgoing: OutgoingRequest | undefined;
   /** The route's part of the path, which each try's upstream puts its own path in front of. */
   private routePath = '';
+  /** The URL of the last try's upstream. */
+  private lastUpstream: string | undefined;
+  /** The proxy's own error answer or cut, for the observers. */
+  private error: ProxyError | undefined;
+  /** Someone watches how requests go (channels, access log, metrics): timings are taken (ms). */
+  private watched = false;
+  private startedAt = 0;
+  private bytesAtStart = 0;
+  private connectMs: number | undefined;
+  private firstByteMs: number | undefined;
   /** The upstream's response headers were accepted: from now on a failure cuts the connection. */
   private responded = false;
   /** An error was answered or the connection cut: later engine errors are echoes. */
@@ -95,6 +108,11 @@ class HttpExchange extends InFlight implements WebHooks {
     const { ctx, route, req, res } = this;
     ctx.stats.requestStarted(route.stats);
     ctx.requests.add(this);
+    if (ctx.observers.watchingRequests) {
+      this.watched = true;
+      this.startedAt = performance.now();
+      this.bytesAtStart = req.socket.bytesWritten;
+    }
     res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
     if (route.settings.headers.response.length > 0)
@@ -120,7 +138,10 @@ class HttpExchange extends InFlight implements WebHooks {
     }
     const outgoing = this.outgoing!;
     const thisTry = ++this.tries;
+    if (thisTry === 1)
+      this.ctx.observers.requestStarted({ route: route.key, upstream: upstream.url, req });
     this.upstream = upstream;
+    this.lastUpstream = upstream.url;
     this.judged = false;
     upstream.stats.requests++;
     upstream.stats.active++;
@@ -160,13 +181,19 @@ class HttpExchange extends InFlight implements WebHooks {
       proxyReq.destroy();
       return;
     }
-    watchConnect(proxyReq, this.route.settings.timeouts.connect, this.upstream!.secure);
+    watchConnect(
+      proxyReq,
+      this.route.settings.timeouts.connect,
+      this.upstream!.secure,
+      this.watched ? this : undefined,
+    );
     this.ctx.sweep.start();
     this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
   }
 
   onProxyRes(proxyRes: IncomingMessage): void {
     this.proxyRes = proxyRes;
+    if (this.watched) this.firstByteMs = performance.now() - this.startedAt;
     if (!this.judged && this.upstream) {
       this.judged = true;
       this.route.pool.answered(this.upstream);
@@ -337,6 +364,7 @@ class HttpExchange extends InFlight implements WebHooks {
     ctx.requests.delete(this);
     ctx.stats.requestEnded(route.stats);
     this.releaseUpstream();
+    if (this.watched) this.observed();
     if (!res.writableFinished && !this.settled) {
       this.clientGone = true;
       this.proxyReq?.destroy();
@@ -345,10 +373,39 @@ class HttpExchange extends InFlight implements WebHooks {
     ctx.released();
   }
 
+  /** A fresh upstream connection is up (told only while watched). */
+  connected(): void {
+    this.connectMs = performance.now() - this.startedAt;
+  }
+
+  /** Tells the observers how the request went. */
+  private observed(): void {
+    const { route, req, res } = this;
+    const timings: RequestEndMessage['timings'] = { total: performance.now() - this.startedAt };
+    if (this.connectMs !== undefined) timings.connect = this.connectMs;
+    if (this.firstByteMs !== undefined) timings.firstByte = this.firstByteMs;
+    this.ctx.observers.requestEnded(
+      {
+        route: route.key,
+        ...(this.lastUpstream !== undefined && { upstream: this.lastUpstream }),
+        req,
+        status: res.statusCode,
+        ...(this.error && { error: this.error }),
+        tries: this.tries,
+        timings,
+      },
+      {
+        client: clientAddress(req, route.settings.trustProxy),
+        bytes: req.socket.bytesWritten - this.bytesAtStart,
+      },
+    );
+  }
+
   /** Answers with a proxy-made error response. */
   private fail(error: ProxyError): void {
     const { ctx, route, req, res } = this;
     this.settled = true;
+    this.error = error;
     ctx.stats.requestFailed(route.stats);
     ctx.report(error, req, res, route);
     this.proxyReq?.destroy();
@@ -363,6 +420,7 @@ class HttpExchange extends InFlight implements WebHooks {
   /** Destroys the client connection: a response already under way must not look complete. */
   private cut(error: ProxyError): void {
     this.settled = true;
+    this.error = error;
     this.ctx.stats.requestFailed(this.route.stats);
     this.ctx.report(error, this.req, this.res, this.route);
     this.proxyReq?.destroy();

@@ -17,6 +17,7 @@ import {
   resolveSettings,
   type ResolvedSettings,
 } from '../routing/settings';
+import { Observers, type ProxyObserver } from '../runtime/observers';
 import { StatsBook } from '../runtime/stats-book';
 import { Sweep } from '../runtime/sweep';
 import { proxyUpgrade } from '../upgrade/proxy-upgrade';
@@ -49,6 +50,7 @@ const OPTION_KEYS: ReadonlySet<string> = new Set([
   'routes',
   'router',
   'logger',
+  'accessLog',
 ]);
 const NO_HEAD = Buffer.alloc(0);
 const DEFAULT_CLOSE_TIMEOUT = 10_000;
@@ -72,6 +74,7 @@ function toOptions(config: Targets | ProxyOptions): ProxyOptions {
 /** The state behind one `Proxy`: routes, counters, in-flight work and shutdown. */
 class ProxyCore implements ProxyContext, RouteFactory {
   readonly logger: Logger;
+  readonly observers: Observers;
   readonly stats = new StatsBook();
   readonly agents = new UpstreamAgents();
   readonly defaults: ResolvedSettings;
@@ -102,6 +105,14 @@ class ProxyCore implements ProxyContext, RouteFactory {
       throw new TypeError('viaduct: router must be a function');
     }
     this.logger = resolveLogger(options.logger);
+    if (
+      options.accessLog !== undefined &&
+      typeof options.accessLog !== 'boolean' &&
+      typeof options.accessLog !== 'function'
+    ) {
+      throw new TypeError('viaduct: accessLog is true, false or a function of each entry');
+    }
+    this.observers = new Observers(options.accessLog, this.logger);
     this.defaults = resolveSettings(options, DEFAULT_SETTINGS, 'createProxy');
     const fallback =
       options.target === undefined
@@ -297,6 +308,13 @@ const cores = new WeakMap<Proxy, ProxyCore>();
 /** True for a value `createProxy` returned. */
 export function isProxy(value: unknown): value is Proxy {
   return typeof value === 'function' && cores.has(value as Proxy);
+}
+
+/** Adds an observer of `proxy`'s requests and tunnels (the metrics); returns what removes it. */
+export function observeProxy(proxy: Proxy, observer: ProxyObserver): () => void {
+  const core = cores.get(proxy);
+  if (!core) throw new TypeError('viaduct: collectMetrics takes a proxy createProxy returned');
+  return core.observers.add(observer);
 }
 
 /**

@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { ProxyError } from './proxy-error';
 import type { InFlightList } from './in-flight';
+import type { Observers } from './observers';
 import type { StatsBook } from './stats-book';
 import type { Sweep } from './sweep';
 import type { ClientSide, Logger, ProxyEvents } from '../types';
@@ -17,6 +18,8 @@ export interface RouteLabel {
 export interface ProxyContext {
   readonly logger: Logger;
   readonly stats: StatsBook;
+  /** The channels, the access log and the metrics. */
+  readonly observers: Observers;
   /** True once `close()` was called: new work gets 503. */
   readonly closing: boolean;
   readonly requests: InFlightList;

@@ -12,6 +12,8 @@ import { InFlight } from '../runtime/in-flight';
 import type { OutgoingRequest, TunnelHooks } from '../upstream/engine';
 import { writeErrorAnswer } from '../runtime/error-answer';
 import { ProxyError, attempt, toProxyError } from '../runtime/proxy-error';
+import { performance } from 'node:perf_hooks';
+import { clientAddress } from '../headers/forwarding';
 import { requestOf } from '../internals/node';
 import { forwardedPath, upstreamPath } from '../routing/forwarded-path';
 import { failureOf, type UpstreamFailure } from '../upstream/failure';
@@ -21,6 +23,7 @@ import { connectionOf, responseEndToEnd } from '../headers/hop-by-hop';
 import { closeAfterFlush, responseHead } from '../runtime/raw-response';
 import { upstreamHeaders } from '../headers/upstream-headers';
 import type { Route } from '../routing/route';
+import type { RequestEndMessage } from '../types';
 import { Tunnel } from './tunnel';
 
 /**
@@ -71,6 +74,14 @@ class Handshake extends InFlight implements TunnelHooks {
   private judged = false;
   private outgoing: OutgoingRequest | undefined;
   private routePath = '';
+  private lastUpstream: string | undefined;
+  /** Someone watches how requests go (channels, access log, metrics): the handshake is timed (ms). */
+  private watched = false;
+  private watchedSince = 0;
+  private firstByteMs: number | undefined;
+  /** The status the client got: the 101, the upstream's refusal, the proxy's error; 499 when it left first. */
+  private status = 499;
+  private error: ProxyError | undefined;
   /** Answered (101, refusal or error): later engine events are echoes. */
   private settled = false;
   private holdsSlot = false;
@@ -108,6 +119,10 @@ class Handshake extends InFlight implements TunnelHooks {
     route.tunnelSlots++;
     this.holdsSlot = true;
     ctx.handshakes.add(this);
+    if (ctx.observers.watchingRequests) {
+      this.watched = true;
+      this.watchedSince = performance.now();
+    }
     ctx.sweep.start();
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
@@ -129,7 +144,14 @@ class Handshake extends InFlight implements TunnelHooks {
     }
     const outgoing = this.outgoing!;
     const thisTry = ++this.tries;
+    if (thisTry === 1)
+      this.ctx.observers.requestStarted({
+        route: route.key,
+        upstream: upstream.url,
+        req: this.req,
+      });
     this.upstream = upstream;
+    this.lastUpstream = upstream.url;
     this.judged = false;
     this.startedAt = Date.now();
     this.connectedAt = 0;
@@ -157,8 +179,10 @@ class Handshake extends InFlight implements TunnelHooks {
     if (!this.judged && upstream.probing) upstream.probeAbandoned();
   }
 
-  /** The upstream answered (a 101 or a refusal): its health is told. */
-  private answered(): void {
+  /** The upstream answered (a 101 or a refusal) with `status`: its health is told. */
+  private answered(status: number): void {
+    this.status = status;
+    if (this.watched) this.firstByteMs = performance.now() - this.watchedSince;
     if (this.judged || !this.upstream) return;
     this.judged = true;
     this.route.pool.answered(this.upstream);
@@ -245,7 +269,7 @@ class Handshake extends InFlight implements TunnelHooks {
       upstreamSocket.destroy();
       return;
     }
-    this.answered();
+    this.answered(101);
     const upstream = this.upstream!;
     const headers = this.clientHeaders(proxyRes);
     headers.connection = 'Upgrade';
@@ -274,7 +298,7 @@ class Handshake extends InFlight implements TunnelHooks {
       proxyRes.resume();
       return;
     }
-    this.answered();
+    this.answered(proxyRes.statusCode ?? 502);
     const unrelayable = unrelayableCoding(proxyRes);
     if (unrelayable) {
       proxyRes.socket.destroy();
@@ -335,6 +359,8 @@ class Handshake extends InFlight implements TunnelHooks {
   /** Refuses the upgrade with a proxy-made error written to the raw socket. */
   private reject(error: ProxyError): void {
     const { ctx, route, req, socket } = this;
+    this.status = error.status;
+    this.error = error;
     this.settle();
     ctx.stats.tunnelRejected(route.stats);
     ctx.report(error, req, socket, route);
@@ -345,6 +371,7 @@ class Handshake extends InFlight implements TunnelHooks {
   private settle(): void {
     this.settled = true;
     this.releaseUpstream();
+    if (this.watched) this.observed();
     this.socket.removeListener('close', this.onClientGone);
     this.socket.removeListener('end', this.onClientGone);
     if (this.holdsSlot) {
@@ -356,6 +383,29 @@ class Handshake extends InFlight implements TunnelHooks {
 
   shutdown(): void {
     if (!this.settled) this.reject(new ProxyError('ESHUTDOWN'));
+  }
+
+  /** Tells the observers how the handshake went, as a request. */
+  private observed(): void {
+    const { route, req } = this;
+    const timings: RequestEndMessage['timings'] = { total: performance.now() - this.watchedSince };
+    if (this.connectedAt !== 0) timings.connect = this.connectedAt - this.startedAt;
+    if (this.firstByteMs !== undefined) timings.firstByte = this.firstByteMs;
+    this.ctx.observers.requestEnded(
+      {
+        route: route.key,
+        ...(this.lastUpstream !== undefined && { upstream: this.lastUpstream }),
+        req,
+        status: this.status,
+        ...(this.error && { error: this.error }),
+        tries: this.tries,
+        timings,
+      },
+      {
+        client: clientAddress(req, route.settings.trustProxy),
+        bytes: (this.socket as Duplex & { bytesWritten?: number }).bytesWritten ?? 0,
+      },
+    );
   }
 }
 

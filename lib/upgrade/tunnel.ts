@@ -5,7 +5,13 @@ import type { Route } from '../routing/route';
 import type { ProxyContext } from '../runtime/context';
 import { InFlight } from '../runtime/in-flight';
 import { closeAfterFlush } from '../runtime/raw-response';
-import type { TunnelCloseCodes, TunnelCloseReason } from '../types';
+import { clientAddress } from '../headers/forwarding';
+import type {
+  TunnelCloseCodes,
+  TunnelCloseEvent,
+  TunnelCloseReason,
+  TunnelOpenEvent,
+} from '../types';
 import type { Upstream } from '../upstream/upstream';
 import { closeFrame, GOING_AWAY } from './close-frame';
 import { FrameCursor } from './frame-cursor';
@@ -125,13 +131,16 @@ export class Tunnel extends InFlight {
     this.relay(this.fromClient);
     client.write(head);
     if (upstreamHead.length > 0) this.forward(this.fromUpstream, upstreamHead);
-    ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${route.targetLabel})`);
-    ctx.emit('open', {
+    ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${this.upstreamServer.url})`);
+    const event: TunnelOpenEvent = {
       route: route.key,
+      upstream: this.upstreamServer.url,
       req: this.req,
       clientSocket: client,
       upstreamSocket: upstream,
-    });
+    };
+    ctx.emit('open', event);
+    ctx.observers.tunnelOpened(event);
   }
 
   private relay(direction: Direction): void {
@@ -279,8 +288,9 @@ export class Tunnel extends InFlight {
     ctx.logger.debug(
       `viaduct: tunnel closed on route "${route.key}": ${reason} after ${duration} ms, ${bytesFromClient} B from client, ${bytesFromUpstream} B from upstream`,
     );
-    ctx.emit('close', {
+    const event: TunnelCloseEvent = {
       route: route.key,
+      upstream: this.upstreamServer.url,
       req: this.req,
       reason,
       duration,
@@ -288,7 +298,9 @@ export class Tunnel extends InFlight {
       bytesFromUpstream,
       code: this.closeCodes(),
       ...(this.error && { error: this.error }),
-    });
+    };
+    ctx.emit('close', event);
+    ctx.observers.tunnelClosed(event, () => clientAddress(this.req, route.settings.trustProxy));
     ctx.released();
   }
 }
