@@ -12,7 +12,10 @@ import { once } from 'node:events';
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import express from 'express';
-import { createProxy, attach } from 'viaduct';
+import { Registry } from 'prom-client';
+import { attach, createProxy } from 'viaduct';
+import { collectMetrics } from 'viaduct/prometheus';
+import { LiveMetrics } from './live-metrics.mjs';
 import { startApiUpstream, startChatUpstream } from './upstreams.mjs';
 
 const SESSION_COOKIE = 'viaduct_demo';
@@ -56,15 +59,26 @@ export async function startExample({
   if (!chatTarget) embedded.push(await startChatUpstream());
   const chat = chatTarget ?? embedded.at(-1).url;
 
+  const proxies = {};
+  const live = new LiveMetrics(proxies);
   const apiProxy = createProxy({
     target: api,
     headers: { response: { 'x-powered-by': null, ...responseHeaders } },
+    accessLog: live.recorder('api'),
   });
   const chatProxy = createProxy({
     target: chat,
     timeouts: { read: 300_000 },
     headers: { response: responseHeaders },
+    accessLog: live.recorder('chat'),
   });
+  Object.assign(proxies, { api: apiProxy, chat: chatProxy });
+  // Prometheus metrics of both proxies, on a registry of this app's own.
+  const registry = new Registry();
+  const stopMetrics = [
+    collectMetrics(apiProxy, { registry }),
+    collectMetrics(chatProxy, { registry }),
+  ];
 
   const requireSession = (req, res, next) => {
     if (isSession(sessionSecret, cookieOf(req, SESSION_COOKIE))) return next();
@@ -88,6 +102,10 @@ export async function startExample({
       .json({ ok: true });
   });
   app.get('/stats', (_req, res) => res.json({ api: apiProxy.stats(), chat: chatProxy.stats() }));
+  app.get('/live', (_req, res) => res.json(live.history));
+  app.get('/metrics', async (_req, res) =>
+    res.type(registry.contentType).send(await registry.metrics()),
+  );
   app.use('/api', apiProxy);
   app.use('/chat', requireSession, chatProxy);
 
@@ -102,6 +120,8 @@ export async function startExample({
   const close = () =>
     (closing ??= (async () => {
       server.close();
+      live.stop();
+      for (const stop of stopMetrics) stop();
       await Promise.all([apiProxy.close({ timeout: 5_000 }), chatProxy.close({ timeout: 5_000 })]);
       server.closeAllConnections();
       for (const upstream of embedded) {

@@ -130,3 +130,70 @@ async function refreshStats() {
 }
 refreshStats();
 setInterval(refreshStats, 1000);
+
+// The live chart: requests/s, p50 and p99 latency, open tunnels per proxy over the last minute,
+// drawn on a canvas by the page itself from /live, once a second.
+const COLOURS = { api: '#2563eb', chat: '#16a34a' };
+const PANELS = [
+  { title: 'requests/s', value: (p) => p.requests },
+  { title: 'latency ms (p50 solid, p99 dashed)', value: (p) => p.p50, dashed: (p) => p.p99 },
+  { title: 'open tunnels', value: (p) => p.tunnels },
+];
+
+function drawChart(history) {
+  const canvas = $('chart');
+  const g = canvas.getContext('2d');
+  const { width, height } = canvas;
+  g.clearRect(0, 0, width, height);
+  const panelHeight = height / PANELS.length;
+  const names = Object.keys(history.at(-1)?.proxies ?? COLOURS);
+  PANELS.forEach((panel, index) => {
+    const top = index * panelHeight;
+    const values = history.flatMap((sample) =>
+      names.flatMap((name) => [
+        panel.value(sample.proxies[name]),
+        panel.dashed?.(sample.proxies[name]) ?? 0,
+      ]),
+    );
+    const max = Math.max(1, ...values);
+    g.strokeStyle = '#d4d4d8';
+    g.strokeRect(40, top + 16, width - 50, panelHeight - 26);
+    g.fillStyle = '#3f3f46';
+    g.font = '12px sans-serif';
+    g.fillText(`${panel.title}, max ${Math.round(max)}`, 44, top + 12);
+    const x = (i) => 40 + ((width - 50) * i) / 59;
+    const y = (v) => top + panelHeight - 10 - ((panelHeight - 30) * v) / max;
+    for (const name of names) {
+      for (const [line, dash] of [
+        [panel.value, []],
+        ...(panel.dashed ? [[panel.dashed, [4, 3]]] : []),
+      ]) {
+        g.beginPath();
+        g.setLineDash(dash);
+        g.strokeStyle = COLOURS[name] ?? '#71717a';
+        history.forEach((sample, i) => {
+          const at = [x(i + 60 - history.length), y(line(sample.proxies[name]))];
+          if (i === 0) g.moveTo(...at);
+          else g.lineTo(...at);
+        });
+        g.stroke();
+      }
+      g.setLineDash([]);
+    }
+  });
+  names.forEach((name, i) => {
+    g.fillStyle = COLOURS[name] ?? '#71717a';
+    g.fillText(name, width - 100 + i * 45, 12);
+  });
+  canvas.dataset.samples = String(history.length);
+}
+
+async function refreshChart() {
+  try {
+    drawChart(await (await fetch('live')).json());
+  } catch {
+    // The app is shutting down; the next tick tries again.
+  }
+}
+refreshChart();
+setInterval(refreshChart, 1000);
