@@ -81,7 +81,7 @@ class ProxyCore implements ProxyContext, RouteFactory {
   readonly requests = new InFlightList();
   readonly handshakes = new InFlightList();
   readonly tunnels = new InFlightList();
-  readonly sweep = new Sweep((now) => this.checkDeadlines(now));
+  readonly sweep = new Sweep((now, share) => this.checkDeadlines(now, share));
   closing = false;
   private readonly resolver: RouteResolver;
   private closed: Promise<void> | undefined;
@@ -174,11 +174,16 @@ class ProxyCore implements ProxyContext, RouteFactory {
     this.emit('error', error, req, client);
   }
 
-  /** The sweep's visit: read timeouts of requests, deadlines of handshakes, idle timeouts of tunnels, idle limits of pooled sockets. */
-  private checkDeadlines(now: number): boolean {
+  /**
+   * The sweep's visit: read timeouts of requests, deadlines of handshakes, idle limits of pooled
+   * sockets, and `share` of the tunnels (the next ones in turn) for their idle timeout and longest life.
+   */
+  private checkDeadlines(now: number, share: number): boolean {
     this.requests.forEach((request) => request.checkDeadline?.(now));
     this.handshakes.forEach((handshake) => handshake.checkDeadline?.(now));
-    this.tunnels.forEach((tunnel) => tunnel.checkDeadline?.(now));
+    this.tunnels.visitSome(Math.ceil(this.tunnels.size * share), (tunnel) =>
+      tunnel.checkDeadline?.(now),
+    );
     const pooled = this.agents.retireIdle(now);
     return pooled || this.requests.size > 0 || this.handshakes.size > 0 || this.tunnels.size > 0;
   }

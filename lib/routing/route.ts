@@ -146,6 +146,7 @@ export function buildRoute(
     factory.statsFor(key),
   );
   const { connect, read, tunnel } = route.settings.timeouts;
-  factory.sweep.cover(Math.min(read, connect, tunnel ?? Infinity));
+  factory.sweep.cover(Math.min(read, connect));
+  factory.sweep.coverTunnels(Math.min(read, tunnel ?? Number.POSITIVE_INFINITY));
   return route;
 }

@@ -38,6 +38,8 @@ export abstract class InFlight {
 /** An intrusive doubly-linked list of {@link InFlight} work: O(1) add and delete, nothing allocated. */
 export class InFlightList {
   private head: InFlight | undefined;
+  /** Where {@link visitSome} goes on from. */
+  private cursor: InFlight | undefined;
   size = 0;
 
   add(work: InFlight): void {
@@ -54,6 +56,7 @@ export class InFlightList {
   delete(work: InFlight): boolean {
     if (!work.inFlight) return false;
     const { previousInFlight: previous, nextInFlight: next } = work;
+    if (this.cursor === work) this.cursor = next;
     if (previous) previous.nextInFlight = next;
     else this.head = next;
     if (next) next.previousInFlight = previous;
@@ -70,6 +73,19 @@ export class InFlightList {
       const next: InFlight | undefined = work.nextInFlight;
       visit(work);
       work = next;
+    }
+  }
+
+  /**
+   * Visits the next `count` entries, going on from where the last call stopped and round again, so
+   * that calls in turn visit every entry once per `size` visits; `visit` may remove its entry.
+   */
+  visitSome(count: number, visit: (work: InFlight) => void): void {
+    for (let left = Math.min(count, this.size); left > 0; left--) {
+      const work = this.cursor ?? this.head;
+      if (!work) return;
+      this.cursor = work.nextInFlight;
+      visit(work);
     }
   }
 

@@ -92,6 +92,8 @@ export class Tunnel extends InFlight {
   /** When the proxy began ending the tunnel itself; 0 before. */
   private closingAt = 0;
   private shutdownRequested = false;
+  /** Cuts both sides when the Close replies take longer than {@link CLOSE_REPLY_WAIT}. */
+  private replyTimer: NodeJS.Timeout | undefined;
   /** Chunks relayed either way: the idle timeout's measure of activity. */
   private relayed = 0;
   private upstreamReadAtOpen = 0;
@@ -195,6 +197,9 @@ export class Tunnel extends InFlight {
     if (this.closingAt !== 0) return;
     this.closingAt = Date.now();
     this.reason ??= reason;
+    // Timed on its own: the sweep visits a tunnel only every eighth of its idle timeout.
+    this.replyTimer = setTimeout(() => this.cutUnanswered(), CLOSE_REPLY_WAIT);
+    this.replyTimer.unref();
     for (const direction of [this.fromClient, this.fromUpstream]) {
       // A Close from its sender went that way already.
       if (direction.closeSeen) continue;
@@ -233,12 +238,10 @@ export class Tunnel extends InFlight {
     this.destroyBoth();
   }
 
-  /** The Close replies' wait, the tunnel's longest life, and the idle timeout (no chunk either way for `timeouts.read`). */
+  /** The tunnel's longest life, and the idle timeout (no chunk either way for `timeouts.read`). */
   override checkDeadline(now: number): void {
-    if (this.closingAt !== 0) {
-      if (now - this.closingAt >= CLOSE_REPLY_WAIT) this.cutUnanswered();
-      return;
-    }
+    // Closing: its own timer keeps the wait for the replies.
+    if (this.closingAt !== 0) return;
     const { read, tunnel } = this.route.settings.timeouts;
     if (tunnel !== undefined && now - this.openedAt >= tunnel) this.beginClose('expired');
     else if (this.stalledFor(this.relayed, now) >= read) this.beginClose('idle');
@@ -277,6 +280,7 @@ export class Tunnel extends InFlight {
 
   private finish(): void {
     const { ctx, route } = this;
+    clearTimeout(this.replyTimer);
     ctx.tunnels.delete(this);
     route.tunnelSlots--;
     ctx.stats.tunnelClosed(route.stats);
