@@ -4,7 +4,7 @@
  * reasons, never paths or clients, so their number stays bounded.
  */
 import { Counter, Gauge, Histogram, type Registry, register as defaultRegistry } from 'prom-client';
-import { observeProxy } from './proxy/create-proxy';
+import { isProxy, observeProxy } from './proxy/create-proxy';
 import type { Proxy } from './types';
 
 /** Options of {@link collectMetrics}. */
@@ -105,17 +105,20 @@ const byRegistry = new WeakMap<Registry, RegistryMetrics>();
  * may be collected on one registry. Returns a function that stops collecting this proxy.
  */
 export function collectMetrics(proxy: Proxy, options: MetricsOptions = {}): () => void {
+  // First: anything but a proxy is refused before the registry gets metrics that read its stats.
+  if (!isProxy(proxy))
+    throw new TypeError('viaduct: collectMetrics takes a proxy createProxy returned');
   const registry = options.registry ?? defaultRegistry;
   let metrics = byRegistry.get(registry);
+  if (metrics?.proxies.has(proxy)) {
+    throw new TypeError(
+      'viaduct: collectMetrics: this proxy is collected on this registry already',
+    );
+  }
   if (!metrics) {
     metrics = new RegistryMetrics(registry);
     byRegistry.set(registry, metrics);
   }
-  if (metrics.proxies.has(proxy))
-    throw new TypeError(
-      'viaduct: collectMetrics: this proxy is collected on this registry already',
-    );
-  metrics.proxies.add(proxy);
   const { requests, duration, tunnelsTotal } = metrics;
   const stop = observeProxy(proxy, {
     requestEnded(message) {
@@ -130,6 +133,7 @@ export function collectMetrics(proxy: Proxy, options: MetricsOptions = {}): () =
       tunnelsTotal.inc({ route: event.route, reason: event.reason });
     },
   });
+  metrics.proxies.add(proxy);
   const collected = metrics;
   return () => {
     stop();

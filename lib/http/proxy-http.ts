@@ -83,6 +83,8 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
   private watched = false;
   private startedAt = 0;
   private bytesAtStart = 0;
+  /** The client's address, read while its socket is open. */
+  private client = '';
   private connectMs: number | undefined;
   private firstByteMs: number | undefined;
   /** The upstream's response headers were accepted: from now on a failure cuts the connection. */
@@ -112,6 +114,7 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
       this.watched = true;
       this.startedAt = performance.now();
       this.bytesAtStart = req.socket.bytesWritten;
+      this.client = clientAddress(req, route.settings.trustProxy);
     }
     res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
@@ -128,7 +131,10 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
   /** Sends the request to the pool's next upstream, or answers 502 when none is left. */
   private send(): void {
     const { route, req } = this;
-    const upstream = route.pool.pick(req, this.tried);
+    // A hashKey is the user's: what it throws is answered as a failing router's is.
+    const picked = attempt(() => route.pool.pick(req, this.tried));
+    if (picked instanceof ProxyError) return this.fail(picked);
+    const upstream = picked;
     if (!upstream) {
       const why =
         this.tries === 0
@@ -138,6 +144,8 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     }
     const outgoing = this.outgoing!;
     const thisTry = ++this.tries;
+    // The read timeout follows this try's socket from nothing seen.
+    this.restartProgress();
     if (thisTry === 1)
       this.ctx.observers.requestStarted({ route: route.key, upstream: upstream.url, req });
     this.upstream = upstream;
@@ -364,12 +372,12 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     ctx.requests.delete(this);
     ctx.stats.requestEnded(route.stats);
     this.releaseUpstream();
-    if (this.watched) this.observed();
     if (!res.writableFinished && !this.settled) {
       this.clientGone = true;
       this.proxyReq?.destroy();
       ctx.logger.debug(`viaduct: ${this.req.method} ${this.req.url}: the client went away`);
     }
+    if (this.watched) this.observed();
     ctx.released();
   }
 
@@ -389,13 +397,14 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
         route: route.key,
         ...(this.lastUpstream !== undefined && { upstream: this.lastUpstream }),
         req,
-        status: res.statusCode,
+        // A client that left before any answer got none: 499, as nginx logs it.
+        status: this.clientGone && !res.headersSent ? 499 : res.statusCode,
         ...(this.error && { error: this.error }),
         tries: this.tries,
         timings,
       },
       {
-        client: clientAddress(req, route.settings.trustProxy),
+        client: this.client,
         bytes: req.socket.bytesWritten - this.bytesAtStart,
       },
     );

@@ -7,24 +7,35 @@ const ROUTER_KEY = 'router';
 // Routes compiled from results given by value are kept; past this many the cache starts over.
 const MAX_CACHED_VALUES = 1_000;
 
+const NOT_PLAIN = new Error('not plain data');
+
+/** Plain data only: strings, numbers, booleans, null, arrays and plain objects of them. */
+function plainData(_key: string, value: unknown): unknown {
+  if (typeof value === 'function' || typeof value === 'symbol' || typeof value === 'bigint')
+    throw NOT_PLAIN;
+  if (
+    typeof value === 'object' &&
+    value !== null &&
+    !Array.isArray(value) &&
+    Object.getPrototypeOf(value) !== Object.prototype
+  )
+    throw NOT_PLAIN;
+  return value;
+}
+
 /**
- * The cache key of a result given by value: a URL string, or a list of targets made of strings,
- * URLs and `{ target, weight }` entries. Other results (route options, target objects) are keyed
- * by identity: a router that returns the same object for a route shares its pool's state.
+ * The cache key of a result given by value: a URL string, or a result made of plain data only (a
+ * list of targets, route options without functions, agents or RegExps), so that a router that
+ * builds its result afresh on every call still shares one route, one pool and one health check.
+ * Other results are keyed by identity: return the same object to share them.
  */
 function valueKey(value: RouteValue): string | undefined {
   if (typeof value === 'string' || value instanceof URL) return String(value);
-  if (!Array.isArray(value)) return undefined;
-  const parts: string[] = [];
-  for (const entry of value as unknown[]) {
-    if (typeof entry === 'string' || entry instanceof URL) parts.push(String(entry));
-    else if (typeof (entry as { target?: unknown })?.target === 'string')
-      parts.push(
-        `${(entry as { target: string }).target}*${(entry as { weight?: number }).weight ?? 1}`,
-      );
-    else return undefined;
+  try {
+    return JSON.stringify(value, plainData);
+  } catch {
+    return undefined;
   }
-  return `[${parts.join(' ')}]`;
 }
 
 /**
@@ -39,6 +50,9 @@ class RouterRoutes {
   constructor(private readonly factory: RouteFactory) {}
 
   get(value: RouteValue): Route {
+    // The same object as before: no key to compute.
+    const known = typeof value === 'object' ? this.byObject.get(value) : undefined;
+    if (known) return known;
     const key = valueKey(value);
     if (key !== undefined) {
       let route = this.byValue.get(key);
@@ -50,15 +64,13 @@ class RouterRoutes {
         route = this.build(value);
         this.byValue.set(key, route);
       }
+      if (typeof value === 'object' && !(value instanceof URL)) this.byObject.set(value, route);
       return route;
     }
-    let route = this.byObject.get(value as object);
-    if (!route) {
-      route = this.build(value);
-      this.byObject.set(value as object, route);
-      const dispose = route.disposer();
-      if (dispose) this.collected.register(route, dispose);
-    }
+    const route = this.build(value);
+    this.byObject.set(value as object, route);
+    const dispose = route.disposer();
+    if (dispose) this.collected.register(route, dispose);
     return route;
   }
 

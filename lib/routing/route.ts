@@ -54,7 +54,11 @@ export class Route implements PathRule, RouteLabel {
         hashKey: hashKey ?? ((req: IncomingMessage) => clientAddress(req, trustProxy)),
         maxFails: settings.maxFails,
         failTimeout: settings.failTimeout,
-        retries: settings.retries === -1 ? upstreams.length - 1 : settings.retries,
+        // A try never goes back to an upstream it tried: more than the others is no more.
+        retries: Math.min(
+          settings.retries === -1 ? upstreams.length - 1 : settings.retries,
+          upstreams.length - 1,
+        ),
       },
       factory.poolEvents(this),
     );

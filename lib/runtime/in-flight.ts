@@ -18,6 +18,11 @@ export abstract class InFlight {
   private progressSeen = -1;
   private progressSeenAt = 0;
 
+  /** Starts {@link stalledFor} over: the count it follows is a new one (a new try's socket). */
+  protected restartProgress(): void {
+    this.progressSeen = -1;
+  }
+
   /** Called by the proxy's sweep while the work is in flight, for work with a deadline. */
   checkDeadline?(now: number): void;
 

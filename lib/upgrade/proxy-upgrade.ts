@@ -78,6 +78,10 @@ class Handshake extends InFlight implements TunnelHooks {
   /** Someone watches how requests go (channels, access log, metrics): the handshake is timed (ms). */
   private watched = false;
   private watchedSince = 0;
+  private bytesAtStart = 0;
+  /** The client's address, read while its socket is open. */
+  private client = '';
+  private connectMs: number | undefined;
   private firstByteMs: number | undefined;
   /** The status the client got: the 101, the upstream's refusal, the proxy's error; 499 when it left first. */
   private status = 499;
@@ -97,6 +101,7 @@ class Handshake extends InFlight implements TunnelHooks {
   };
   private readonly onConnected = (): void => {
     this.connectedAt = Date.now();
+    if (this.watched) this.connectMs = performance.now() - this.watchedSince;
   };
 
   constructor(
@@ -111,6 +116,12 @@ class Handshake extends InFlight implements TunnelHooks {
 
   start(): void {
     const { ctx, route, req, socket } = this;
+    if (ctx.observers.watchingRequests) {
+      this.watched = true;
+      this.watchedSince = performance.now();
+      this.bytesAtStart = socketBytes(socket);
+      this.client = clientAddress(req, route.settings.trustProxy);
+    }
     // Gone while a router or a middleware was deciding: its 'close' has passed, nothing would follow it.
     if (socket.destroyed || !socket.writable || socket.readableEnded) return this.onClientClose();
     if (ctx.closing) return this.reject(new ProxyError('ESHUTDOWN'));
@@ -119,10 +130,6 @@ class Handshake extends InFlight implements TunnelHooks {
     route.tunnelSlots++;
     this.holdsSlot = true;
     ctx.handshakes.add(this);
-    if (ctx.observers.watchingRequests) {
-      this.watched = true;
-      this.watchedSince = performance.now();
-    }
     ctx.sweep.start();
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
@@ -134,7 +141,10 @@ class Handshake extends InFlight implements TunnelHooks {
   /** Sends the handshake to the pool's next upstream, or answers 502 when none is left. */
   private send(): void {
     const { route } = this;
-    const upstream = route.pool.pick(this.req, this.tried);
+    // A hashKey is the user's: what it throws is answered as a failing router's is.
+    const picked = attempt(() => route.pool.pick(this.req, this.tried));
+    if (picked instanceof ProxyError) return this.reject(picked);
+    const upstream = picked;
     if (!upstream) {
       const why =
         this.tries === 0
@@ -281,6 +291,7 @@ class Handshake extends InFlight implements TunnelHooks {
     // never finds both lists empty in between.
     this.holdsSlot = false;
     this.releaseUpstream(true);
+    const head = responseHead(101, 'Switching Protocols', proxyRes.headers);
     new Tunnel(
       this.ctx,
       this.route,
@@ -288,8 +299,10 @@ class Handshake extends InFlight implements TunnelHooks {
       this.req,
       this.socket,
       upstreamSocket as Socket,
-    ).open(responseHead(101, 'Switching Protocols', proxyRes.headers), upstreamHead);
+    ).open(head, upstreamHead);
     this.settle();
+    // The bytes of the 101 itself: the tunnel's own go on after it.
+    if (this.watched) this.observed(Buffer.byteLength(head));
   }
 
   /** Anything but 101: passed to the client as HTTP, then the socket is closed. */
@@ -322,6 +335,7 @@ class Handshake extends InFlight implements TunnelHooks {
     proxyRes.pipe(socket, { end: false });
     proxyRes.once('close', () => {
       upstream.destroy();
+      if (this.watched) this.observed();
       if (proxyRes.complete) closeAfterFlush(socket);
       else socket.destroy();
     });
@@ -342,6 +356,7 @@ class Handshake extends InFlight implements TunnelHooks {
     // Not by the client (a FIN or a reset) and not by us: another upgrade listener ended it.
     const endedHere = socket.writableEnded || (!socket.readableEnded && !socket.errored);
     this.settle();
+    if (this.watched) this.observed();
     this.ctx.stats.tunnelRejected(this.route.stats);
     socket.destroy();
     this.proxyReq?.destroy();
@@ -366,12 +381,12 @@ class Handshake extends InFlight implements TunnelHooks {
     ctx.report(error, req, socket, route);
     this.proxyReq?.destroy();
     writeErrorAnswer(socket, error, req, (headers) => this.applyResponsePolicy(headers));
+    if (this.watched) this.observed();
   }
 
   private settle(): void {
     this.settled = true;
     this.releaseUpstream();
-    if (this.watched) this.observed();
     this.socket.removeListener('close', this.onClientGone);
     this.socket.removeListener('end', this.onClientGone);
     if (this.holdsSlot) {
@@ -385,11 +400,11 @@ class Handshake extends InFlight implements TunnelHooks {
     if (!this.settled) this.reject(new ProxyError('ESHUTDOWN'));
   }
 
-  /** Tells the observers how the handshake went, as a request. */
-  private observed(): void {
+  /** Tells the observers how the handshake went, as a request: `bytes` sent to the client, else those written since it began. */
+  private observed(bytes = socketBytes(this.socket) - this.bytesAtStart): void {
     const { route, req } = this;
     const timings: RequestEndMessage['timings'] = { total: performance.now() - this.watchedSince };
-    if (this.connectedAt !== 0) timings.connect = this.connectedAt - this.startedAt;
+    if (this.connectMs !== undefined) timings.connect = this.connectMs;
     if (this.firstByteMs !== undefined) timings.firstByte = this.firstByteMs;
     this.ctx.observers.requestEnded(
       {
@@ -401,12 +416,14 @@ class Handshake extends InFlight implements TunnelHooks {
         tries: this.tries,
         timings,
       },
-      {
-        client: clientAddress(req, route.settings.trustProxy),
-        bytes: (this.socket as Duplex & { bytesWritten?: number }).bytesWritten ?? 0,
-      },
+      { client: this.client, bytes },
     );
   }
+}
+
+/** What a raw socket wrote so far (a stream that is not a `net.Socket` counts nothing). */
+function socketBytes(socket: Duplex): number {
+  return (socket as Duplex & { bytesWritten?: number }).bytesWritten ?? 0;
 }
 
 export function proxyUpgrade(

@@ -1,10 +1,24 @@
 import type { IncomingMessage } from 'node:http';
-import { crc32 } from 'node:zlib';
 import type { Balance } from '../types';
 import type { Upstream } from './upstream';
 
 /** Points each upstream gets on the hash ring, per unit of weight (as ketama and nginx do). */
 const POINTS_PER_WEIGHT = 160;
+
+/**
+ * A 32-bit hash of a string: FNV-1a, then MurmurHash3's finaliser, which spreads it. (crc32 is
+ * linear: the points of names of one length were translates of one another and bunched together.)
+ */
+export function hash32(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) hash = Math.imul(hash ^ text.charCodeAt(i), 0x01000193);
+  hash ^= hash >>> 16;
+  hash = Math.imul(hash, 0x85ebca6b);
+  hash ^= hash >>> 13;
+  hash = Math.imul(hash, 0xc2b2ae35);
+  hash ^= hash >>> 16;
+  return hash >>> 0;
+}
 
 /** What a pool is told by its route: how to balance and when an upstream is left out. */
 export interface PoolSettings {
@@ -35,7 +49,7 @@ class HashRing {
     const entries: [number, Upstream][] = [];
     for (const upstream of upstreams) {
       for (let i = 0; i < POINTS_PER_WEIGHT * upstream.weight; i++)
-        entries.push([crc32(`${upstream.url}#${i}`), upstream]);
+        entries.push([hash32(`${upstream.url}#${i}`), upstream]);
     }
     entries.sort((a, b) => a[0] - b[0]);
     this.points = Uint32Array.from(entries, ([point]) => point);
@@ -45,7 +59,7 @@ class HashRing {
   /** The first upstream clockwise from the key's point that `accepts` takes: O(log n) to find the point. */
   lookup(key: string, accepts: (upstream: Upstream) => boolean): Upstream | undefined {
     const { points, owners } = this;
-    const hash = crc32(key);
+    const hash = hash32(key);
     let low = 0;
     let high = points.length;
     while (low < high) {

@@ -83,15 +83,14 @@ export class Upstream {
     this.probing = false;
   }
 
-  /** The health check's verdict; true when it changes whether the upstream is down. */
+  /**
+   * The health check's verdict; true when it changes whether the upstream is down. The two
+   * kinds of health are kept apart: a check's 2xx does not clear failures of real traffic (only
+   * their probe does), or an upstream whose `/health` works while its traffic fails would flap.
+   */
   checked(up: boolean): boolean {
     const wasDown = this.stats.down;
     this.healthDown = !up;
-    if (up) {
-      this.downUntil = 0;
-      this.probing = false;
-      this.fails = 0;
-    }
     this.stats.down = this.healthDown || this.downUntil !== 0;
     return wasDown !== this.stats.down;
   }
