@@ -128,8 +128,11 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     this.send();
   }
 
-  /** Sends the request to the pool's next upstream, or answers 502 when none is left. */
-  private send(): void {
+  /**
+   * Sends the request to the pool's next upstream, or answers 502 when none is left.
+   * `failed`: why the last try failed, when this is the next one.
+   */
+  private send(failed?: string): void {
     const { route, req } = this;
     // A hashKey is the user's: what it throws is answered as a failing router's is.
     const picked = attempt(() => route.pool.pick(req, this.tried));
@@ -139,9 +142,11 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
       const why =
         this.tries === 0
           ? `every upstream of ${route.targetLabel} is down`
-          : `${this.tries} tries failed`;
+          : `${this.tries} tries failed, the last: ${failed}`;
       return this.fail(new ProxyError('ENOUPSTREAM', why));
     }
+    if (failed)
+      this.ctx.logger.info(`viaduct: ${req.method} ${req.url}: ${failed}; trying ${upstream.url}`);
     const outgoing = this.outgoing!;
     const thisTry = ++this.tries;
     // The read timeout follows this try's socket from nothing seen.
@@ -329,13 +334,10 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
           )
         : this.abandon(error);
     }
-    this.ctx.logger.info(
-      `viaduct: ${this.req.method} ${this.req.url}: ${upstream.url} failed (${error.message}); trying the next upstream`,
-    );
     this.proxyReq?.destroy();
     this.releaseUpstream();
     (this.tried ??= []).push(upstream);
-    this.send();
+    this.send(`${upstream.url} failed (${error.message})`);
   }
 
   /**

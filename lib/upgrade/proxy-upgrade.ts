@@ -138,8 +138,11 @@ class Handshake extends InFlight implements TunnelHooks {
     this.send();
   }
 
-  /** Sends the handshake to the pool's next upstream, or answers 502 when none is left. */
-  private send(): void {
+  /**
+   * Sends the handshake to the pool's next upstream, or answers 502 when none is left.
+   * `failed`: why the last try failed, when this is the next one.
+   */
+  private send(failed?: string): void {
     const { route } = this;
     // A hashKey is the user's: what it throws is answered as a failing router's is.
     const picked = attempt(() => route.pool.pick(this.req, this.tried));
@@ -149,9 +152,13 @@ class Handshake extends InFlight implements TunnelHooks {
       const why =
         this.tries === 0
           ? `every upstream of ${route.targetLabel} is down`
-          : `${this.tries} tries failed`;
+          : `${this.tries} tries failed, the last: ${failed}`;
       return this.reject(new ProxyError('ENOUPSTREAM', why));
     }
+    if (failed)
+      this.ctx.logger.info(
+        `viaduct: upgrade on route "${route.key}": ${failed}; trying ${upstream.url}`,
+      );
     const outgoing = this.outgoing!;
     const thisTry = ++this.tries;
     if (thisTry === 1)
@@ -216,13 +223,10 @@ class Handshake extends InFlight implements TunnelHooks {
           : error,
       );
     }
-    this.ctx.logger.info(
-      `viaduct: upgrade on route "${route.key}": ${upstream.url} failed (${error.message}); trying the next upstream`,
-    );
     this.proxyReq?.destroy();
     this.releaseUpstream();
     (this.tried ??= []).push(upstream);
-    this.send();
+    this.send(`${upstream.url} failed (${error.message})`);
   }
 
   onProxyReq(proxyReq: ClientRequest): void {

@@ -120,8 +120,28 @@ export class UpstreamPool {
       chosen = this.roundRobin(accepts);
     }
     this.tried = undefined;
+    if (!chosen && this.reviveAll(tried)) return this.pick(req, tried);
     chosen?.taken();
     return chosen;
+  }
+
+  /**
+   * When every upstream not yet tried is left out for failures (none by a health check), they are
+   * all taken back at once, as nginx does ("all peers failed, mark them as live"): an outage of
+   * every upstream would otherwise answer 502 for `failTimeout` after the first one is back.
+   * True when any was taken back.
+   */
+  private reviveAll(tried: readonly Upstream[] | undefined): boolean {
+    const candidates = this.upstreams.filter(
+      (upstream) => !upstream.healthDown && !tried?.includes(upstream),
+    );
+    if (candidates.length === 0 || candidates.some((upstream) => upstream.downUntil === 0))
+      return false;
+    for (const upstream of candidates) {
+      if (upstream.answered())
+        this.events.up(upstream, 'every upstream was left out: all are tried again');
+    }
+    return true;
   }
 
   /** nginx's smooth weighted round-robin over the upstreams `accepts` takes (`least` narrows them to the least loaded). */

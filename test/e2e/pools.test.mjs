@@ -845,7 +845,7 @@ describe('passive health: maxFails, failTimeout and the probe', () => {
       assert.equal(atDown.down, true);
       assert.equal(atDown.fails, 1);
       assert.ok(logged(logger, 'warn', b.url, 'is down'), 'a warn line names it');
-      assert.ok(logged(logger, 'info', b.url, 'trying the next upstream'));
+      assert.ok(logged(logger, 'info', b.url, 'failed', '; trying http://'));
 
       // Left out for failTimeout, then one request probes it (and fails: b is still stopped).
       await until(() => upstreamStats(proxy, b).fails > 1, 'the probe of b', 2_000);
@@ -1001,7 +1001,7 @@ describe('the next upstream: what is replayed', () => {
     assert.equal(res.text, 'a');
     assert.equal(reset.requests.length, 1);
     assert.equal(a.hits[0].url, '/items?x=1');
-    assert.ok(logged(logger, 'info', reset.url, 'trying the next upstream'));
+    assert.ok(logged(logger, 'info', reset.url, 'failed', '; trying http://'));
     const stats = proxy.stats();
     assert.deepEqual(stats.routes.default.upstreams[reset.url], {
       requests: 1,
@@ -1358,22 +1358,26 @@ describe('no upstream left: 502 ENOUPSTREAM on both paths', () => {
   );
 
   test(
-    'passively: two refusing upstreams are both tried, both marked down, and the next request is not tried at all',
+    'passively: two refusing upstreams are both tried and both marked down; with every one left out, the next request takes them all back and tries them again (as nginx does)',
     BOUND,
     async () => {
       const dead = [await deadUrl(), await deadUrl()];
       const { proxy, front, errors, downs } = await setup({ target: dead });
+      const ups = [];
+      proxy.on('upstreamUp', (event) => ups.push(event.upstream));
       assert.equal((await get(front, '/')).status, 502);
       assert.equal(errors[0].code, 'ENOUPSTREAM');
       assert.equal(downs.length, 2);
       assert.equal((await get(front, '/')).status, 502);
       assert.equal(errors[1].code, 'ENOUPSTREAM');
+      assert.deepEqual(ups.sort(), [...dead].sort(), 'both taken back');
       const stats = proxy.stats().routes.default.upstreams;
       assert.deepEqual(
         dead.map((url) => stats[url].requests),
-        [1, 1],
-        'the second request tried nothing',
+        [2, 2],
+        'the second request tried both again',
       );
+      assert.equal(downs.length, 4, 'and both failed again');
     },
   );
 

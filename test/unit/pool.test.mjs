@@ -629,6 +629,42 @@ describe('checked(): the health check’s verdicts', () => {
   });
 });
 
+describe('every upstream left out for failures', () => {
+  test('all are taken back at once, as nginx does, with an up event each: the request is not refused', () => {
+    const [a, b, c] = [upstream('a'), upstream('b'), upstream('c')];
+    const p = pool([a, b, c], { failTimeout: 10_000 });
+    for (const each of [a, b, c]) p.failed(each, 'refused');
+    assert.deepEqual(
+      p.reported.map((e) => e[0]),
+      ['down', 'down', 'down'],
+    );
+    const chosen = p.pick(req());
+    assert.ok([a, b, c].includes(chosen), 'a request still goes somewhere');
+    assert.deepEqual(
+      p.reported.map((e) => e[0]),
+      ['down', 'down', 'down', 'up', 'up', 'up'],
+    );
+    assert.ok([a, b, c].every((each) => each.stats.down === false));
+  });
+
+  test('not while one is still in, nor those a health check holds out; for a retry, of those not yet tried', () => {
+    const [a, b, c] = [upstream('a'), upstream('b'), upstream('c')];
+    const p = pool([a, b, c], { failTimeout: 10_000 });
+    p.failed(a, 'refused');
+    assert.ok([b, c].includes(p.pick(req())), 'b and c are in: a stays out');
+    assert.equal(a.stats.down, true);
+    // A retry after b and c failed: a, the only one it has not tried, is taken back.
+    assert.equal(p.pick(req(), [b, c]), a);
+    p.failed(a, 'refused');
+    p.checked(b, false, 'answered 500');
+    p.failed(c, 'refused');
+    // a and c out for failures, b by its health check: a and c come back, b stays out.
+    const chosen = p.pick(req());
+    assert.ok(chosen === a || chosen === c);
+    assert.equal(b.available(), false);
+  });
+});
+
 describe('retries', () => {
   test('the pool reports the retries it was given', () => {
     assert.equal(pool([upstream('a'), upstream('b')], { retries: 0 }).retries, 0);
