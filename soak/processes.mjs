@@ -69,6 +69,7 @@ export class Upstream {
     this.port = port;
     this.child = undefined;
     this.up = false;
+    /** When it was last listening again (`Date.now()`). */
     this.kills = 0;
     this.restarts = 0;
     this.bindRetries = 0;
@@ -131,8 +132,8 @@ export class Upstream {
 
 /** The front process, asked questions over IPC. */
 export class Front {
-  constructor(httpPort, wsPort) {
-    this.args = [String(httpPort), String(wsPort)];
+  constructor(httpPort, wsPort, poolPorts = [], poolFailTimeout = 500) {
+    this.args = [String(httpPort), String(wsPort), poolPorts.join(','), String(poolFailTimeout)];
     this.child = undefined;
     this.port = 0;
     this.fatal = undefined;

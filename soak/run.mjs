@@ -1,20 +1,25 @@
 // `node soak/run.mjs [--seconds N] [--seed S]` (or `npm run soak -- --seconds N`): a soak of the
 // built package on loopback. A viaduct front (Express 5, its own process, `--expose-gc`) routes
-// `/api` to an HTTP upstream and `/ws` to a WebSocket echo upstream (each its own process, SIGKILLed
-// and restarted on the same port at random moments) while clients here send mixed traffic. Every
-// response is checked; at the end the front must be up, with sockets, listeners, in-flight counts
-// and heap back where they were. Prints a summary table; exits 0 on pass, 1 with the reasons.
+// `/api` to an HTTP upstream, `/ws` to a WebSocket echo upstream and `/pool` to a pool of three HTTP
+// upstreams (each its own process, SIGKILLed and restarted on the same port at random moments; at
+// most two of the pool's three down at once) while clients here send mixed traffic. Every response
+// is checked, and every `/pool` request must succeed; at the end the front must be up, with
+// sockets, listeners, in-flight counts and heap back where they were. Prints a summary table;
+// exits 0 on pass, 1 with the reasons.
 import http from 'node:http';
 import { join, resolve } from 'node:path';
 import { prng } from './bytes.mjs';
 import { Front, Upstream, bounded, killAllChildren, pickPort, sleep } from './processes.mjs';
 import {
   FAILURES,
+  POOL_KINDS,
+  POOL_OUTCOMES,
   heldTunnels,
   httpDownProbe,
   httpExchange,
   nextHttpSpec,
   nextWsSpec,
+  poolProbeSpec,
   wsDownProbe,
   wsSession,
 } from './traffic.mjs';
@@ -48,12 +53,19 @@ const HTTP_CLIENTS = 24;
 const WS_CLIENTS = 8;
 /** Tunnels held open for the graceful close at the end, which must end each with code 1001. */
 const HELD_AT_CLOSE = 8;
-/** Two down-probes at most besides: at most 34 exchanges in flight. */
+/** Besides: two down-probes and two /pool probes at most, so at most 36 exchanges in flight. */
 const MAX_OPS_PER_CLIENT = 200_000;
 const MAX_KILLS_PER_PHASE = 1_000;
 /** Between kills of one upstream; the first kill of the warm-up comes sooner. */
 const KILL_EVERY = [2_000, 6_000];
 const DOWNTIME = [300, 1_500];
+/** The pool behind `/pool`: its upstreams are killed in turns, never more than two down at once. */
+const POOL_SIZE = 3;
+const POOL_MAX_DOWN = POOL_SIZE - 1;
+/** The front's `failTimeout` on `/pool`. */
+const POOL_FAIL_TIMEOUT = 500;
+/** Between two kills in the pool (of any of its upstreams): each is killed every 1.5–4.5 s or so. */
+const POOL_KILL_EVERY = [500, 1_500];
 /**
  * Bound on waiting for the front to return to its baseline (polled over IPC every 100 ms). Well
  * under the front's read timeout (60 s, the default): a tunnel or request left open after its
@@ -74,12 +86,17 @@ const tally = new Map();
 const failures = [];
 const MAX_FAILURE_LINES = 30;
 
+/** The first `/pool` exchanges cut after their head (allowed, reported): what they were. */
+const poolCuts = [];
+
 function record(kind, outcome, detail) {
   const row = tally.get(kind) ?? new Map();
   tally.set(kind, row);
   row.set(outcome, (row.get(outcome) ?? 0) + 1);
-  if (FAILURES.has(outcome) && failures.length < MAX_FAILURE_LINES)
+  const poolFailure = POOL_KINDS.includes(kind) && !POOL_OUTCOMES.has(outcome);
+  if ((FAILURES.has(outcome) || poolFailure) && failures.length < MAX_FAILURE_LINES)
     failures.push(`${kind}: ${outcome}: ${detail ?? ''}`);
+  if (POOL_KINDS.includes(kind) && outcome === 'cut' && poolCuts.length < 10) poolCuts.push(detail);
 }
 
 const count = (kind, outcome) => tally.get(kind)?.get(outcome) ?? 0;
@@ -95,23 +112,55 @@ const HTTP_KINDS = [
   'abort-upload',
   'abort-download',
   'abort-waiting',
+  ...POOL_KINDS,
 ];
 const WS_KINDS = ['ws-tunnel', 'ws-vanish'];
 
 /** What each probe while an upstream was down got: `s502` every time, or the run fails. */
 const downProbes = { http: new Map(), ws: new Map() };
+/** What each `/pool` probe while pool upstreams were down got, by how many were down: `ok` every time. */
+const poolProbes = new Map();
+
+/**
+ * How many of the pool's upstreams are down (killed, or restarting: not yet listening again), and
+ * for how long each count held. A killer takes its place here before it kills.
+ */
+const poolDown = { now: 0, most: 0, start: 0, since: 0, ms: Array(POOL_SIZE + 1).fill(0) };
+function poolDownBy(delta) {
+  const at = Date.now();
+  if (poolDown.since) poolDown.ms[poolDown.now] += at - poolDown.since;
+  poolDown.since = at;
+  poolDown.now += delta;
+  poolDown.most = Math.max(poolDown.most, poolDown.now);
+}
+/** The first of the pool killers' doings, with the wall clock, to line up with the front's events. */
+const poolKillEvents = [];
+function poolKillEvent(upstream, what) {
+  if (poolKillEvents.length < 400)
+    poolKillEvents.push({ at: Date.now(), what: `${upstream.name} (:${upstream.port}) ${what}` });
+}
+/** Which pool upstreams are up right now (for failure lines). */
+const poolState = () =>
+  poolUpstreams.map((u) => `${u.name} ${u.up ? 'up' : 'down'}`).join(', ') || 'no pool';
 
 // ---------------------------------------------------------------------------------------------
 // The run.
 
 let front;
 let upstreams;
+let poolUpstreams = [];
 
 async function httpClient(agent, until) {
   for (let i = 0; i < MAX_OPS_PER_CLIENT && Date.now() < until && front.alive; i++) {
     const spec = nextHttpSpec(random);
+    const before = spec.pool ? poolState() : undefined;
     const result = await httpExchange(front.port, agent, spec);
-    record(spec.kind, result.outcome, result.detail);
+    // A /pool exchange that did not end `ok`: which of the pool's upstreams were up, then and after.
+    const detail =
+      spec.pool && result.outcome !== 'ok'
+        ? `${result.detail ?? ''} [pool at start: ${before}; at the end: ${poolState()}]`
+        : result.detail;
+    record(spec.kind, result.outcome, detail);
   }
 }
 
@@ -144,13 +193,75 @@ async function killer(upstream, until, firstWithin) {
   }
 }
 
+/** Pool upstreams in an outage (killed, and not yet listening again and counted back). */
+const poolOutages = new Set();
+
+/** Whether `upstream` may be killed now: it is up, fewer than two are down, and one of the others is listening. */
+function mayKillFromPool(upstream) {
+  return (
+    upstream.up &&
+    !poolOutages.has(upstream) &&
+    poolDown.now < POOL_MAX_DOWN &&
+    poolUpstreams.some((other) => other !== upstream && other.up && !poolOutages.has(other))
+  );
+}
+
+/** One outage of a pool upstream: SIGKILL, a probe of `/pool` while it is down, a restart. */
+async function poolOutage(upstream) {
+  poolOutages.add(upstream);
+  poolDownBy(+1);
+  try {
+    await upstream.kill();
+    poolKillEvent(upstream, `killed (${poolDown.now} down)`);
+    // Down now, with at least one of the others up: the front must still answer, and right.
+    const spec = poolProbeSpec(random);
+    const down = poolDown.now;
+    const { outcome, detail } = await httpExchange(front.port, false, spec);
+    const key = `${down} down: ${outcome}`;
+    poolProbes.set(key, (poolProbes.get(key) ?? 0) + 1);
+    if (!POOL_OUTCOMES.has(outcome) && failures.length < MAX_FAILURE_LINES)
+      failures.push(
+        `pool upstream ${upstream.name} down (${down} of ${POOL_SIZE}): /pool answered ${outcome} (${detail ?? ''}) [pool: ${poolState()}]`,
+      );
+    await sleep(between(...DOWNTIME));
+    await upstream.restart();
+    poolKillEvent(upstream, 'listening again');
+  } finally {
+    poolDownBy(-1);
+    poolOutages.delete(upstream);
+  }
+}
+
+/**
+ * Kills the pool's upstreams until the phase ends, one every {@link POOL_KILL_EVERY} if it may
+ * (see {@link mayKillFromPool}): one of those killed the fewest times so far, so that each has its
+ * turn (when none of them may be killed now, none is). Outages overlap (two down at once); all are
+ * over when this resolves.
+ */
+async function poolKiller(until, firstWithin) {
+  const outages = [];
+  for (let i = 0; i < MAX_KILLS_PER_PHASE && front.alive; i++) {
+    const wait = i === 0 && firstWithin ? between(300, firstWithin) : between(...POOL_KILL_EVERY);
+    // No kill whose outage would outlast the phase.
+    if (Date.now() + wait + DOWNTIME[1] + 500 >= until) break;
+    await sleep(wait);
+    const waiting = poolUpstreams.filter((u) => !poolOutages.has(u));
+    const fewest = Math.min(...waiting.map((u) => u.kills));
+    const turn = waiting.filter((u) => u.kills === fewest && mayKillFromPool(u));
+    if (turn.length === 0 || !front.alive) continue;
+    outages.push(poolOutage(turn[Math.floor(random() * turn.length)]));
+  }
+  await Promise.all(outages);
+}
+
 async function phase(name, until, firstKillWithin) {
   const started = Date.now();
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
   let killerError;
-  const killers = upstreams.map((upstream) =>
-    killer(upstream, until, firstKillWithin).catch((error) => (killerError ??= error)),
-  );
+  const killers = [
+    ...upstreams.map((upstream) => killer(upstream, until, firstKillWithin)),
+    ...(poolUpstreams.length > 0 ? [poolKiller(until, firstKillWithin)] : []),
+  ].map((killing) => killing.catch((error) => (killerError ??= error)));
   const clients = [
     ...Array.from({ length: HTTP_CLIENTS }, () => httpClient(agent, until)),
     ...Array.from({ length: WS_CLIENTS }, () => wsClient(until)),
@@ -236,6 +347,7 @@ const OUTCOMES = [
   's503',
   's504',
   'reset',
+  'cut',
   'broken',
   'aborted',
   'vanished',
@@ -260,6 +372,7 @@ function trafficTable() {
   };
   for (const kind of [...HTTP_KINDS, ...WS_KINDS]) if (tally.has(kind)) row(kind, [kind]);
   row('— http', HTTP_KINDS);
+  row('  of which /pool', POOL_KINDS);
   row('— websocket', WS_KINDS);
   return lines.join('\n');
 }
@@ -270,11 +383,92 @@ const formatObject = (object) =>
     .map(([key, value]) => `${key} ${value}`)
     .join(', ') || 'none';
 
+/** The pooled route: its outages as the driver made them, and what the front saw of them. */
+function poolSummary(probe) {
+  if (poolUpstreams.length === 0) return [];
+  const out = [];
+  const row = (label, value) => out.push(`    ${label.padEnd(36)}${value}`);
+  if (poolDown.since) poolDownBy(0);
+  out.push(
+    `  /pool  round-robin over ${POOL_SIZE}, maxFails 1, failTimeout ${POOL_FAIL_TIMEOUT} ms, retries ${POOL_SIZE - 1} (the default)`,
+  );
+  out.push(`    kills: at most ${POOL_MAX_DOWN} down at once, one of the others up`);
+  row(
+    'time with N of them down',
+    poolDown.ms.map((ms, n) => `${n}: ${(ms / 1000).toFixed(1)} s`).join(', ') +
+      ` (at most ${poolDown.most} at once)`,
+  );
+  row('probes while some were down', formatMap(poolProbes));
+  const cuts = countAll('cut', POOL_KINDS);
+  row(
+    'cut after the head (mid-body)',
+    `${cuts}${poolCuts.length ? `: ${poolCuts.join('; ')}` : ''}`,
+  );
+  const seen = probe?.pool;
+  if (!seen) return out;
+  const tries = Object.entries(seen.tries)
+    .map(([n, count]) => `${count} × ${n}`)
+    .join(', ');
+  row(
+    'access log (front)',
+    `${seen.requests} requests, ${seen.nextUpstream} needed a next upstream (tries: ${tries || 'none'}); statuses ${formatObject(seen.statuses)}`,
+  );
+  row(
+    '"… failed; trying <upstream>" lines',
+    `${seen.nextUpstreamLines} (${formatObject(seen.nextUpstreamWhy)})`,
+  );
+  row('upstreamDown / upstreamUp events', `${seen.upstreamDown} / ${seen.upstreamUp}`);
+  row('proxy error events on /pool', formatObject(seen.errorCodes));
+  for (const odd of seen.odd)
+    out.push(
+      `      ${odd.status} at ${(odd.at / 1000).toFixed(1)} s (front clock): ${odd.method} ${odd.path}, tries ${odd.tries}, last ${odd.upstream ?? '-'}, ${odd.ms} ms; pool then: ${odd.pool}`,
+    );
+  const stats = probe.stats.routes['/pool']?.upstreams ?? {};
+  for (const [url, u] of Object.entries(stats))
+    row(
+      `  ${url}`,
+      `requests ${u.requests}, active ${u.active}, fails ${u.fails}, down ${u.down}, tunnels ${u.tunnels}`,
+    );
+  return out;
+}
+
+/**
+ * When a /pool request failed: the pool's story around the first failure the front saw, the
+ * driver's kills and restarts and the front's `upstreamDown`/`upstreamUp` and non-200 answers,
+ * on one clock (runs of the same line folded).
+ */
+function poolTimeline(probe) {
+  const events = probe?.pool?.events ?? [];
+  const first = events.find((event) => /^[45]\d\d /.test(event.what));
+  if (!first) return [];
+  const from = first.at - 2_500;
+  const to = first.at + 1_500;
+  const merged = [
+    ...poolKillEvents.map((event) => ({ ...event, who: 'driver' })),
+    ...events.map((event) => ({ ...event, who: 'front ' })),
+  ]
+    .filter((event) => event.at >= from && event.at <= to)
+    .sort((a, b) => a.at - b.at);
+  const lines = [];
+  for (let i = 0; i < merged.length; i++) {
+    const event = merged[i];
+    let n = 1;
+    while (merged[i + n]?.what === event.what && merged[i + n].who === event.who) n++;
+    const last = merged[i + n - 1];
+    const span = n > 1 ? `–${((last.at - poolDown.start) / 1000).toFixed(3)}` : '';
+    lines.push(
+      `  ${((event.at - poolDown.start) / 1000).toFixed(3)}${span} s  ${event.who}  ${n > 1 ? `${n} × ` : ''}${event.what}`,
+    );
+    i += n - 1;
+  }
+  return ['', 'the pool around the first failed /pool request (s since the start)', ...lines];
+}
+
 function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   const out = [];
   out.push('');
   out.push(
-    `viaduct soak — ${SECONDS} s (warm-up ${(WARMUP_MS / 1000).toFixed(1)} s), seed ${SEED}, front :${front?.port} → http :${upstreams?.[0].port}, ws :${upstreams?.[1].port}`,
+    `viaduct soak — ${SECONDS} s (warm-up ${(WARMUP_MS / 1000).toFixed(1)} s), seed ${SEED}, front :${front?.port} → http :${upstreams?.[0].port}, ws :${upstreams?.[1].port}, pool ${poolUpstreams.map((u) => `:${u.port}`).join(' ')}`,
   );
   out.push(
     `phases: ${phases.map((p) => `${p.name} ${(p.ms / 1000).toFixed(1)} s`).join(', ') || 'none'}`,
@@ -286,9 +480,15 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   out.push('upstreams');
   for (const upstream of upstreams ?? []) {
     out.push(
-      `  ${upstream.name.padEnd(5)} killed ${upstream.kills}, restarted ${upstream.restarts} (port still bound on ${upstream.bindRetries} attempts), down ${(upstream.downMs / 1000).toFixed(1)} s; while down the front answered: ${formatMap(downProbes[upstream.name])}`,
+      `  ${upstream.name.padEnd(6)} killed ${upstream.kills}, restarted ${upstream.restarts} (port still bound on ${upstream.bindRetries} attempts), down ${(upstream.downMs / 1000).toFixed(1)} s; while down the front answered: ${formatMap(downProbes[upstream.name])}`,
     );
   }
+  for (const upstream of poolUpstreams) {
+    out.push(
+      `  ${upstream.name.padEnd(6)} killed ${upstream.kills}, restarted ${upstream.restarts} (port still bound on ${upstream.bindRetries} attempts), down ${(upstream.downMs / 1000).toFixed(1)} s`,
+    );
+  }
+  out.push(...poolSummary(end?.probe ?? warm?.probe ?? pre));
   out.push('');
   out.push('front');
   const row = (label, value) => out.push(`  ${label.padEnd(34)}${value}`);
@@ -372,6 +572,8 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
     out.push('failures (first ones)');
     for (const line of failures) out.push(`  ${line}`);
   }
+  if (checks.some((c) => !c.pass && c.name.includes('/pool')))
+    out.push(...poolTimeline(end?.probe ?? warm?.probe));
   if (front?.stderr.trim()) {
     out.push('');
     out.push('front stderr (tail)');
@@ -392,6 +594,7 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
   const counts = Object.fromEntries(
     [...tally].map(([kind, row]) => [kind, Object.fromEntries(row)]),
   );
+  const seenPool = (end?.probe ?? warm?.probe)?.pool;
   const result = {
     pass,
     seconds: SECONDS,
@@ -404,6 +607,19 @@ function printSummary({ phases, pre, warm, end, closed, checks, error }) {
       restarts: u.restarts,
       downProbes: Object.fromEntries(downProbes[u.name]),
     })),
+    pool: {
+      upstreams: poolUpstreams.map((u) => ({ name: u.name, kills: u.kills, restarts: u.restarts })),
+      mostDown: poolDown.most,
+      probes: Object.fromEntries(poolProbes),
+      cut: countAll('cut', POOL_KINDS),
+      ...(seenPool && {
+        requests: seenPool.requests,
+        nextUpstream: seenPool.nextUpstream,
+        nextUpstreamLines: seenPool.nextUpstreamLines,
+        upstreamDown: seenPool.upstreamDown,
+        upstreamUp: seenPool.upstreamUp,
+      }),
+    },
     heap:
       warm?.heap && end?.heap
         ? {
@@ -434,18 +650,23 @@ const report = { phases: [], checks: [] };
 async function main() {
   const { phases } = report;
   try {
-    const httpPort = await pickPort(random);
-    let wsPort = await pickPort(random);
-    while (wsPort === httpPort) wsPort = await pickPort(random);
+    const ports = [];
+    while (ports.length < 2 + POOL_SIZE) {
+      const port = await pickPort(random);
+      if (!ports.includes(port)) ports.push(port);
+    }
+    const [httpPort, wsPort, ...poolPorts] = ports;
     upstreams = [new Upstream('http', httpPort), new Upstream('ws', wsPort)];
-    await Promise.all(upstreams.map((upstream) => upstream.start()));
-    front = new Front(httpPort, wsPort);
+    poolUpstreams = poolPorts.map((port, i) => new Upstream(`pool-${i + 1}`, port));
+    await Promise.all([...upstreams, ...poolUpstreams].map((upstream) => upstream.start()));
+    front = new Front(httpPort, wsPort, poolPorts, POOL_FAIL_TIMEOUT);
     await front.start();
     report.pre = await front.probe({ heap: true });
     if (!report.pre) throw new Error('the front did not answer the first probe');
 
     // Warm-up: every kind of traffic, and each upstream killed once, before the heap baseline.
     const started = Date.now();
+    poolDown.start = poolDown.since = started;
     phases.push(
       await phase('warm-up', started + WARMUP_MS, Math.max(300, WARMUP_MS - DOWNTIME[1] - 600)),
     );
@@ -502,11 +723,37 @@ async function main() {
         probes === 0 ? 'no upstream was ever down' : notDown502.join(', '),
       ),
     );
+    const everyUpstream = [...upstreams, ...poolUpstreams];
     checks.push(
       check(
-        'both upstreams killed and restarted',
-        upstreams.every((u) => u.kills > 0 && u.restarts === u.kills),
-        upstreams.map((u) => `${u.name} ${u.kills}/${u.restarts}`).join(', '),
+        `every upstream (${everyUpstream.map((u) => u.name).join(', ')}) killed and restarted`,
+        everyUpstream.every((u) => u.kills > 0 && u.restarts === u.kills),
+        everyUpstream.map((u) => `${u.name} ${u.kills}/${u.restarts}`).join(', '),
+      ),
+    );
+    // The pool always had one upstream up: every idempotent /pool request must have succeeded,
+    // save one cut mid-body by its upstream's death (nothing may be retried once a byte went out).
+    const poolTotal = POOL_KINDS.reduce(
+      (sum, kind) => sum + [...(tally.get(kind)?.values() ?? [])].reduce((a, b) => a + b, 0),
+      0,
+    );
+    const poolFailed = POOL_KINDS.flatMap((kind) =>
+      [...(tally.get(kind) ?? [])]
+        .filter(([outcome]) => !POOL_OUTCOMES.has(outcome))
+        .map(([outcome, n]) => `${kind}: ${n} × ${outcome}`),
+    ).concat(
+      [...poolProbes]
+        .filter(([key]) => !POOL_OUTCOMES.has(key.split(': ')[1]))
+        .map(([key, n]) => `probe with ${key}: ${n}`),
+    );
+    const poolOk = countAll('ok', POOL_KINDS);
+    checks.push(
+      check(
+        `every idempotent /pool request ok while one of its upstreams was up (at most ${POOL_MAX_DOWN} of ${POOL_SIZE} down; ${countAll('cut', POOL_KINDS)} cut mid-body, allowed)`,
+        poolOk > 0 && poolFailed.length === 0 && poolDown.most <= POOL_MAX_DOWN,
+        poolOk === 0
+          ? `no /pool request completed (${poolTotal} made)`
+          : poolFailed.join(', ') || `${poolDown.most} down at once`,
       ),
     );
     checks.push(

@@ -3,6 +3,9 @@
 //   ok        complete and verified (hashes, sizes, every echo)
 //   s502 s503 s504   the proxy's error answer (an upgrade refused with that status, on /ws)
 //   reset     the connection was reset / closed under the client before a complete response
+//             (on /pool: before the response head)
+//   cut       on /pool only: the connection was reset / closed after the response head arrived
+//             (an upstream SIGKILLed mid-body: once a byte reached the client, nothing is retried)
 //   broken    a tunnel ended abnormally after it opened (code 1006, reset)
 //   aborted   the client gave up on purpose (destroy while uploading, while waiting for the
 //             response head, or while downloading)
@@ -17,6 +20,10 @@ import WebSocket from 'ws';
 import { MAX_BODY, bodySlice, sha256 } from './bytes.mjs';
 
 export const FAILURES = new Set(['wrong', 'hung']);
+/** The pooled route's kinds: idempotent requests only, each of which must end `ok` (or `cut`). */
+export const POOL_KINDS = ['pool-get-small', 'pool-get-medium', 'pool-put'];
+/** What a `/pool` exchange may end in: anything else fails the pool check. */
+export const POOL_OUTCOMES = new Set(['ok', 'cut']);
 const ERROR_STATUSES = new Set([502, 503, 504]);
 /** No single exchange takes this long on loopback, even on a loaded machine (slow readers pause ≤ 2 × 1 s). */
 const BOUND = 30_000;
@@ -44,6 +51,8 @@ function operation(body) {
 const between = (random, low, high) => low + Math.floor(random() * (high - low + 1));
 const smallSize = (random) => between(random, 0, 8 * KiB);
 const largeSize = (random) => between(random, 256 * KiB, MAX_BODY);
+/** The pool's medium bodies: written in one go, and small enough for the socket buffers to take. */
+const mediumSize = (random) => between(random, 16 * KiB, 192 * KiB);
 const seedOf = (random) => Math.floor(random() * 2 ** 31);
 
 /** Weighted HTTP kinds: what a worker sends next. */
@@ -57,6 +66,9 @@ const HTTP_KINDS = [
   ['abort-upload', 7],
   ['abort-download', 7],
   ['abort-waiting', 4],
+  ['pool-get-small', 12],
+  ['pool-get-medium', 9],
+  ['pool-put', 4],
 ];
 const HTTP_WEIGHT = HTTP_KINDS.reduce((sum, [, weight]) => sum + weight, 0);
 
@@ -84,7 +96,39 @@ export function nextHttpSpec(random) {
     upload: bodySlice(seedOf(random), size),
     chunkedUpload: chunked,
   });
+  // The pooled route: idempotent, every body written in one go (`once=1`), nothing slow.
+  const poolGet = (size) => ({
+    kind,
+    pool: true,
+    method: 'GET',
+    path: `/pool/bytes?size=${size}&chunked=${chunkedResponse ? 1 : 0}&seed=${seed}&once=1`,
+    size,
+    seed,
+  });
   switch (kind) {
+    case 'pool-get-small':
+      return poolGet(smallSize(random));
+    case 'pool-get-medium':
+      return poolGet(mediumSize(random));
+    case 'pool-put': {
+      // A small JSON body, read by `express.json()` on the front and re-sent by the proxy from
+      // `req.body` (compact `JSON.stringify` of strings and integers: the same bytes).
+      const json = JSON.stringify({
+        seed,
+        data: bodySlice(seedOf(random), between(random, 0, 6 * KiB)).toString('base64'),
+      });
+      const size = smallSize(random);
+      return {
+        kind,
+        pool: true,
+        method: 'PUT',
+        path: `/pool/upload?respond=${size}&chunked=${chunkedResponse ? 1 : 0}&seed=${seed}&once=1`,
+        size,
+        seed,
+        upload: Buffer.from(json),
+        contentType: 'application/json',
+      };
+    }
     case 'get-small':
       return download(smallSize(random), chunkedResponse);
     case 'get-large-cl':
@@ -134,6 +178,7 @@ export function httpExchange(port, agent, spec) {
   return operation((finish) => {
     let aborting = false;
     let complete = false;
+    let headArrived = false;
     const abort = () => {
       // A response that completed before the client's timer fired (a loaded machine) stands.
       if (complete) return;
@@ -143,7 +188,7 @@ export function httpExchange(port, agent, spec) {
     };
     const headers = {};
     if (spec.upload) {
-      headers['content-type'] = 'application/octet-stream';
+      headers['content-type'] = spec.contentType ?? 'application/octet-stream';
       // The upstream checks this on its own: an upload that reaches it truncated but "complete" is reported.
       headers['x-expect-sha256'] = uploadHash;
       if (!spec.chunkedUpload) headers['content-length'] = spec.upload.length;
@@ -157,7 +202,10 @@ export function httpExchange(port, agent, spec) {
       headers,
     });
     req.on('error', (error) =>
-      finish(aborting ? 'aborted' : 'reset', `request: ${error.code ?? error.message}`),
+      finish(
+        aborting ? 'aborted' : headArrived && spec.pool ? 'cut' : 'reset',
+        `${spec.method} ${spec.path}: request: ${error.code ?? error.message}${req.reusedSocket ? ' (on a reused connection)' : ''}`,
+      ),
     );
     req.on('response', (res) => onResponse(res));
 
@@ -187,11 +235,16 @@ export function httpExchange(port, agent, spec) {
     }
 
     function onResponse(res) {
+      headArrived = true;
       const status = res.statusCode;
       res.on('error', () => {});
       if (ERROR_STATUSES.has(status)) {
-        res.resume();
-        res.once('close', () => finish(`s${status}`));
+        // What the proxy said (kept for the pool's failure lines; a /pool request must not get one).
+        let text = '';
+        res.on('data', (chunk) => (text = (text + chunk).slice(0, 200)));
+        res.once('close', () =>
+          finish(`s${status}`, `${spec.method} ${spec.path}: ${text.trim()}`),
+        );
         return;
       }
       if (status !== 200) {
@@ -236,12 +289,31 @@ export function httpExchange(port, agent, spec) {
         finish(problems.length === 0 ? 'ok' : 'wrong', `${spec.kind}: ${problems.join('; ')}`);
       });
       res.once('close', () => {
-        if (!ended)
-          finish(aborting ? 'aborted' : 'reset', `response closed after ${bytes}/${spec.size} B`);
+        if (ended) return;
+        // On /pool a reset after the head is told apart: it cannot go to the next upstream.
+        const outcome = aborting ? 'aborted' : spec.pool ? 'cut' : 'reset';
+        finish(outcome, `${spec.path}: response closed after ${bytes}/${spec.size} B`);
       });
     }
     return () => req.destroy();
   });
+}
+
+/**
+ * While upstreams of the pool are down (at most two of its three): a GET on `/pool` over a fresh
+ * connection (`agent: false`), which must end `ok` like any other `/pool` exchange.
+ */
+export function poolProbeSpec(random) {
+  const seed = seedOf(random);
+  const size = smallSize(random);
+  return {
+    kind: 'pool-probe',
+    pool: true,
+    method: 'GET',
+    path: `/pool/bytes?size=${size}&chunked=0&seed=${seed}&once=1`,
+    size,
+    seed,
+  };
 }
 
 /** The next WebSocket session: messages to echo, and maybe when to vanish. */

@@ -3,9 +3,10 @@
 // IPC once listening; exits with code 98 when the port is taken, so the driver can retry.
 //
 //   GET  /bytes?size=N&chunked=0|1&seed=S    N bytes, with or without Content-Length
-//        (&trickle=MS on both: a pause between 64 KiB pieces)
+//        (&trickle=MS on both: a pause between 64 KiB pieces; &once=1 on both: the whole body in
+//        one write, as the pooled route asks, so that a kill seldom lands mid-body)
 //   POST /upload?respond=N&seed=S            reads the body, answers N bytes; an upload that ends
-//                                            but differs from its `x-expect-sha256` is reported
+//   PUT  /upload?respond=N&seed=S            but differs from its `x-expect-sha256` is reported
 //                                            to the driver as `{ type: 'bad-upload' }`
 //   WebSocket (any path)                     echo
 //   ?wait=MS on HTTP, ?delay=MS on an upgrade: the answer comes that much later
@@ -47,12 +48,14 @@ function sendBody(res, body, trickle) {
   next();
 }
 
-function respond(res, headers, body, chunked, trickle) {
+function respond(res, headers, body, chunked, trickle, once) {
   headers['content-type'] = 'application/octet-stream';
   headers['x-body-sha256'] = sha256(body);
   if (!chunked) headers['content-length'] = body.length;
   res.writeHead(200, headers);
-  sendBody(res, body, trickle);
+  // In one go: the head, the body (one chunk and the last one, when chunked) in a single write.
+  if (once) res.end(body);
+  else sendBody(res, body, trickle);
 }
 
 const server = http.createServer((req, res) => {
@@ -68,10 +71,11 @@ function handle(req, res) {
   const seed = Number(url.searchParams.get('seed') ?? 0);
   const chunked = url.searchParams.get('chunked') === '1';
   const trickle = Number(url.searchParams.get('trickle') ?? 0);
+  const once = url.searchParams.get('once') === '1';
   if (req.method === 'GET' && url.pathname === '/bytes') {
-    respond(res, {}, bodySlice(seed, size), chunked, trickle);
+    respond(res, {}, bodySlice(seed, size), chunked, trickle, once);
     req.resume();
-  } else if (req.method === 'POST' && url.pathname === '/upload') {
+  } else if ((req.method === 'POST' || req.method === 'PUT') && url.pathname === '/upload') {
     const hash = createHash('sha256');
     let bytes = 0;
     req.on('data', (chunk) => {
@@ -95,6 +99,7 @@ function handle(req, res) {
         bodySlice(seed, size),
         chunked,
         trickle,
+        once,
       );
     });
     // An upload the proxy abandoned: nothing to answer.
