@@ -16,11 +16,12 @@ function cpuTicks(pid) {
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 }
 
-function readyPort(child) {
+/** The ports of a `READY <port> …` line (the upstream listens on three, a front on one). */
+function readyPorts(child) {
   return new Promise((resolve) =>
     child.stdout.on('data', (data) => {
-      const match = /READY (\d+)/.exec(String(data));
-      if (match) resolve(match[1]);
+      const match = /READY ([\d ]+)/.exec(String(data));
+      if (match) resolve(match[1].trim().split(' '));
     }),
   );
 }
@@ -37,14 +38,14 @@ const upstream = spawn(process.execPath, ['upstream.mjs'], {
   cwd: here,
   stdio: ['ignore', 'pipe', 'inherit'],
 });
-const upstreamPort = await readyPort(upstream);
+const upstreamPorts = await readyPorts(upstream);
 for (let round = 1; round <= 2; round++) {
   for (const kind of fronts) {
-    const front = spawn(process.execPath, ['front.mjs', kind, upstreamPort], {
+    const front = spawn(process.execPath, ['front.mjs', kind, ...upstreamPorts], {
       cwd: here,
       stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
     });
-    const port = await readyPort(front);
+    const [port] = await readyPorts(front);
     await wrk(port);
     const [front0, upstream0] = [cpuTicks(front.pid), cpuTicks(upstream.pid)];
     const requests = await wrk(port);
