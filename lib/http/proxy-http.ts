@@ -200,7 +200,7 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
       this.upstream!.secure,
       this.watched ? this : undefined,
     );
-    this.ctx.sweep.start();
+    this.ctx.sweep.watchShort();
     this.ctx.emit('proxyReq', proxyReq, this.req, this.res);
   }
 

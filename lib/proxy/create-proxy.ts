@@ -19,7 +19,7 @@ import {
 } from '../routing/settings';
 import { Observers, type ProxyObserver } from '../runtime/observers';
 import { StatsBook } from '../runtime/stats-book';
-import { Sweep } from '../runtime/sweep';
+import { Sweep, type SweepWatch } from '../runtime/sweep';
 import { proxyUpgrade } from '../upgrade/proxy-upgrade';
 import type {
   ClientSide,
@@ -72,16 +72,16 @@ function toOptions(config: Targets | ProxyOptions): ProxyOptions {
 }
 
 /** The state behind one `Proxy`: routes, counters, in-flight work and shutdown. */
-class ProxyCore implements ProxyContext, RouteFactory {
+class ProxyCore implements ProxyContext, RouteFactory, SweepWatch {
   readonly logger: Logger;
   readonly observers: Observers;
   readonly stats = new StatsBook();
-  readonly agents = new UpstreamAgents();
   readonly defaults: ResolvedSettings;
   readonly requests = new InFlightList();
   readonly handshakes = new InFlightList();
   readonly tunnels = new InFlightList();
-  readonly sweep = new Sweep((now, share) => this.checkDeadlines(now, share));
+  readonly sweep = new Sweep(this);
+  readonly agents = new UpstreamAgents((retireAt) => this.sweep.watchPooled(retireAt));
   closing = false;
   private readonly resolver: RouteResolver;
   private closed: Promise<void> | undefined;
@@ -174,18 +174,23 @@ class ProxyCore implements ProxyContext, RouteFactory {
     this.emit('error', error, req, client);
   }
 
-  /**
-   * The sweep's visit: read timeouts of requests, deadlines of handshakes, idle limits of pooled
-   * sockets, and `share` of the tunnels (the next ones in turn) for their idle timeout and longest life.
-   */
-  private checkDeadlines(now: number, share: number): boolean {
+  /** The sweep's visit of read timeouts of requests and deadlines of handshakes. */
+  checkShort(now: number): boolean {
     this.requests.forEach((request) => request.checkDeadline?.(now));
     this.handshakes.forEach((handshake) => handshake.checkDeadline?.(now));
+    return this.requests.size > 0 || this.handshakes.size > 0;
+  }
+
+  /** The sweep's visit of `share` of the tunnels (the next ones in turn), for their idle timeout and longest life. */
+  checkTunnels(now: number, share: number): number {
     this.tunnels.visitSome(Math.ceil(this.tunnels.size * share), (tunnel) =>
       tunnel.checkDeadline?.(now),
     );
-    const pooled = this.agents.retireIdle(now);
-    return pooled || this.requests.size > 0 || this.handshakes.size > 0 || this.tunnels.size > 0;
+    return this.tunnels.size;
+  }
+
+  retirePooled(now: number): number {
+    return this.agents.retireIdle(now);
   }
 
   released(): void {

@@ -1,65 +1,120 @@
 const LONGEST_PERIOD = 250;
 const SHORTEST_PERIOD = 5;
+// Tunnels visited in one tick at most, while there are more of them than that per cadence: a
+// visit is cheap, but tens of thousands of them at once would stall the process.
+const LARGEST_SLICE = 1024;
+
+/** What the sweep watches, visited on each of its ticks. */
+export interface SweepWatch {
+  /** Checks the short deadlines (requests, handshakes); false when none is left in flight. */
+  checkShort(now: number): boolean;
+  /** Checks `share` of the tunnels, the next ones in turn; returns how many tunnels there are. */
+  checkTunnels(now: number, share: number): number;
+  /** Retires the pooled sockets past their idle limit; returns when the next one is due (∞: none). */
+  retirePooled(now: number): number;
+}
 
 /**
  * One coarse clock per proxy for deadlines that every request would otherwise arm a socket timer
  * for (Node re-creates a socket's timer on each `setTimeout`, twice per pooled request, and re-arms
  * it on every read and write): the HTTP read timeout, an upgrade handshake's connect and read
  * timeouts, the idle limit of pooled upstream sockets, and the tunnels' idle timeout and longest
- * life. It ticks every eighth of the shortest of the first kind (at most every 250 ms), and meets
- * those deadlines at most two ticks late, never early.
+ * life.
  *
- * Tunnels live long and their deadlines are long: each is visited only every eighth of the
- * shortest tunnel deadline (7.5 s with a 60 s idle timeout), a slice of them per tick, so that
- * thousands of idle tunnels cost next to nothing and no tick stalls the process. Their deadlines
- * are met at most a quarter of the deadline late, never early.
- *
- * The clock runs only while `visit` says something is left to watch.
+ * While requests or handshakes are in flight it ticks every eighth of the shortest of their
+ * deadlines (at most every 250 ms), and meets them at most two ticks late, never early. Tunnels
+ * live long and their deadlines are long: each is visited every eighth of the shortest tunnel
+ * deadline (7.5 s with a 60 s idle timeout), and their deadlines are met at most a quarter of the
+ * deadline late, never early. A pooled socket is retired when it is due. With nothing but tunnels
+ * and pooled sockets to watch, the sweep wakes only for those: an idle process wakes about once a
+ * second with 8,000 tunnels, and once per tunnel cadence with up to 1,024, because each wake-up of
+ * the process costs more than the visits it makes.
  */
 export class Sweep {
   private timer: NodeJS.Timeout | undefined;
+  /** When the armed timer fires (∞: none). */
+  private dueAt = Number.POSITIVE_INFINITY;
+  /** The timer is armed at the short period, for requests and handshakes in flight. */
+  private short = false;
   private period = LONGEST_PERIOD;
-  /** How often each tunnel is visited, in ms; at least one period. */
+  /** How often each tunnel is visited, in ms. */
   private tunnelCadence = Number.POSITIVE_INFINITY;
+  /** The last tick: the tunnels' share of a tick is the time since, over their cadence. */
+  private lastTickAt = 0;
   private readonly tick = (): void => {
-    if (!this.visit(Date.now(), Math.min(1, this.period / this.tunnelCadence))) this.stop();
+    this.timer = undefined;
+    this.dueAt = Number.POSITIVE_INFINITY;
+    const now = Date.now();
+    const share = Math.min(1, (now - this.lastTickAt) / this.tunnelCadence);
+    this.lastTickAt = now;
+    this.short = this.watch.checkShort(now);
+    let delay = this.short ? this.period : Number.POSITIVE_INFINITY;
+    const tunnels = this.watch.checkTunnels(now, share);
+    if (tunnels > 0) delay = Math.min(delay, this.sliceWait(tunnels));
+    const nextRetire = this.watch.retirePooled(now);
+    delay = Math.min(delay, Math.max(SHORTEST_PERIOD, nextRetire - now));
+    if (delay !== Number.POSITIVE_INFINITY) this.arm(delay, now);
   };
-
-  /**
-   * `visit(now, share)` checks every deadline of the first kind and `share` of the tunnels (the
-   * next ones in turn); it returns false when nothing is left to watch.
-   */
-  constructor(private readonly visit: (now: number, share: number) => boolean) {}
+  constructor(private readonly watch: SweepWatch) {}
 
   /** Deadlines of `ms` are met within an eighth of `ms` per period (at most {@link LONGEST_PERIOD}). */
   cover(ms: number): void {
     const period = Math.max(SHORTEST_PERIOD, Math.min(LONGEST_PERIOD, Math.floor(ms / 8)));
-    if (period < this.period) {
-      this.period = period;
-      if (this.timer !== undefined) {
-        this.stop();
-        this.start();
-      }
-    }
+    if (period >= this.period) return;
+    this.period = period;
+    if (this.short) this.soonest(period);
   }
 
-  /** Tunnel deadlines of `ms`: each tunnel is visited every eighth of `ms` (and at least every period). */
+  /** Tunnel deadlines of `ms`: each tunnel is visited every eighth of `ms`. */
   coverTunnels(ms: number): void {
-    this.cover(ms);
-    this.tunnelCadence = Math.min(
-      this.tunnelCadence,
-      Math.max(SHORTEST_PERIOD, Math.floor(ms / 8)),
-    );
+    const cadence = Math.max(SHORTEST_PERIOD, Math.floor(ms / 8));
+    if (cadence >= this.tunnelCadence) return;
+    this.tunnelCadence = cadence;
+    if (this.timer !== undefined) this.soonest(cadence);
   }
 
-  start(): void {
-    if (this.timer !== undefined) return;
-    this.timer = setInterval(this.tick, this.period);
-    this.timer.unref();
+  /** A request or a handshake is in flight: the short period. Called per request, so one test when already short. */
+  watchShort(): void {
+    if (this.short) return;
+    this.short = true;
+    this.soonest(this.period);
+  }
+
+  /** A tunnel opened: it is visited within one cadence. */
+  watchTunnel(): void {
+    this.soonest(this.tunnelCadence);
+  }
+
+  /** A socket went back to a pool, to be retired at `retireAt`. */
+  watchPooled(retireAt: number): void {
+    if (retireAt < this.dueAt) this.soonest(retireAt - Date.now());
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
     this.timer = undefined;
+    this.dueAt = Number.POSITIVE_INFINITY;
+    this.short = false;
+  }
+
+  /** How long to wait between slices of `tunnels`: a slice is at most {@link LARGEST_SLICE} tunnels. */
+  private sliceWait(tunnels: number): number {
+    const cadence = this.tunnelCadence;
+    return Math.max(SHORTEST_PERIOD, Math.min(cadence, (cadence * LARGEST_SLICE) / tunnels));
+  }
+
+  /** Fires the timer within `delay` ms, sooner if it is armed sooner already. */
+  private soonest(delay: number): void {
+    const now = Date.now();
+    if (now + delay >= this.dueAt) return;
+    if (this.timer === undefined) this.lastTickAt = now;
+    this.arm(Math.max(SHORTEST_PERIOD, delay), now);
+  }
+
+  private arm(delay: number, now: number): void {
+    clearTimeout(this.timer);
+    this.dueAt = now + delay;
+    this.timer = setTimeout(this.tick, delay);
+    this.timer.unref();
   }
 }

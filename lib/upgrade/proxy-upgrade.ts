@@ -130,7 +130,7 @@ class Handshake extends InFlight implements TunnelHooks {
     route.tunnelSlots++;
     this.holdsSlot = true;
     ctx.handshakes.add(this);
-    ctx.sweep.start();
+    ctx.sweep.watchShort();
     socket.once('close', this.onClientGone);
     socket.once('end', this.onClientGone);
     this.outgoing = outgoing;

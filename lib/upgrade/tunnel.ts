@@ -121,7 +121,7 @@ export class Tunnel extends InFlight {
     this.upstreamReadAtOpen = upstream.bytesRead - upstreamHead.length;
     this.upstreamWrittenAtOpen = upstream.bytesWritten;
     ctx.tunnels.add(this);
-    ctx.sweep.start();
+    ctx.sweep.watchTunnel();
     ctx.stats.tunnelOpened(route.stats);
     this.upstreamServer.stats.tunnels++;
     upstream.setNoDelay(true);

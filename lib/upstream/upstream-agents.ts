@@ -31,31 +31,36 @@ function idleLimit(socket: Socket): number {
 
 /**
  * Replaces the agent's `timeout` option, which arms a socket timer each time a socket goes back to
- * the pool: the socket's retirement time is noted instead, and {@link UpstreamAgents.retireIdle} acts on it.
+ * the pool: the socket's retirement time is noted instead and given to `onPooled`, and
+ * {@link UpstreamAgents.retireIdle} acts on it.
  */
-function keepSocketAlive(this: HttpAgent & { keepAliveMsecs: number }, socket: Socket): boolean {
-  const limit = idleLimit(socket);
-  if (limit <= 0) return false;
-  socket.setKeepAlive(true, this.keepAliveMsecs);
-  socket.unref();
-  (socket as PooledSocket)[retireAt] = Date.now() + limit;
-  return true;
-}
-
-function pooled<A extends HttpAgent>(agent: A): A {
+function pooled<A extends HttpAgent>(agent: A, onPooled: (retireAt: number) => void): A {
+  const keepAliveMsecs = (agent as A & { keepAliveMsecs: number }).keepAliveMsecs;
+  const keepSocketAlive = (socket: Socket): boolean => {
+    const limit = idleLimit(socket);
+    if (limit <= 0) return false;
+    socket.setKeepAlive(true, keepAliveMsecs);
+    socket.unref();
+    const at = Date.now() + limit;
+    (socket as PooledSocket)[retireAt] = at;
+    onPooled(at);
+    return true;
+  };
   Object.assign(agent, { keepSocketAlive });
   return agent;
 }
 
-function retireFrom(agent: HttpAgent, now: number): boolean {
-  let pooledLeft = false;
+/** Destroys `agent`'s pooled sockets due by `now`; returns when the next one left is due (∞: none). */
+function retireFrom(agent: HttpAgent, now: number): number {
+  let next = Number.POSITIVE_INFINITY;
   for (const sockets of Object.values(agent.freeSockets)) {
     for (const socket of sockets ?? []) {
-      if (((socket as PooledSocket)[retireAt] ?? 0) <= now) socket.destroy();
-      else pooledLeft = true;
+      const at = (socket as PooledSocket)[retireAt] ?? 0;
+      if (at <= now) socket.destroy();
+      else next = Math.min(next, at);
     }
   }
-  return pooledLeft;
+  return next;
 }
 
 /** What `http.request` takes as its `agent`: whatever gives the request its socket. */
@@ -81,18 +86,23 @@ const handshakeConnections: ConnectionSource = {
 
 /** Agents shared by every route of one proxy, destroyed by `close()`. */
 export class UpstreamAgents {
-  readonly http = pooled(new HttpAgent({ keepAlive: true }));
-  readonly https = pooled(new HttpsAgent({ keepAlive: true }));
+  readonly http: HttpAgent;
+  readonly https: HttpsAgent;
   // Each handshake on a connection of its own, never a pooled one the upstream may be closing.
   readonly tunnelHttp = handshakeConnections;
   // An agent for TLS, which resumes sessions. Shared, because `agent: false` would make Node build
   // an agent for every tunnel and keep it as long.
   readonly tunnelHttps = new HttpsAgent({ keepAlive: false });
 
-  /** Closes pooled sockets past their idle limit; false when no pooled socket is left to watch. */
-  retireIdle(now: number): boolean {
-    const httpLeft = retireFrom(this.http, now);
-    return retireFrom(this.https, now) || httpLeft;
+  /** `onPooled(retireAt)`: a socket went back to a pool, to be retired at `retireAt`. */
+  constructor(onPooled: (retireAt: number) => void) {
+    this.http = pooled(new HttpAgent({ keepAlive: true }), onPooled);
+    this.https = pooled(new HttpsAgent({ keepAlive: true }), onPooled);
+  }
+
+  /** Closes pooled sockets past their idle limit; returns when the next one is due (∞: none left). */
+  retireIdle(now: number): number {
+    return Math.min(retireFrom(this.http, now), retireFrom(this.https, now));
   }
 
   destroy(): void {

@@ -21,7 +21,7 @@ import {
   startSilentUpstream,
   startUpstream,
 } from '../helpers/servers.mjs';
-import { handshake, rawExchange, request, statusOf } from '../helpers/clients.mjs';
+import { handshake, openSocket, rawExchange, request, statusOf } from '../helpers/clients.mjs';
 import { within } from '../helpers/waiting.mjs';
 
 after(closeAll);
@@ -131,7 +131,7 @@ async function assertRetiredAfter(target, connections, min, max) {
 }
 
 const SWEEP_MODULE = /[\\/]sweep\.js:\d+/;
-const VIADUCT_MODULE = /[\\/]dist[\\/][\w-]+\.js:\d+/;
+const VIADUCT_MODULE = /[\\/]dist[\\/](?:[\w-]+[\\/])*[\w-]+\.js:\d+/;
 
 /** Timers created by the sweep module. */
 const bySweep = (stack) => SWEEP_MODULE.test(stack);
@@ -146,6 +146,7 @@ const byViaductNotSweep = (stack) => VIADUCT_MODULE.test(stack) && !SWEEP_MODULE
 function watchTimers(createdBy) {
   const live = new Map();
   let created = 0;
+  let fired = 0;
   let waiters = [];
   const hook = createHook({
     init(asyncId, type, _triggerAsyncId, resource) {
@@ -159,6 +160,9 @@ function watchTimers(createdBy) {
       created++;
       live.set(asyncId, resource);
     },
+    before(asyncId) {
+      if (live.has(asyncId)) fired++;
+    },
     destroy(asyncId) {
       if (!live.delete(asyncId) || live.size > 0) return;
       for (const resolve of waiters) resolve();
@@ -171,6 +175,8 @@ function watchTimers(createdBy) {
     timers: () => [...live.values()],
     /** How many were created since the watch began. */
     created: () => created,
+    /** How many times their callbacks ran since the watch began: each a wake-up of the process. */
+    fired: () => fired,
     /** Resolves once none is live. */
     allCleared: () =>
       live.size === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve)),
@@ -326,8 +332,8 @@ describe('pooled upstream sockets', () => {
     timeout: 10_000,
   }, async () => {
     const up = await hintlessUpstream();
-    // 4 s, late by at most two 250 ms periods.
-    await assertRetiredAfter(up.url, up.connections, 3900, 4700);
+    // 4 s, when it is due: the sweep wakes for it.
+    await assertRetiredAfter(up.url, up.connections, 3900, 4400);
   });
 });
 
@@ -349,12 +355,65 @@ describe('the sweep', () => {
         errors.map((e) => [e.status, e.code]),
         [[504, 'EREADTIMEOUT']],
       );
-      assert.equal(sweep.created(), 1, 'the handshake started the sweep');
+      // One timer per tick, each armed by the one before: a period of 37 ms over the ~374 ms.
+      assert.ok(
+        sweep.created() >= 1 && sweep.created() <= Math.ceil(ms / 37) + 2,
+        `the handshake started the sweep, which ticked at its period: ${sweep.created()} timers in ${ms.toFixed(0)} ms`,
+      );
       assert.equal(others.created(), 0, "no connect or read timer of the handshake's own");
       await within(sweep.allCleared(), 500, 'the sweep stopped once the handshake was answered');
     } finally {
       sweep.disable();
       others.disable();
+    }
+  });
+
+  test('nothing but an idle tunnel to watch: the sweep wakes once per eighth of read, not at the period of connect', async () => {
+    const up = await startUpstream();
+    // Requests would be watched every 125 ms (connect / 8), the tunnel every second (read / 8).
+    const { proxy, front } = await proxied({
+      target: up.url,
+      timeouts: { connect: 1000, read: 8000 },
+    });
+    const sweep = watchTimers(bySweep);
+    try {
+      const { ws } = await within(openSocket(`${front.wsUrl}/idle`), 2000, 'the tunnel');
+      const firedAtOpen = sweep.fired();
+      const started = performance.now();
+      await delay(1500);
+      const ms = performance.now() - started;
+      const wakes = sweep.fired() - firedAtOpen;
+      // The handshake's last short tick, then one a second: at most 3 (12 at 125 ms).
+      assert.ok(
+        wakes >= 1 && wakes <= 3,
+        `${wakes} sweep wake-ups in ${ms.toFixed(0)} ms with one idle tunnel`,
+      );
+      assert.equal(proxy.stats().tunnels.active, 1, 'the tunnel is still open');
+      ws.terminate();
+    } finally {
+      sweep.disable();
+    }
+  });
+
+  test('nothing but a pooled socket to watch: the sweep wakes when it is due, not every period', {
+    timeout: 10_000,
+  }, async () => {
+    const up = await hintlessUpstream();
+    const { front } = await proxied({ target: up.url, timeouts: { connect: 1000 } });
+    const sweep = watchTimers(bySweep);
+    try {
+      const res = await within(request(`${front.url}/once`), 2000, 'the response');
+      assert.equal(res.status, 200);
+      const firedAtResponse = sweep.fired();
+      await within(up.connections[0].closed, 5000, 'the pooled socket retired');
+      const wakes = sweep.fired() - firedAtResponse;
+      // The request's last short tick, and the one at the socket's retirement: not 32 at 125 ms over 4 s.
+      assert.ok(
+        wakes >= 1 && wakes <= 2,
+        `${wakes} sweep wake-ups while a socket idled 4 s in the pool`,
+      );
+    } finally {
+      sweep.disable();
     }
   });
 
