@@ -1,6 +1,7 @@
 // One benchmark front, in its own process: `node bench/front.mjs <kind> <upstreamPort> [<port> <port>]`
 // (the pooled front uses every port given, the others the first). Prints `READY <port>`; answers
 // `{ type: 'heap' }` over IPC with the heap used after two forced GCs.
+import { subscribe } from 'node:diagnostics_channel';
 import http from 'node:http';
 import net from 'node:net';
 import { setFlagsFromString } from 'node:v8';
@@ -112,6 +113,21 @@ const fronts = {
     const server = http.createServer(proxy);
     attach(server, proxy);
     return server;
+  },
+  'viaduct-observed-node'() {
+    // viaduct-node with a subscriber on each of viaduct's channels that counts its messages: what
+    // an APM agent or a metrics exporter costs at the least.
+    const counts = new Map();
+    for (const name of [
+      'viaduct:request:start',
+      'viaduct:request:end',
+      'viaduct:tunnel:open',
+      'viaduct:tunnel:close',
+    ]) {
+      counts.set(name, 0);
+      subscribe(name, () => counts.set(name, counts.get(name) + 1));
+    }
+    return fronts['viaduct-node']();
   },
   'floor-node': floor,
   'http-proxy-node'() {
