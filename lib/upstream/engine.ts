@@ -41,7 +41,12 @@ import { isIP, type Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
-import { engineListeners, withCallKeys, withoutWebPass } from '../internals/http-proxy-3';
+import {
+  engineListeners,
+  requestOptions,
+  withCallKeys,
+  withoutWebPass,
+} from '../internals/http-proxy-3';
 import { requestOf } from '../internals/node';
 import type { EngineUrl } from './target';
 import type { ConnectionSource } from './upstream-agents';
@@ -197,11 +202,6 @@ function unescapedPathError(path: string): Error | undefined {
   return Object.assign(new TypeError('Request path contains unescaped characters'), {
     code: 'ERR_UNESCAPED_CHARACTERS',
   });
-}
-
-/** The object the engine fills in and passes to `http.request` (its `ssl` option). */
-function requestOptions(servername: string | undefined): { servername?: string } {
-  return servername ? { servername } : {};
 }
 
 function endRequest(this: ClientRequest): void {

@@ -111,3 +111,27 @@ test('autoRewrite points redirects to the upstream back at the host the client u
   assert.equal(res.status, 302);
   assert.equal(res.headers.location, 'http://front.example:8080/next?x=1');
 });
+
+test("the options a proxied request hands to Node's agent carry no key without a value: Node copies each key three times per request (the socketPath and ca tests show set ones still arrive)", async () => {
+  const up = await startUpstream();
+  const seen = [];
+  const addRequest = http.Agent.prototype.addRequest;
+  http.Agent.prototype.addRequest = function (req, options, ...rest) {
+    // The proxy's request, not the test client's own.
+    if (options.headers?.['x-forwarded-for']) seen.push({ ...options });
+    return addRequest.call(this, req, options, ...rest);
+  };
+  try {
+    const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
+    assert.equal((await request(`${front.url}/keys`)).status, 200);
+  } finally {
+    http.Agent.prototype.addRequest = addRequest;
+  }
+  assert.equal(seen.length, 1);
+  const [options] = seen;
+  assert.deepEqual(
+    Object.keys(options).filter((key) => options[key] === undefined),
+    [],
+    `keys without a value among ${Object.keys(options).join(', ')}`,
+  );
+});
