@@ -1,8 +1,10 @@
 const LONGEST_PERIOD = 250;
 const SHORTEST_PERIOD = 5;
-// Tunnels visited in one tick at most, while there are more of them than that per cadence: a
-// visit is cheap, but tens of thousands of them at once would stall the process.
-const LARGEST_SLICE = 1024;
+// Tunnels visited in one tick at most, while there are more of them than that per cadence. An idle
+// tunnel's visit costs the cache misses of reaching it (about 0.75 µs here), less in long runs than
+// in short ones, so an idle proxy visits its tunnels in as few ticks as it can without stalling:
+// 8,192 visits take about 6 ms. Under traffic the short ticks take a share each instead.
+const LARGEST_SLICE = 8192;
 
 /** What the sweep watches, visited on each of its ticks. */
 export interface SweepWatch {
@@ -26,9 +28,8 @@ export interface SweepWatch {
  * live long and their deadlines are long: each is visited every eighth of the shortest tunnel
  * deadline (7.5 s with a 60 s idle timeout), and their deadlines are met at most a quarter of the
  * deadline late, never early. A pooled socket is retired when it is due. With nothing but tunnels
- * and pooled sockets to watch, the sweep wakes only for those: an idle process wakes about once a
- * second with 8,000 tunnels, and once per tunnel cadence with up to 1,024, because each wake-up of
- * the process costs more than the visits it makes.
+ * and pooled sockets to watch, the sweep wakes only for those: an idle process wakes once per
+ * tunnel cadence with up to 8,192 tunnels, more often beyond.
  */
 export class Sweep {
   private timer: NodeJS.Timeout | undefined;
