@@ -30,11 +30,11 @@ const HTTP_SMALL_SECONDS = quick ? 1 : 2;
 const SETTLE_MS = 250;
 // Each front runs every kind of load it is measured on before it is measured, so that no round
 // pays for V8 compiling a front's code for it: an upgrade runs through more code in some fronts
-// than others, and a 1 MiB body through the backpressure paths that small ones never take.
-// With `--quick` the 1 MiB responses are not warmed up (wrk runs whole seconds): that metric's
-// one round pays for it.
+// than others, and a 1 MiB body through the backpressure paths that small ones never take. The
+// large bodies are measured in fresh processes (a metric's `warmUp`), each warmed up on its own load
+// just before its run (wrk runs whole seconds).
 const WARM_UP = quick
-  ? { http: 1, large: 0, upload: 0.5, upgrades: 0.5, echo: 0.5 }
+  ? { http: 1, large: 1, upload: 0.5, upgrades: 0.5, echo: 0.5 }
   : { http: 2, large: 1, upload: 0.5, upgrades: 1, echo: 0.5 };
 const UPLOAD_CONNECTIONS = 8;
 // The held-tunnels phase. Each tunnel is two sockets in the front (client and upstream), one in
@@ -106,6 +106,19 @@ async function readyPorts(child) {
     if (match) return match[1].trim().split(' ').map(Number);
   }
   throw new Error(`process exited before READY: ${output}`);
+}
+
+/** Starts front `name` (`bench/front.mjs`) on the upstream's ports and waits until it listens. */
+async function startFront(name, upstreamPorts) {
+  const child = node(here('front.mjs'), [name, ...upstreamPorts.map(String)], { ipc: true });
+  const [port] = await readyPorts(child);
+  return { name, process: child, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}` };
+}
+
+async function stopFront(front) {
+  const exited = once(front.process, 'exit');
+  front.process.kill();
+  await exited;
 }
 
 async function ask(child, message) {
@@ -188,7 +201,10 @@ async function upload(front, uploadLoad, seconds = NODE_LOAD_SECONDS) {
   return bytes / elapsed / 1024 ** 2;
 }
 
-// `rounds`: in a full run (the p99 row comes from the requests/s runs). Eight fronts, two more
+// `rounds`: in a full run (the p99 row comes from the requests/s runs). `warmUp`: each round
+// measures each front in a fresh process, after this warm-up. The rate of large bodies follows the
+// GC state a process settles in more than its code (BENCHMARKS.md): in the same processes, every
+// round would draw the same state again; fresh ones draw it anew each round. Eight fronts, two more
 // metrics and the held-tunnels phase in about 6 minutes: 5–7 rounds each; an even number where a
 // pair's order matters most (each front of a pair first in half the rounds).
 const METRICS = [
@@ -199,6 +215,7 @@ const METRICS = [
     label: 'HTTP 1 MiB responses: MB/s',
     rounds: 5,
     fronts: UNPOOLED,
+    warmUp: (front) => httpLoad(`${front.url}/large`, 8, WARM_UP.large),
     run: (front) => httpLoad(`${front.url}/large`, 8).then((r) => r.mbps),
   },
   {
@@ -206,6 +223,7 @@ const METRICS = [
     label: 'HTTP 8 MiB uploads: MB/s delivered',
     rounds: 5,
     fronts: UNPOOLED,
+    warmUp: (front, loads) => upload(front, loads.upload, WARM_UP.upload),
     run: (front, loads) => upload(front, loads.upload),
   },
   {
@@ -333,16 +351,7 @@ async function main() {
   const upstreamPorts = await readyPorts(upstream);
   counterUrl = `http://127.0.0.1:${upstreamPorts[0]}/uploaded`;
   const fronts = [];
-  for (const name of FRONTS) {
-    const child = node(here('front.mjs'), [name, ...upstreamPorts.map(String)], { ipc: true });
-    const [port] = await readyPorts(child);
-    fronts.push({
-      name,
-      process: child,
-      url: `http://127.0.0.1:${port}`,
-      wsUrl: `ws://127.0.0.1:${port}`,
-    });
-  }
+  for (const name of FRONTS) fronts.push(await startFront(name, upstreamPorts));
   const load = node(here('ws-load.mjs'), [], { ipc: true, stdout: 'inherit' });
   const uploadLoad = node(here('upload-load.mjs'), [], { ipc: true, stdout: 'inherit' });
   const loads = { ws: load, upload: uploadLoad };
@@ -366,8 +375,6 @@ async function main() {
   for (const front of fronts) {
     await httpLoad(`${front.url}/small`, 32, WARM_UP.http);
     if (!UNPOOLED.includes(front.name)) continue;
-    if (WARM_UP.large) await httpLoad(`${front.url}/large`, 8, WARM_UP.large);
-    await upload(front, uploadLoad, WARM_UP.upload);
     await ask(load, {
       type: 'upgrades',
       url: front.wsUrl,
@@ -394,6 +401,11 @@ async function main() {
           const run = await httpLoad(`${front.url}/small`, 32, HTTP_SMALL_SECONDS);
           results.rps[front.name].push(run.rps);
           results.p99[front.name].push(run.p99);
+        } else if (metric.warmUp) {
+          const fresh = await startFront(front.name, upstreamPorts);
+          await metric.warmUp(fresh, loads);
+          results[metric.key][front.name].push(await metric.run(fresh, loads));
+          await stopFront(fresh);
         } else {
           results[metric.key][front.name].push(await metric.run(front, loads));
         }
