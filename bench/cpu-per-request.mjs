@@ -1,14 +1,19 @@
-// `node bench/cpu-per-request.mjs [front …]`: CPU time (user + system, from /proc) that the front
-// and the upstream spend per small request under wrk (32 connections, 3 s after a 3 s warm-up),
-// two rounds, fronts interleaved. Less sensitive to a noisy machine than requests/s. Linux and wrk only.
+// `node bench/cpu-per-request.mjs [--rounds N] [front[@checkout] …]`: CPU time (user + system, from
+// /proc) that the front and the upstream spend per small request under wrk (32 connections, 3 s
+// after a 3 s warm-up), a fresh front process per round, fronts interleaved (A B C, C B A, …), then
+// each front's median. Less sensitive to a noisy machine than requests/s. `front@checkout` runs
+// that front from another checkout's `bench/front.mjs` (built), to compare code A/B in one run.
+// Linux and wrk only.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const fronts = process.argv.slice(2).length
-  ? process.argv.slice(2)
-  : ['viaduct-node', 'http-proxy-node'];
+const args = process.argv.slice(2);
+const roundsAt = args.indexOf('--rounds');
+const ROUNDS = roundsAt === -1 ? 2 : Number(args.splice(roundsAt, 2)[1]);
+const fronts = args.length ? args : ['viaduct-node', 'http-proxy-node'];
 const TICK_US = 10_000; // USER_HZ = 100
 
 function cpuTicks(pid) {
@@ -34,15 +39,23 @@ async function wrk(port) {
   return Number(/(\d+) requests in/.exec(output)[1]);
 }
 
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+
 const upstream = spawn(process.execPath, ['upstream.mjs'], {
   cwd: here,
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 const upstreamPorts = await readyPorts(upstream);
-for (let round = 1; round <= 2; round++) {
-  for (const kind of fronts) {
+const perFront = new Map(fronts.map((spec) => [spec, { front: [], upstream: [] }]));
+for (let round = 1; round <= ROUNDS; round++) {
+  for (const spec of round % 2 === 1 ? fronts : fronts.toReversed()) {
+    const [kind, checkout] = spec.split('@');
     const front = spawn(process.execPath, ['front.mjs', kind, ...upstreamPorts], {
-      cwd: here,
+      cwd: checkout ? join(checkout, 'bench') : here,
       stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
     });
     const [port] = await readyPorts(front);
@@ -50,11 +63,20 @@ for (let round = 1; round <= 2; round++) {
     const [front0, upstream0] = [cpuTicks(front.pid), cpuTicks(upstream.pid)];
     const requests = await wrk(port);
     const [front1, upstream1] = [cpuTicks(front.pid), cpuTicks(upstream.pid)];
-    const perRequest = (ticks) => ((ticks * TICK_US) / requests).toFixed(1);
+    const perRequest = (ticks) => (ticks * TICK_US) / requests;
+    const figures = perFront.get(spec);
+    figures.front.push(perRequest(front1 - front0));
+    figures.upstream.push(perRequest(upstream1 - upstream0));
     console.log(
-      `round ${round} ${kind.padEnd(20)} ${requests} requests; µs CPU per request: front ${perRequest(front1 - front0)}, upstream ${perRequest(upstream1 - upstream0)}`,
+      `round ${round} ${spec.padEnd(20)} ${requests} requests; µs CPU per request: front ${figures.front.at(-1).toFixed(1)}, upstream ${figures.upstream.at(-1).toFixed(1)}`,
     );
     front.kill();
   }
 }
 upstream.kill();
+if (ROUNDS > 1) {
+  for (const [spec, figures] of perFront)
+    console.log(
+      `median ${spec.padEnd(20)} µs CPU per request: front ${median(figures.front).toFixed(1)}, upstream ${median(figures.upstream).toFixed(1)}`,
+    );
+}
