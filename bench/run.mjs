@@ -12,6 +12,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cpus, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { median } from './median.mjs';
 
 const here = (file) => fileURLToPath(new URL(file, import.meta.url));
 const args = process.argv.slice(2);
@@ -30,9 +31,8 @@ const HTTP_SMALL_SECONDS = quick ? 1 : 2;
 const SETTLE_MS = 250;
 // Each front runs every kind of load it is measured on before it is measured, so that no round
 // pays for V8 compiling a front's code for it: an upgrade runs through more code in some fronts
-// than others, and a 1 MiB body through the backpressure paths that small ones never take. The
-// large bodies are measured in fresh processes (a metric's `warmUp`), each warmed up on its own load
-// just before its run (wrk runs whole seconds).
+// than others. The large bodies run in fresh processes, warmed up by their metric's `warmUp`
+// (1 MiB for a whole second even with `--quick`: wrk runs whole seconds).
 const WARM_UP = quick
   ? { http: 1, large: 1, upload: 0.5, upgrades: 0.5, echo: 0.5 }
   : { http: 2, large: 1, upload: 0.5, upgrades: 1, echo: 0.5 };
@@ -337,11 +337,6 @@ const KEPT = [
   { key: 'upgrades', pair: ['viaduct-express', 'hpm-express'], ...atLeast(1) },
 ];
 
-const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-};
 const format = (value) => value.toFixed(Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 1 ? 2 : 3);
 const elapsed = (started) => `${((Date.now() - started) / 1000).toFixed(0)} s`;
 
