@@ -1,9 +1,9 @@
-// `node bench/cpu-per-request.mjs [--rounds N] [front[@checkout] …]`: CPU time (user + system, from
-// /proc) that the front and the upstream spend per small request under wrk (32 connections, 3 s
-// after a 3 s warm-up), a fresh front process per round, fronts interleaved (A B C, C B A, …), then
-// each front's median. Less sensitive to a noisy machine than requests/s. `front@checkout` runs
-// that front from another checkout's `bench/front.mjs` (built), to compare code A/B in one run.
-// Linux and wrk only.
+// `node bench/cpu-per-request.mjs [--rounds N] [--path /large] [front[@checkout] …]`: CPU time (user +
+// system, from /proc) that the front and the upstream spend per request under wrk (32 connections,
+// 3 s after a 3 s warm-up; `/small` unless `--path` names another of `upstream.mjs`'s paths), a
+// fresh front process per round, fronts interleaved (A B C, C B A, …), then each front's median.
+// Less sensitive to a noisy machine than requests/s. `front@checkout` runs that front from another
+// checkout's `bench/front.mjs` (built), to compare code A/B in one run. Linux and wrk only.
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,6 +14,8 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const args = process.argv.slice(2);
 const roundsAt = args.indexOf('--rounds');
 const ROUNDS = roundsAt === -1 ? 2 : Number(args.splice(roundsAt, 2)[1]);
+const pathAt = args.indexOf('--path');
+const PATH = pathAt === -1 ? '/small' : args.splice(pathAt, 2)[1];
 const fronts = args.length ? args : ['viaduct-node', 'http-proxy-node'];
 const TICK_US = 10_000; // USER_HZ = 100
 
@@ -33,7 +35,7 @@ function readyPorts(child) {
 }
 
 async function wrk(port) {
-  const child = spawn('wrk', ['-t1', '-c32', '-d3s', `http://127.0.0.1:${port}/small`]);
+  const child = spawn('wrk', ['-t1', '-c32', '-d3s', `http://127.0.0.1:${port}${PATH}`]);
   let output = '';
   child.stdout.on('data', (data) => (output += data));
   await new Promise((resolve) => child.on('exit', resolve));
