@@ -2,7 +2,15 @@
  * What viaduct relies on in http-proxy-3 (1.23) beyond its documented API. Each use says why, and
  * what would break it; `lib/upstream/engine.ts` is the only caller.
  */
+import type {
+  IncomingMessage,
+  RequestOptions as HttpRequestOptions,
+  OutgoingHttpHeaders,
+  ServerResponse,
+} from 'node:http';
 import type { Duplex } from 'node:stream';
+import { setupOutgoing } from 'http-proxy-3/dist/lib/http-proxy/common';
+import { OUTGOING_PASSES } from 'http-proxy-3/dist/lib/http-proxy/passes/web-outgoing';
 
 type Listener = (...args: unknown[]) => void;
 
@@ -29,24 +37,52 @@ export function engineListeners(socket: Duplex): { detach(): void } {
   };
 }
 
-type Pass = { readonly name: string };
+type OutgoingOptions = Parameters<typeof setupOutgoing>[0];
+type EngineRequest = Parameters<typeof setupOutgoing>[2];
+type ResponsePass = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  proxyRes: IncomingMessage,
+  options: object,
+) => void;
 
 /**
- * Removes one of the engine's `web` passes by its function name, from its (private) list of
- * passes: `deleteLength` re-frames chunked DELETE/OPTIONS bodies. Breaks if the engine renames
- * `webPasses` or the pass.
+ * The engine's `setupOutgoing`, the first step of its `web`: the options of the upstream request
+ * (target, TLS, socket path, agent, `changeOrigin`, auth) from its own options and `req`, which it
+ * reads only for `method`, `headers`, `url` and `httpVersionMajor`. Not in its documented API
+ * (its `common` module); breaks if the engine moves or renames it.
  */
-export function withoutWebPass(server: object, name: string): void {
-  const engine = server as { webPasses: Pass[] };
-  engine.webPasses = engine.webPasses.filter((pass) => pass.name !== name);
+export function upstreamRequestOptions(
+  outgoing: object,
+  options: object,
+  req: {
+    method: string | undefined;
+    headers: OutgoingHttpHeaders;
+    url: string;
+    httpVersionMajor: number;
+  },
+): HttpRequestOptions & { path: string } {
+  return setupOutgoing(
+    outgoing as OutgoingOptions,
+    options as Parameters<typeof setupOutgoing>[1],
+    req as unknown as EngineRequest,
+  ) as unknown as HttpRequestOptions & { path: string };
 }
+
+/**
+ * The engine's passes over an upstream response, in its order: they copy the status and headers to
+ * the client response, with its `Transfer-Encoding`, `Connection`, redirect (`autoRewrite`) and
+ * cookie rewrites. Exported by its `web-outgoing` module, which its documented API does not name;
+ * breaks if the engine moves it.
+ */
+export const RESPONSE_PASSES = Object.values(OUTGOING_PASSES) as unknown as readonly ResponsePass[];
 
 /**
  * The engine's options with every key a call will pass already present (as `null`, which it reads
  * as absent: it only ever reads them as `options.ssl || {}` and alike). It merges them per call as
  * `{ ...options, ...callOptions }`; on V8 before 12 (Node 20) each key the second spread adds gets
  * the copy a hidden class of its own on every call, so every later read of the merged options
- * (about thirty per request) misses V8's caches. Keys that only overwrite keep one hidden class.
+ * (about thirty per call of `ws`) misses V8's caches. Keys that only overwrite keep one hidden class.
  */
 export function withCallKeys<T extends object>(options: T, keys: readonly string[]): T {
   return { ...options, ...Object.fromEntries(keys.map((key) => [key, null])) };
@@ -66,8 +102,8 @@ const USUALLY_UNSET = [
 ] as const;
 
 /**
- * The object the engine fills in and passes to `http.request` (its `ssl` option). Its
- * `setupOutgoing` assigns each of {@link USUALLY_UNSET}, `undefined` or not, and Node copies a
+ * The object the engine's `setupOutgoing` fills in for `http.request` (in `ws`, its `ssl` option).
+ * It assigns each of {@link USUALLY_UNSET}, `undefined` or not, and Node copies a
  * request's options three times (`ClientRequest`, then twice in the agent's `addRequest`) at a cost
  * per key: here those fields have setters on the prototype that make an own property only for a
  * value, so that an unset field is no key at all. Breaks nothing if the engine stops assigning

@@ -1,22 +1,23 @@
 /**
  * The only module that calls the engine, `http-proxy-3` (the maintained, API-compatible rewrite of
- * `http-proxy`). What it lacks or does differently from what viaduct promises is worked around here:
+ * `http-proxy`). For HTTP it uses the engine's two halves of `web`, and drives the request between
+ * them itself: `setupOutgoing` makes the upstream request's options (target, TLS, socket path,
+ * agent, `changeOrigin`), and the engine's response passes copy the status and headers to the
+ * client with its rewrites (`autoRewrite`, cookies). The call of `web` around them (its options
+ * merged per call, an event for each step, a closure for each listener, its `pipe()`s) cost more
+ * than a fifth of a small request's CPU time in the front. For upgrades it calls `ws`. What the
+ * engine lacks or does differently from what viaduct promises is worked around here:
  *
  * - It builds the upstream path by joining the target's path and the request's, which merges a
  *   query into it and turns `http:/` in a path into `http://`. The caller's path is sent byte for
- *   byte: it is set on the upstream request before anything is written (for `web` by the body
- *   source it pipes from, for `ws` in `proxyReqWs`), and checked here as `http.request` would have
- *   checked it.
- * - Its headers option can add headers but not remove them. The headers we computed are shown to
- *   it as `req.headers`: by `web` for the synchronous span of the call in which it reads them, then
- *   put back, so that the caller's request is never left changed; by `ws` on a stand-in request.
- * - Its `deleteLength` pass turns a chunked DELETE/OPTIONS body into `Content-Length: 0` followed by
- *   the body bytes, which the upstream reads as a second request. The pass is removed; framing is
- *   decided by the caller.
+ *   byte: for `web` it replaces the engine's before the request is created, for `ws` it is set in
+ *   `proxyReqWs` and checked here as `http.request` would have checked it.
+ * - Its headers option can add headers but not remove them. The engine is shown the headers we
+ *   computed on a stand-in for the client's request, which stays unchanged.
+ * - Its `web` turns a chunked DELETE/OPTIONS body into `Content-Length: 0` followed by the body
+ *   bytes, which the upstream reads as a second request: framing is decided by the caller.
  * - On an upgrade it writes a refusal to the client with the upstream's hop-by-hop headers and a
  *   `Transfer-Encoding: chunked` of its own. Refusals are handed to the caller instead.
- * - It `pipe()`s the response body to the client: for a small response, setting up and tearing
- *   down the pipe costs more than the copy. The response's `pipe` is replaced by a lighter relay.
  * - Its tunnel is `pipe()` both ways plus listeners of its own, and no idle timeout. The caller
  *   writes the 101 and relays the bytes itself (`tunnel.ts`).
  * - During `ws` it leaves listeners on the client socket that hold the whole call (options, hooks,
@@ -29,23 +30,26 @@
  *   the target's host name here.
  */
 import { createProxyServer, type ProxyServer, type ServerOptions } from 'http-proxy-3';
-import type {
-  Agent,
-  ClientRequest,
-  IncomingMessage,
-  InformationEvent,
-  OutgoingHttpHeaders,
-  ServerResponse,
+import {
+  type Agent,
+  type ClientRequest,
+  request as httpRequest,
+  type IncomingMessage,
+  type InformationEvent,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
 } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { isIP, type Socket } from 'node:net';
-import type { Duplex, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
 import {
   engineListeners,
+  RESPONSE_PASSES,
   requestOptions,
+  upstreamRequestOptions,
   withCallKeys,
-  withoutWebPass,
 } from '../internals/http-proxy-3';
 import { requestOf } from '../internals/node';
 import type { EngineUrl } from './target';
@@ -102,55 +106,74 @@ export interface TunnelHooks {
 }
 
 // The engine copies per-call options with a spread, so the hooks travel under a string key.
-type CallOptions = ServerOptions & { viaductHooks: WebHooks | TunnelHooks };
+type CallOptions = ServerOptions & { viaductHooks: TunnelHooks };
 
-/** Every key a call of `web` or `ws` passes (`agent` is always set at construction). */
-const CALL_KEYS = ['viaductHooks', 'ssl', 'buffer'] as const;
+/** Every key a call of `ws` passes (`agent` is always set at construction). */
+const CALL_KEYS = ['viaductHooks', 'ssl'] as const;
 
-/** An upstream request of `web`, with its hooks: shared listeners find them there, no closure per request. */
-type HookedRequest = ClientRequest & { viaductHooks: WebHooks };
-
-/**
- * Stands in for `proxyRes.pipe` in the engine's one call, `proxyRes.pipe(res)`: the same relay with
- * backpressure, for two listeners where `pipe` sets up and tears down eight on every response.
- */
-function relayBody<T extends NodeJS.WritableStream>(this: IncomingMessage, destination: T): T {
-  relayResponseBody(this, destination);
-  return destination;
+/** What the listeners of one upstream request of `web` need: shared listeners find it there. */
+interface WebCall {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly hooks: WebHooks;
+  /** The engine's options, which its response passes read. */
+  readonly options: object;
 }
 
-function beforeCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
-  this.viaductHooks.onProxyRes(proxyRes);
-  proxyRes.pipe = relayBody;
+type CalledRequest = ClientRequest & { viaductCall: WebCall };
+
+function socketAssigned(this: CalledRequest): void {
+  this.viaductCall.hooks.onProxyReq(this);
+}
+
+/**
+ * The upstream response: the hooks run around the engine's response passes, then the body is
+ * relayed with backpressure (two listeners where `pipe()` sets up and tears down eight).
+ */
+function responded(this: CalledRequest, proxyRes: IncomingMessage): void {
+  const { req, res, hooks, options } = this.viaductCall;
+  hooks.onProxyRes(proxyRes);
   // First: Node's own 'end' listener frees the connection's parser and pools the connection.
   proxyRes.prependListener('end', responseEnded);
+  // The hooks may have answered the client already (an unrelayable response).
+  if (!res.headersSent) for (const pass of RESPONSE_PASSES) pass(req, res, proxyRes, options);
+  if (!res.writableEnded) relayResponseBody(proxyRes, res);
+  hooks.onResponseCopied(proxyRes);
 }
 
 function responseEnded(this: IncomingMessage): void {
-  (requestOf(this) as HookedRequest).viaductHooks.onResponseEnd(this);
+  (requestOf(this) as CalledRequest).viaductCall.hooks.onResponseEnd(this);
 }
 
-function afterCopy(this: HookedRequest, proxyRes: IncomingMessage): void {
-  this.viaductHooks.onResponseCopied(proxyRes);
-}
-
-function relayInformation(this: HookedRequest, info: InformationEvent): void {
-  this.viaductHooks.onInformation(info);
+function relayInformation(this: CalledRequest, info: InformationEvent): void {
+  this.viaductCall.hooks.onInformation(info);
 }
 
 /**
  * A 101 to a request that asked for no upgrade: Node hands the socket to an 'upgrade' listener, or
  * without one destroys it and the request ends with neither a response nor an error.
  */
-function refuseUpgrade(this: HookedRequest, _proxyRes: IncomingMessage, socket: Duplex): void {
+function refuseUpgrade(this: CalledRequest, _proxyRes: IncomingMessage, socket: Duplex): void {
   socket.destroy();
-  this.viaductHooks.onError(
+  this.viaductCall.hooks.onError(
     new ProxyError(
       'EBADRESPONSE',
       'a 101 Switching Protocols to a request that asked for no upgrade',
     ),
     this,
   );
+}
+
+/** An error of the upstream request, or of the client's request it streams: as the engine reports them. */
+function failed(proxyReq: CalledRequest, error: NodeJS.ErrnoException): void {
+  const { req, hooks } = proxyReq.viaductCall;
+  // The client reset its connection: there is no one to answer.
+  if (req.socket.destroyed && error.code === 'ECONNRESET') proxyReq.destroy();
+  else hooks.onError(error, proxyReq);
+}
+
+function upstreamFailed(this: CalledRequest, error: NodeJS.ErrnoException): void {
+  failed(this, error);
 }
 
 /** The engine's report of a client socket's error during `ws`: the handshake or the tunnel handles it as `close`. */
@@ -160,30 +183,19 @@ function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
 
-/** Shows the engine our headers as `req.headers` until `restore()`. */
-class RequestView {
-  private readonly headers: IncomingMessage['headers'];
-
+/** What `setupOutgoing` reads of the client's request, with our headers in place of the client's. */
+class WebRequestView {
   constructor(
-    private readonly req: IncomingMessage,
-    outgoing: OutgoingRequest,
-  ) {
-    this.headers = req.headers;
-    req.headers = outgoing.headers as IncomingMessage['headers'];
-  }
+    readonly method: string | undefined,
+    readonly headers: OutgoingHttpHeaders,
+    readonly httpVersionMajor: number,
+  ) {}
 
-  restore(): void {
-    this.req.headers = this.headers;
-  }
+  // The path is the caller's, set on the result: the engine's own join is not used.
+  readonly url = '';
 }
 
-/**
- * What `ws` is given as the client's request: the engine reads only the method and our headers from
- * it, and `proxyReqWs` brings our path back with it. A stand-in rather than the request itself,
- * which stays unchanged; it also has one hidden class, where a request an Express app dispatched
- * has one of its own (Express changes its prototype), so that every property read of it would
- * miss V8's caches.
- */
+/** The engine's `ws` reads only the method and our headers; `proxyReqWs` brings our path back with it. */
 class UpgradeRequestView {
   readonly method = 'GET';
 
@@ -209,44 +221,34 @@ function endRequest(this: ClientRequest): void {
 }
 
 /**
- * What `web` pipes into the upstream request (the engine's `buffer` option), called synchronously
- * right after the request is created: it sets our path before anything is written, then streams
- * the client's body. A body already in hand, or none, is sent once the request has its socket,
- * after the `proxyReq` listeners could still set headers: with no stream pipe set up for it.
+ * Sends the request's body, once the `proxyReq` listeners (added first) could still set headers:
+ * one a body parser already read, or none, with no stream pipe set up for it; otherwise the
+ * client's stream. `connectedEvent`: set when the request may go to another upstream, the
+ * `connect`/`secureConnect` to wait for, so that a request that could not connect goes there with
+ * its body still unread.
  */
-class UpstreamBodySource {
-  /** The upstream request the engine created, known as soon as it pipes into it. */
-  proxyReq: ClientRequest | undefined;
-
-  constructor(
-    private readonly req: IncomingMessage,
-    private readonly outgoing: OutgoingRequest,
-    /** Set when the request may go to another upstream: `connect`/`secureConnect` to wait for. */
-    private readonly connectedEvent: string | undefined,
-  ) {}
-
-  pipe(proxyReq: ClientRequest): ClientRequest {
-    this.proxyReq = proxyReq;
-    proxyReq.path = this.outgoing.path;
-    const { body } = this.outgoing;
-    if (body === undefined) {
-      if (this.connectedEvent === undefined) return this.req.pipe(proxyReq);
-      // Not a byte of the body is read before the connection is up: a request that could not
-      // connect goes to the next upstream with its body still unread.
-      const event = this.connectedEvent;
-      return proxyReq.once('socket', (socket: Socket) => {
-        if (socket.connecting) socket.once(event, () => this.req.pipe(proxyReq));
-        else this.req.pipe(proxyReq);
+function sendBody(
+  req: IncomingMessage,
+  proxyReq: ClientRequest,
+  body: Buffer | undefined,
+  connectedEvent: string | undefined,
+): void {
+  if (body === undefined) {
+    if (connectedEvent === undefined) req.pipe(proxyReq);
+    else
+      proxyReq.once('socket', (socket: Socket) => {
+        if (socket.connecting) socket.once(connectedEvent, () => req.pipe(proxyReq));
+        else req.pipe(proxyReq);
       });
-    }
-    // 'socket' comes once; the engine's own listener, which emits `proxyReq`, was added first.
-    if (body.length === 0) return proxyReq.on('socket', endRequest);
-    return proxyReq.on('socket', () => proxyReq.end(body));
-  }
+  } else if (body.length === 0) proxyReq.on('socket', endRequest);
+  else proxyReq.on('socket', () => proxyReq.end(body));
 }
 
 export class Engine {
   private readonly server: ProxyServer;
+  /** The engine's options, which `setupOutgoing` and the response passes read. */
+  private readonly webOptions: object;
+  private readonly request: typeof httpRequest;
   private readonly servername: string | undefined;
   private readonly wsAgent: Agent | ConnectionSource | false;
   private createdUpgradeRequest: ClientRequest | undefined;
@@ -255,14 +257,14 @@ export class Engine {
 
   constructor(options: EngineOptions) {
     const hostname = options.target.hostname ?? '';
+    const secure = options.target.protocol === 'https:';
     this.servername =
-      options.target.protocol === 'https:' &&
-      !options.target.socketPath &&
-      !isIP(hostname.replace(/^\[|\]$/g, ''))
+      secure && !options.target.socketPath && !isIP(hostname.replace(/^\[|\]$/g, ''))
         ? hostname
         : undefined;
     this.wsAgent = options.wsAgent;
-    this.connectedEvent = options.target.protocol === 'https:' ? 'secureConnect' : 'connect';
+    this.request = secure ? httpsRequest : httpRequest;
+    this.connectedEvent = secure ? 'secureConnect' : 'connect';
     const allOptions: ServerOptions = {
       target: options.target,
       changeOrigin: options.changeOrigin,
@@ -278,25 +280,14 @@ export class Engine {
       prependPath: false,
       ignorePath: true,
     } as ServerOptions;
-    // The engine copies its options on every call: unset ones need not be copied.
+    // The engine copies its options on every call of `ws`: unset ones need not be copied.
     const setOptions = withCallKeys(
       Object.fromEntries(Object.entries(allOptions).filter(([, value]) => value !== undefined)),
       CALL_KEYS,
     );
     this.server = createProxyServer(setOptions);
-    withoutWebPass(this.server, 'deleteLength');
+    this.webOptions = setOptions;
     this.server.on('error', ignoreSocketError);
-    this.server.on('proxyReq', (proxyReq, _req, _res, callOptions) => {
-      const hooks = (callOptions as CallOptions).viaductHooks as WebHooks;
-      // the engine's own 'response' listener copies the response status and headers to the client
-      // response (it also echoes the client's Connection header there); the hooks run around it.
-      (proxyReq as HookedRequest).viaductHooks = hooks;
-      proxyReq.prependListener('response', beforeCopy);
-      proxyReq.on('response', afterCopy);
-      proxyReq.on('information', relayInformation);
-      proxyReq.on('upgrade', refuseUpgrade);
-      hooks.onProxyReq(proxyReq);
-    });
     this.server.on('proxyReqWs', (proxyReq, request, _socket, callOptions) => {
       this.createdUpgradeRequest = proxyReq;
       // Not written yet: the engine ends the request after this event.
@@ -324,32 +315,30 @@ export class Engine {
     hooks: WebHooks,
     mayRetry: boolean,
   ): ClientRequest | undefined {
-    const pathError = unescapedPathError(outgoing.path);
-    if (pathError) {
-      hooks.onError(pathError, undefined);
+    let proxyReq: CalledRequest;
+    try {
+      const view = new WebRequestView(req.method, outgoing.headers, req.httpVersionMajor);
+      const options = upstreamRequestOptions(
+        requestOptions(this.servername),
+        this.webOptions,
+        view,
+      );
+      // `http.request` checks the path as it creates the request.
+      options.path = outgoing.path;
+      proxyReq = this.request(options) as CalledRequest;
+    } catch (error) {
+      hooks.onError(asError(error), undefined);
       return undefined;
     }
-    const source = new UpstreamBodySource(
-      req,
-      outgoing,
-      mayRetry ? this.connectedEvent : undefined,
-    );
-    const options: CallOptions = {
-      viaductHooks: hooks,
-      ssl: requestOptions(this.servername),
-      buffer: source as unknown as Readable,
-    };
-    const view = new RequestView(req, outgoing);
-    let failure: unknown;
-    try {
-      this.server.web(req, res, options, (error) => hooks.onError(error, source.proxyReq));
-    } catch (error) {
-      failure = error;
-    } finally {
-      view.restore();
-    }
-    if (failure !== undefined) hooks.onError(asError(failure), source.proxyReq);
-    return source.proxyReq;
+    proxyReq.viaductCall = { req, res, hooks, options: this.webOptions };
+    proxyReq.on('socket', socketAssigned);
+    proxyReq.on('response', responded);
+    proxyReq.on('information', relayInformation);
+    proxyReq.on('upgrade', refuseUpgrade);
+    proxyReq.on('error', upstreamFailed);
+    req.on('error', (error: NodeJS.ErrnoException) => failed(proxyReq, error));
+    sendBody(req, proxyReq, outgoing.body, mayRetry ? this.connectedEvent : undefined);
+    return proxyReq;
   }
 
   /** Sends one upgrade handshake upstream; returns the upstream request (`undefined` when it failed first). */

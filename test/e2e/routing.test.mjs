@@ -200,6 +200,32 @@ describe('forwarded path', () => {
     assert.equal((await via(front, '/fn/x')).url, '/no-leading-slash/x');
   });
 
+  test('a rewrite to a path Node cannot send (a space in it) is a 500 on both paths, and logged', async () => {
+    const up = await startUpstream();
+    const logger = quietLogger();
+    const proxy = createProxy({
+      target: up.url,
+      pathRewrite: (path) => `${path} x`,
+      logger,
+    });
+    const front = await startFront('node', proxy);
+    const res = await rawExchange(
+      front.port,
+      rawRequest('GET', '/a', { Host: 'x', Connection: 'close' }),
+    );
+    assert.match(res, /^HTTP\/1\.1 500 /);
+    const upgrade = await rawExchange(front.port, handshake('/a'));
+    assert.match(upgrade, /^HTTP\/1\.1 500 /);
+    assert.equal(up.seen.length + up.handshakes.length, 0);
+    const logged = logger.lines.filter(([, message]) =>
+      message.includes('ERR_UNESCAPED_CHARACTERS'),
+    );
+    assert.deepEqual(
+      logged.map(([level]) => level),
+      ['error', 'error'],
+    );
+  });
+
   test('the same path rules hold for upgrades', async () => {
     const up = await startUpstream();
     const proxy = createProxy({
