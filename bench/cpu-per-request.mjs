@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median } from './median.mjs';
+import { readyPorts } from './ready-ports.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const args = process.argv.slice(2);
@@ -24,16 +25,6 @@ function cpuTicks(pid) {
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 }
 
-/** The ports of a `READY <port> …` line (the upstream listens on three, a front on one). */
-function readyPorts(child) {
-  return new Promise((resolve) =>
-    child.stdout.on('data', (data) => {
-      const match = /READY ([\d ]+)/.exec(String(data));
-      if (match) resolve(match[1].trim().split(' '));
-    }),
-  );
-}
-
 async function wrk(port) {
   const child = spawn('wrk', ['-t1', '-c32', '-d3s', `http://127.0.0.1:${port}${PATH}`]);
   let output = '';
@@ -46,7 +37,7 @@ const upstream = spawn(process.execPath, ['upstream.mjs'], {
   cwd: here,
   stdio: ['ignore', 'pipe', 'inherit'],
 });
-const upstreamPorts = await readyPorts(upstream);
+const upstreamPorts = (await readyPorts(upstream)).map(String);
 const perFront = new Map(fronts.map((spec) => [spec, { front: [], upstream: [] }]));
 for (let round = 1; round <= ROUNDS; round++) {
   for (const spec of round % 2 === 1 ? fronts : fronts.toReversed()) {

@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { cpus, totalmem } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { median } from './median.mjs';
+import { readyPorts } from './ready-ports.mjs';
 
 const here = (file) => fileURLToPath(new URL(file, import.meta.url));
 const args = process.argv.slice(2);
@@ -96,16 +97,6 @@ function openFilesLimit(pid) {
     .split('\n')
     .find((text) => text.startsWith('Max open files'));
   return Number(line?.split(/\s+/)[3]);
-}
-
-async function readyPorts(child) {
-  let output = '';
-  for await (const chunk of child.stdout) {
-    output += chunk;
-    const match = /READY ([\d ]+)\n/.exec(output);
-    if (match) return match[1].trim().split(' ').map(Number);
-  }
-  throw new Error(`process exited before READY: ${output}`);
 }
 
 /** Starts front `name` (`bench/front.mjs`) on the upstream's ports and waits until it listens. */
