@@ -135,3 +135,25 @@ test("the options a proxied request hands to Node's agent carry no key without a
     `keys without a value among ${Object.keys(options).join(', ')}`,
   );
 });
+
+test("http.request is looked up per request: an instrumentation that wraps it after createProxy (as OpenTelemetry does) sees the proxy's requests and the header it injects reaches the upstream", async () => {
+  const up = await startUpstream();
+  const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
+  const original = http.request;
+  const wrapped = [];
+  // What @opentelemetry/instrumentation-http does: copy the headers, inject into the copy.
+  http.request = function (options, ...rest) {
+    if (Number(options.port) !== up.port) return original.call(this, options, ...rest);
+    wrapped.push(options.path);
+    const headers = Object.assign({}, options.headers, { traceparent: '00-abc-def-01' });
+    return original.call(this, { ...options, headers }, ...rest);
+  };
+  try {
+    assert.equal((await request(`${front.url}/traced?x=1`)).status, 200);
+  } finally {
+    http.request = original;
+  }
+  assert.deepEqual(wrapped, ['/traced?x=1']);
+  assert.equal(up.seen[0].headers.traceparent, '00-abc-def-01');
+  assert.equal(up.seen[0].headers['x-forwarded-for'], '127.0.0.1');
+});
