@@ -2,6 +2,32 @@ import type { UpstreamStats } from '../types';
 import type { Engine } from './engine';
 import type { ResolvedTarget } from './target';
 
+/** What an upstream's health is made of (see {@link Upstream}). */
+class Health {
+  /** When it was left out until, after failures; 0 while it is in. */
+  downUntil = 0;
+  /** A request is probing it after `downUntil` passed: others keep away until it is answered. */
+  probing = false;
+  /** The health check found it down. */
+  checkedDown = false;
+  /** Failures within the window that started at `windowStart`. */
+  fails = 0;
+  windowStart = 0;
+}
+
+/**
+ * One health per stats entry, so that what the stats say is what the pools act on: the pools of
+ * router results that differ in their options but send to one URL (under the route key `router`)
+ * count its failures together, leave it out together, and report it down and up once.
+ */
+const healthOfStats = new WeakMap<UpstreamStats, Health>();
+
+function healthOf(stats: UpstreamStats): Health {
+  let health = healthOfStats.get(stats);
+  if (!health) healthOfStats.set(stats, (health = new Health()));
+  return health;
+}
+
 /**
  * One upstream of a route's pool: where it is, the engine that proxies to it, its counters, and
  * its health. Health follows nginx: `maxFails` failures within `failTimeout` leave it out for
@@ -15,15 +41,7 @@ export class Upstream {
   readonly secure: boolean;
   /** Smooth weighted round-robin's running weight (nginx's `current_weight`). */
   current = 0;
-  /** When it was left out until, after failures; 0 while it is in. */
-  downUntil = 0;
-  /** A request is probing it after `downUntil` passed: others keep away until it is answered. */
-  probing = false;
-  /** The health check found it down. */
-  healthDown = false;
-  /** Failures within the window that started at {@link windowStart}. */
-  private fails = 0;
-  private windowStart = 0;
+  private readonly health: Health;
 
   constructor(
     readonly target: ResolvedTarget,
@@ -34,53 +52,72 @@ export class Upstream {
     this.url = target.label + target.basePath;
     this.basePath = target.basePath;
     this.secure = target.secure;
+    this.health = healthOf(stats);
+  }
+
+  /** When it was left out until, after failures; 0 while it is in. */
+  get downUntil(): number {
+    return this.health.downUntil;
+  }
+
+  /** A request is probing it: others keep away until it is answered. */
+  get probing(): boolean {
+    return this.health.probing;
+  }
+
+  /** The health check found it down. */
+  get healthDown(): boolean {
+    return this.health.checkedDown;
   }
 
   /** Whether it may take a request now; `now` is read only when it was left out. */
   available(): boolean {
-    if (this.healthDown) return false;
-    if (this.downUntil === 0) return true;
-    return !this.probing && Date.now() >= this.downUntil;
+    const health = this.health;
+    if (health.checkedDown) return false;
+    if (health.downUntil === 0) return true;
+    return !health.probing && Date.now() >= health.downUntil;
   }
 
   /** It was chosen: while left out, that request is its probe. */
   taken(): void {
-    if (this.downUntil !== 0) this.probing = true;
+    if (this.health.downUntil !== 0) this.health.probing = true;
   }
 
   /** Counts a failure; true when it is left out now (it was not before). */
   failed(maxFails: number, failTimeout: number): boolean {
+    const health = this.health;
     this.stats.fails++;
     if (maxFails === 0) return false;
     const now = Date.now();
-    if (this.probing) {
-      this.probing = false;
-      this.downUntil = now + failTimeout;
+    if (health.probing) {
+      health.probing = false;
+      health.downUntil = now + failTimeout;
       return false;
     }
-    if (now - this.windowStart > failTimeout) {
-      this.windowStart = now;
-      this.fails = 0;
+    if (now - health.windowStart > failTimeout) {
+      health.windowStart = now;
+      health.fails = 0;
     }
-    if (++this.fails < maxFails || this.downUntil !== 0) return false;
-    this.downUntil = now + failTimeout;
+    if (++health.fails < maxFails || health.downUntil !== 0) return false;
+    health.downUntil = now + failTimeout;
     this.stats.down = true;
     return true;
   }
 
   /** It answered: true when that brings it back from being left out. */
   answered(): boolean {
-    if (this.downUntil === 0) return false;
-    this.downUntil = 0;
-    this.probing = false;
-    this.fails = 0;
-    this.stats.down = this.healthDown;
-    return !this.healthDown;
+    const health = this.health;
+    if (health.downUntil === 0) return false;
+    health.downUntil = 0;
+    health.probing = false;
+    health.fails = 0;
+    this.stats.down = health.checkedDown;
+    return !health.checkedDown;
   }
 
   /** A probe ended with no verdict (the client left): another request may probe. */
   probeAbandoned(): void {
-    this.probing = false;
+    this.health.probing = false;
   }
 
   /**
@@ -89,9 +126,10 @@ export class Upstream {
    * their probe does), or an upstream whose `/health` works while its traffic fails would flap.
    */
   checked(up: boolean): boolean {
+    const health = this.health;
     const wasDown = this.stats.down;
-    this.healthDown = !up;
-    this.stats.down = this.healthDown || this.downUntil !== 0;
+    health.checkedDown = !up;
+    this.stats.down = health.checkedDown || health.downUntil !== 0;
     return wasDown !== this.stats.down;
   }
 }

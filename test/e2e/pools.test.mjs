@@ -1583,6 +1583,28 @@ describe('where pools come from', () => {
     },
   );
 
+  test(
+    'router results that differ in their options but send to one URL share its health: failures through each count together, one upstreamDown',
+    BOUND,
+    async () => {
+      const dead = `http://127.0.0.1:${await deadPort()}`;
+      const [live] = await startUpstreams(['live']);
+      // Each pool's first pick is its first upstream: the dead one, then the request goes on to `live`.
+      const pool = { target: [dead, live.url], maxFails: 2, failTimeout: 10_000 };
+      const { proxy, front, downs } = await setup({
+        router: (req) => (req.url.startsWith('/a') ? { ...pool } : { ...pool, changeOrigin: true }),
+      });
+      assert.equal((await get(front, '/a')).text, 'live');
+      assert.equal(downs.length, 0);
+      assert.equal((await get(front, '/b')).text, 'live');
+      await downs.wait((e) => e.upstream === dead, 2_000, 'upstreamDown after the second failure');
+      assert.deepEqual([...downs], [{ route: 'router', upstream: dead }]);
+      const stats = proxy.stats().routes.router.upstreams[dead];
+      assert.equal(stats.fails, 2);
+      assert.equal(stats.down, true);
+    },
+  );
+
   test('a router returning a weighted list: the weights apply', BOUND, async () => {
     const [a, b] = await startUpstreams(['a', 'b']);
     const { front } = await setup({ router: () => [{ target: a.url, weight: 3 }, b.url] });
