@@ -195,7 +195,13 @@ class WebRequestView {
   readonly url = '';
 }
 
-/** The engine's `ws` reads only the method and our headers; `proxyReqWs` brings our path back with it. */
+/**
+ * What `ws` is given as the client's request: the engine reads only the method and our headers from
+ * it, and `proxyReqWs` brings our path back with it. A stand-in rather than the request itself,
+ * which stays unchanged; it also has one hidden class, where a request an Express app dispatched
+ * has one of its own (Express changes its prototype), so that every property read of it would
+ * miss V8's caches.
+ */
 class UpgradeRequestView {
   readonly method = 'GET';
 
