@@ -235,9 +235,6 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     if (this.settled) return;
     const headers = proxyRes.headers;
     if (this.upstreamHeaders) proxyRes.headers = this.upstreamHeaders;
-    // To an HTTP/1.0 client the engine echoes its own Connection header, whatever was decided.
-    if (this.req.httpVersion === '1.0')
-      this.res.setHeader('connection', connectionOf(headers, this.res.shouldKeepAlive));
     // An event stream is open once its head arrives (`EventSource` fires `open`), before any event:
     // the engine would write the head with the first chunk of the body.
     if (isEventStream(headers['content-type'])) this.res.flushHeaders();

@@ -70,12 +70,18 @@ export function upstreamRequestOptions(
 }
 
 /**
- * The engine's passes over an upstream response, in its order: they copy the status and headers to
- * the client response, with its `Transfer-Encoding`, `Connection`, redirect (`autoRewrite`) and
- * cookie rewrites. Exported by its `web-outgoing` module, which its documented API does not name;
- * breaks if the engine moves it.
+ * The engine's passes over an upstream response that copy it to the client response, in its order:
+ * the redirect rewrite (`autoRewrite`), the headers with the cookie rewrites, and the status.
+ * Exported by its `web-outgoing` module, which its documented API does not name; breaks if the
+ * engine moves or renames them. Its two others are left out: `removeChunked` deletes a
+ * `Transfer-Encoding` the caller has already dropped, and `setConnection` echoes an HTTP/1.0
+ * client's own `Connection` in place of the one the caller decided.
  */
-export const RESPONSE_PASSES = Object.values(OUTGOING_PASSES) as unknown as readonly ResponsePass[];
+export const REWRITING_PASSES: readonly ResponsePass[] = [
+  OUTGOING_PASSES.setRedirectHostRewrite,
+  OUTGOING_PASSES.writeHeaders,
+  OUTGOING_PASSES.writeStatusCode,
+] as unknown as readonly ResponsePass[];
 
 /**
  * The engine's options with every key a call will pass already present (as `null`, which it reads

@@ -2,11 +2,11 @@
  * The only module that calls the engine, `http-proxy-3` (the maintained, API-compatible rewrite of
  * `http-proxy`). For HTTP it uses the engine's two halves of `web`, and drives the request between
  * them itself: `setupOutgoing` makes the upstream request's options (target, TLS, socket path,
- * agent, `changeOrigin`), and the engine's response passes copy the status and headers to the
- * client with its rewrites (`autoRewrite`, cookies). The call of `web` around them (its options
- * merged per call, an event for each step, a closure for each listener, its `pipe()`s) cost 5–6 %
- * of the front's CPU time per small request. For upgrades it calls `ws`. What the
- * engine lacks or does differently from what viaduct promises is worked around here:
+ * agent, `changeOrigin`), and where its rewrites (`autoRewrite`, cookies) are configured, the
+ * engine's response passes copy the status and headers to the client. The call of `web` around
+ * them (its options merged per call, an event for each step, a closure for each listener, its
+ * `pipe()`s) cost 5–6 % of the front's CPU time per small request. For upgrades it calls `ws`.
+ * What the engine lacks or does differently from what viaduct promises is worked around here:
  *
  * - It builds the upstream path by joining the target's path and the request's, which merges a
  *   query into it and turns `http:/` in a path into `http://`. The caller's path is sent byte for
@@ -46,7 +46,7 @@ import { relayResponseBody } from './response-relay';
 import { ProxyError } from '../runtime/proxy-error';
 import {
   engineListeners,
-  RESPONSE_PASSES,
+  REWRITING_PASSES,
   requestOptions,
   upstreamRequestOptions,
   withCallKeys,
@@ -84,7 +84,7 @@ export interface WebHooks {
   onProxyReq(proxyReq: ClientRequest): void;
   /** The upstream response arrived; its headers may be changed before they are copied to the client. */
   onProxyRes(proxyRes: IncomingMessage): void;
-  /** The response's status and headers are set on the client response, not written yet. */
+  /** The response's status and headers are copied to the client response; no byte of it is written yet. */
   onResponseCopied(proxyRes: IncomingMessage): void;
   /** The upstream response's body ended, before Node lets go of its connection. */
   onResponseEnd(proxyRes: IncomingMessage): void;
@@ -118,6 +118,8 @@ interface WebCall {
   readonly hooks: WebHooks;
   /** The engine's options, which its response passes read. */
   readonly options: object;
+  /** The engine's response passes copy the response: a rewrite of theirs is configured. */
+  readonly rewrites: boolean;
 }
 
 type CalledRequest = ClientRequest & { viaductCall: WebCall };
@@ -131,14 +133,34 @@ function socketAssigned(this: CalledRequest): void {
  * relayed with backpressure (two listeners where `pipe()` sets up and tears down eight).
  */
 function responded(this: CalledRequest, proxyRes: IncomingMessage): void {
-  const { req, res, hooks, options } = this.viaductCall;
+  const { res, hooks } = this.viaductCall;
   hooks.onProxyRes(proxyRes);
   // First: Node's own 'end' listener frees the connection's parser and pools the connection.
   proxyRes.prependListener('end', responseEnded);
   // The hooks may have answered the client already (an unrelayable response).
-  if (!res.headersSent) for (const pass of RESPONSE_PASSES) pass(req, res, proxyRes, options);
+  if (!res.headersSent) copyResponseHead(this.viaductCall, proxyRes);
   if (!res.writableEnded) relayResponseBody(proxyRes, res);
   hooks.onResponseCopied(proxyRes);
+}
+
+/**
+ * Copies the upstream's status and headers to the client response: with the engine's passes where
+ * one of their rewrites is configured (or for an HTTP/2 client, to which they send no `Connection`
+ * or `Keep-Alive`), else in one `writeHead`. Node serialises that from the object as it is, where
+ * the passes set each header with `setHeader` into a header table Node builds for them: 6 % of the
+ * front's instructions per small response. Headers set on `res` before (by Express, or a
+ * `proxyRes` listener) are merged by Node, the upstream's winning, as with the passes.
+ */
+function copyResponseHead(call: WebCall, proxyRes: IncomingMessage): void {
+  const { req, res, options } = call;
+  if (call.rewrites || req.httpVersionMajor !== 1) {
+    for (const pass of REWRITING_PASSES) pass(req, res, proxyRes, options);
+    return;
+  }
+  const { statusCode, statusMessage, headers } = proxyRes;
+  // Two arguments without a message: `on-headers` reads a non-string second one as the headers.
+  if (statusMessage) res.writeHead(statusCode!, statusMessage, headers);
+  else res.writeHead(statusCode!, headers);
 }
 
 function responseEnded(this: IncomingMessage): void {
@@ -254,6 +276,8 @@ export class Engine {
   private readonly server: ProxyServer;
   /** The engine's options, which `setupOutgoing` and the response passes read. */
   private readonly webOptions: object;
+  /** A cookie or redirect rewrite is configured: the engine's passes copy responses. */
+  private readonly rewritesResponses: boolean;
   private readonly secure: boolean;
   private readonly servername: string | undefined;
   private readonly wsAgent: Agent | ConnectionSource | false;
@@ -271,6 +295,10 @@ export class Engine {
     this.wsAgent = options.wsAgent;
     this.secure = secure;
     this.connectedEvent = secure ? 'secureConnect' : 'connect';
+    this.rewritesResponses =
+      options.autoRewrite === true ||
+      options.cookieDomainRewrite !== undefined ||
+      options.cookiePathRewrite !== undefined;
     const allOptions: ServerOptions = {
       target: options.target,
       changeOrigin: options.changeOrigin,
@@ -337,7 +365,13 @@ export class Engine {
       hooks.onError(asError(error), undefined);
       return undefined;
     }
-    proxyReq.viaductCall = { req, res, hooks, options: this.webOptions };
+    proxyReq.viaductCall = {
+      req,
+      res,
+      hooks,
+      options: this.webOptions,
+      rewrites: this.rewritesResponses,
+    };
     proxyReq.on('socket', socketAssigned);
     proxyReq.on('response', responded);
     proxyReq.on('information', relayInformation);

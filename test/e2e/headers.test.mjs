@@ -310,6 +310,86 @@ describe('headers.request', () => {
   });
 });
 
+describe('the response head', () => {
+  // Names in mixed case, a Set-Cookie on either side of other headers, a reason phrase of the upstream's own.
+  const HEAD =
+    'HTTP/1.1 299 Quite Custom\r\nX-First: 1\r\nSet-Cookie: a=1; Domain=up.example\r\n' +
+    'Content-Type: text/plain\r\nX-Both: upstream\r\nSet-Cookie: b=2; Domain=up.example\r\n' +
+    'Content-Length: 2\r\n\r\n';
+
+  /** The head a front sent, its lines in order, without the Date Node adds. */
+  async function headLines(port) {
+    const raw = await rawExchange(
+      port,
+      rawRequest('GET', '/head', { Host: `127.0.0.1:${port}`, Connection: 'close' }),
+    );
+    const end = raw.indexOf('\r\n\r\n');
+    assert.equal(raw.slice(end + 4), 'ok', 'the body follows the head');
+    return raw
+      .slice(0, end)
+      .split('\r\n')
+      .filter((line) => !/^date:/i.test(line));
+  }
+
+  /** Headers an app set before the proxy ran: kept, but for the one the upstream also sends. */
+  function appHeaders(_req, res, next) {
+    res.setHeader('X-From-App', 'app');
+    res.setHeader('X-Both', 'app');
+    next();
+  }
+
+  test("status line and headers cross in the upstream's order, merged over the app's, with and without a cookie rewrite", async () => {
+    const up = await refusingUpstream(`${HEAD}ok`);
+    for (const kind of FRONT_KINDS) {
+      for (const rewrite of [undefined, 'front.example']) {
+        const proxy = createProxy({
+          target: up.url,
+          logger: quietLogger(),
+          ...(rewrite && { cookieDomainRewrite: rewrite }),
+        });
+        const front = await startFront(
+          kind,
+          proxy,
+          kind === 'node' ? {} : { before: [appHeaders] },
+        );
+        const domain = rewrite ?? 'up.example';
+        // A header the app set keeps its place, with the upstream's name and value.
+        const both = 'x-both: upstream';
+        const app = kind === 'node' ? [] : ['X-From-App: app', both];
+        const express = kind.startsWith('express') ? ['X-Powered-By: Express'] : [];
+        assert.deepEqual(
+          await headLines(front.port),
+          [
+            'HTTP/1.1 299 Quite Custom',
+            ...express,
+            ...app,
+            'x-first: 1',
+            `set-cookie: a=1; Domain=${domain}`,
+            `set-cookie: b=2; Domain=${domain}`,
+            'content-type: text/plain',
+            ...(kind === 'node' ? [both] : []),
+            'content-length: 2',
+            'connection: close',
+          ],
+          `${kind}, ${rewrite ? 'cookies rewritten' : 'no rewrite'}`,
+        );
+      }
+    }
+  });
+
+  test("an empty reason phrase gets the status code's own", async () => {
+    const up = await refusingUpstream('HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nok');
+    for (const autoRewrite of [false, true]) {
+      const front = await startFront(
+        'node',
+        createProxy({ target: up.url, logger: quietLogger(), autoRewrite }),
+      );
+      const [statusLine] = await headLines(front.port);
+      assert.equal(statusLine, 'HTTP/1.1 200 OK', `autoRewrite: ${autoRewrite}`);
+    }
+  });
+});
+
 describe('headers.response', () => {
   const rules = {
     'x-policy': 'yes',
