@@ -32,8 +32,8 @@ const HTTP_SMALL_SECONDS = quick ? 1 : 2;
 const SETTLE_MS = 250;
 // Each front runs every kind of load it is measured on before it is measured, so that no round
 // pays for V8 compiling a front's code for it: an upgrade runs through more code in some fronts
-// than others. The large bodies run in fresh processes, warmed up by their metric's `warmUp`
-// (1 MiB for a whole second even with `--quick`: wrk runs whole seconds).
+// than others. Small requests and large bodies run in fresh processes, warmed up by their
+// metric's `warmUp` (1 MiB for a whole second even with `--quick`: wrk runs whole seconds).
 const WARM_UP = quick
   ? { http: 1, large: 1, upload: 0.5, upgrades: 0.5, echo: 0.5 }
   : { http: 2, large: 1, upload: 0.5, upgrades: 1, echo: 0.5 };
@@ -348,8 +348,11 @@ async function main() {
   const upstream = node(here('upstream.mjs'));
   const upstreamPorts = await readyPorts(upstream);
   counterUrl = `http://127.0.0.1:${upstreamPorts[0]}/uploaded`;
+  // One long-lived process per front measured in place (echo, upgrades, held tunnels); the
+  // metrics with a `warmUp` start a fresh process per run, so the pooled and the observed fronts,
+  // measured on small requests only, need none.
   const fronts = [];
-  for (const name of FRONTS) fronts.push(await startFront(name, upstreamPorts));
+  for (const name of UNPOOLED) fronts.push(await startFront(name, upstreamPorts));
   const load = node(here('ws-load.mjs'), [], { ipc: true, stdout: 'inherit' });
   const uploadLoad = node(here('upload-load.mjs'), [], { ipc: true, stdout: 'inherit' });
   const loads = { ws: load, upload: uploadLoad };
@@ -372,7 +375,6 @@ async function main() {
   console.error(`load: ${hasWrk ? 'wrk' : 'autocannon'}; warming up…`);
   for (const front of fronts) {
     await httpLoad(`${front.url}/small`, 32, WARM_UP.http);
-    if (!UNPOOLED.includes(front.name)) continue;
     await ask(load, {
       type: 'upgrades',
       url: front.wsUrl,
@@ -388,21 +390,27 @@ async function main() {
   const results = Object.fromEntries(
     METRICS.map((metric) => [metric.key, Object.fromEntries(metric.fronts.map((n) => [n, []]))]),
   );
+  /** One run of `metric` on front `name`: in a fresh process, warmed up, where it has a `warmUp`. */
+  const measureOnce = async (metric, name) => {
+    if (!metric.warmUp) return metric.run(frontOf(name), loads);
+    const fresh = await startFront(name, upstreamPorts);
+    await metric.warmUp(fresh, loads);
+    const value = await metric.run(fresh, loads);
+    await stopFront(fresh);
+    return value;
+  };
   for (const metric of MEASURED) {
     const rounds = roundsOf(metric);
-    const measured = fronts.filter((front) => metric.fronts.includes(front.name));
+    const measured = FRONTS.filter((name) => metric.fronts.includes(name));
     for (let round = 1; round <= rounds; round++) {
       // Every other round backwards (A B C, C B A, …): each front of a pair runs first as often as second.
-      for (const front of round % 2 === 1 ? measured : measured.toReversed()) {
-        const measuredFront = metric.warmUp ? await startFront(front.name, upstreamPorts) : front;
-        if (metric.warmUp) await metric.warmUp(measuredFront, loads);
-        const value = await metric.run(measuredFront, loads);
-        if (metric.warmUp) await stopFront(measuredFront);
+      for (const name of round % 2 === 1 ? measured : measured.toReversed()) {
+        const value = await measureOnce(metric, name);
         if (metric.key === 'rps') {
-          results.rps[front.name].push(value.rps);
-          results.p99[front.name].push(value.p99);
+          results.rps[name].push(value.rps);
+          results.p99[name].push(value.p99);
         } else {
-          results[metric.key][front.name].push(value);
+          results[metric.key][name].push(value);
         }
       }
     }
