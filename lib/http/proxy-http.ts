@@ -216,12 +216,13 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     if (unrelayable)
       return this.fail(new ProxyError('EBADRESPONSE', `${unrelayable} from ${this.upstream?.url}`));
     this.responded = true;
-    // The engine copies these to the client. (Removing hop-by-hop headers from the client response
-    // afterwards would tell Node not to frame the body itself.) The upstream's own headers come back
-    // once copied: the agent reads their Keep-Alive hint when it pools the socket.
+    // These are copied to the client (`copyResponseHead` in the engine module). (Removing hop-by-hop
+    // headers from the client response afterwards would tell Node not to frame the body itself.)
+    // The upstream's own headers come back once copied: the agent reads their Keep-Alive hint when
+    // it pools the socket.
     this.upstreamHeaders = proxyRes.headers;
     const headers = responseEndToEnd(proxyRes.headers, proxyRes.statusCode);
-    // What Node decided for our connection to the client; otherwise the engine echoes the client's header.
+    // What Node decided for our connection to the client, listing `Upgrade` where it is kept (426).
     headers.connection = connectionOf(headers, this.res.shouldKeepAlive);
     proxyRes.headers = headers;
     proxyRes.on('close', () => {
