@@ -50,6 +50,18 @@ export function lastResponseHeaders(socket: Socket): Record<string, unknown> | u
 }
 
 /**
+ * True while the only reader of an upstream socket is the HTTP parser of the request that holds
+ * it: Node's client sets `socket.parser` when it adds its one `data` listener and clears it when it
+ * removes that listener (the response complete, an upgrade, an error). Breaks, to the safe side (a
+ * copy of every read), if Node renames `parser` (present from Node 0.x to 26).
+ */
+export function onlyParserReads(socket: Socket): boolean {
+  return (
+    (socket as Socket & { parser?: unknown }).parser != null && socket.listenerCount('data') === 1
+  );
+}
+
+/**
  * Hands a request its connection the way an agent does (Node's own agents and `agent-base` call
  * `ClientRequest#onSocket`), for a connection source that is not an `http.Agent`. Breaks if Node
  * renames `onSocket` (present from Node 0.x to 26).

@@ -2,6 +2,7 @@ import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { createConnection, type Socket, type TcpNetConnectOpts } from 'node:net';
 import { giveSocket, lastResponseHeaders } from '../internals/node';
+import { readingIntoSharedBuffer } from './shared-read-buffer';
 
 // Without a hint from the upstream: below Node's 5 s server keep-alive default, so an idle socket is
 // dropped here before the upstream drops it.
@@ -96,7 +97,7 @@ export class UpstreamAgents {
 
   /** `onPooled(retireAt)`: a socket went back to a pool, to be retired at `retireAt`. */
   constructor(onPooled: (retireAt: number) => void) {
-    this.http = pooled(new HttpAgent({ keepAlive: true }), onPooled);
+    this.http = pooled(readingIntoSharedBuffer(new HttpAgent({ keepAlive: true })), onPooled);
     this.https = pooled(new HttpsAgent({ keepAlive: true }), onPooled);
   }
 
