@@ -82,8 +82,9 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
   /** Someone watches how requests go (channels, access log, metrics): timings are taken (ms). */
   private watched = false;
   private startedAt = 0;
+  /** There is an access log: it gets the client's address, read while its socket is open, and the bytes sent. */
+  private logged = false;
   private bytesAtStart = 0;
-  /** The client's address, read while its socket is open. */
   private client = '';
   private connectMs: number | undefined;
   private firstByteMs: number | undefined;
@@ -113,6 +114,9 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     if (ctx.observers.watchingRequests) {
       this.watched = true;
       this.startedAt = performance.now();
+    }
+    if (ctx.observers.loggingRequests) {
+      this.logged = true;
       this.bytesAtStart = req.socket.bytesWritten;
       this.client = clientAddress(req, route.settings.trustProxy);
     }
@@ -403,10 +407,9 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
         tries: this.tries,
         timings,
       },
-      {
-        client: this.client,
-        bytes: req.socket.bytesWritten - this.bytesAtStart,
-      },
+      this.logged
+        ? { client: this.client, bytes: req.socket.bytesWritten - this.bytesAtStart }
+        : undefined,
     );
   }
 

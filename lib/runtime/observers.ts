@@ -66,21 +66,27 @@ export class Observers {
   /** Whether anyone wants to know how requests went: only then are they timed. */
   get watchingRequests(): boolean {
     return (
-      (this.accessLog !== undefined && this.accessLog !== false) ||
+      this.loggingRequests ||
       this.observers.size > 0 ||
       requestStart.hasSubscribers ||
       requestEnd.hasSubscribers
     );
   }
 
+  /** Whether there is an access log: only then are a request's client and bytes read. */
+  get loggingRequests(): boolean {
+    return this.accessLog !== undefined && this.accessLog !== false;
+  }
+
   requestStarted(message: RequestStartMessage): void {
     if (requestStart.hasSubscribers) requestStart.publish(message);
   }
 
-  requestEnded(message: RequestEndMessage, fields: RequestLogFields): void {
+  /** `fields`: given when there is an access log ({@link loggingRequests}). */
+  requestEnded(message: RequestEndMessage, fields: RequestLogFields | undefined): void {
     if (requestEnd.hasSubscribers) requestEnd.publish(message);
     for (const observer of this.observers) observer.requestEnded?.(message);
-    if (this.accessLog === undefined || this.accessLog === false) return;
+    if (fields === undefined) return;
     const { req } = message;
     this.log({
       type: 'request',
