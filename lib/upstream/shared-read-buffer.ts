@@ -7,12 +7,12 @@ const READ_BUFFER_BYTES = 64 * 1024;
 
 /**
  * Makes `agent`'s connections read into one buffer that all of them share, instead of a fresh
- * 64 KiB one per read. Every fresh buffer is memory outside V8's heap, and V8 answers that with
- * garbage collections: relaying a large response at several hundred MB/s, dozens of full ones a
- * second, about half of what the front spends per MiB (docs/performance.md). One buffer is enough:
- * each read is handed on before the next one can start, and Node's HTTP parser copies what it
- * keeps (body chunks, header fragments) before it returns. Any other reader of the socket gets a
- * copy of its own.
+ * 64 KiB one per read, which the parser's copy of each body chunk made a second allocation of
+ * every byte, and which the heap gave back to the kernel and faulted in again as GCs freed them:
+ * a quarter to two fifths of the front's CPU per 1 MiB response (docs/performance.md). One buffer
+ * is enough: each read is handed on before the next one can start, and Node's HTTP parser copies
+ * what it keeps (body chunks, header fragments) before it returns. Any other reader of the socket
+ * gets a copy of its own.
  */
 export function readingIntoSharedBuffer<A extends Agent>(agent: A): A {
   const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
