@@ -82,8 +82,7 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
   /** Someone watches how requests go (channels, access log, metrics): timings are taken (ms). */
   private watched = false;
   private startedAt = 0;
-  /** There is an access log: it gets the client's address, read while its socket is open, and the bytes sent. */
-  private logged = false;
+  /** For the access log, where there is one: the client's address, read while its socket is open, and the bytes sent. */
   private bytesAtStart = 0;
   private client = '';
   private connectMs: number | undefined;
@@ -114,11 +113,10 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
     if (ctx.observers.watchingRequests) {
       this.watched = true;
       this.startedAt = performance.now();
-    }
-    if (ctx.observers.loggingRequests) {
-      this.logged = true;
-      this.bytesAtStart = req.socket.bytesWritten;
-      this.client = clientAddress(req, route.settings.trustProxy);
+      if (ctx.observers.loggingRequests) {
+        this.bytesAtStart = req.socket.bytesWritten;
+        this.client = clientAddress(req, route.settings.trustProxy);
+      }
     }
     res.on('close', () => this.onClientClose());
     // Only routes with response rules pay for the hook; it also covers headers set before the proxy ran.
@@ -407,7 +405,7 @@ class HttpExchange extends InFlight implements WebHooks, ConnectWatcher {
         tries: this.tries,
         timings,
       },
-      this.logged
+      this.ctx.observers.loggingRequests
         ? { client: this.client, bytes: req.socket.bytesWritten - this.bytesAtStart }
         : undefined,
     );
