@@ -16,9 +16,10 @@ import { EventEmitter } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { createProxy, ProxyError } from 'viaduct';
-import { closeAll, listen, quietLogger, startFront } from '../helpers/servers.mjs';
+import { closeAll, quietLogger, startFront } from '../helpers/servers.mjs';
 import { openSocket, roundTrip } from '../helpers/clients.mjs';
-import { nextEvent, within } from '../helpers/waiting.mjs';
+import { nextEvent, until, within } from '../helpers/waiting.mjs';
+import { latin1, rawUpstream } from '../helpers/raw-upstream.mjs';
 
 afterEach(closeAll);
 
@@ -32,31 +33,6 @@ const CRLF = '\r\n';
 
 // ---------------------------------------------------------------------------------------------
 // Helpers local to this file.
-
-/**
- * Resolves with the first truthy value `test()` returns, checked now and on every 'change' that
- * `emitter` emits; rejects with what `test()` throws. Bound it with `within`.
- */
-function until(emitter, test) {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      let value;
-      try {
-        value = test();
-      } catch (error) {
-        emitter.off('change', check);
-        reject(error);
-        return;
-      }
-      if (value) {
-        emitter.off('change', check);
-        resolve(value);
-      }
-    };
-    emitter.on('change', check);
-    check();
-  });
-}
 
 /** A raw request (latin1 text): request line, `Host`, the given header lines in order, then `body`. */
 function requestText(path, { method = 'GET', version = '1.1', headers = {}, body = '' } = {}) {
@@ -237,8 +213,6 @@ function decodeFrame(buffer) {
   return { frame: { opcode, masked, payload }, size: header + length };
 }
 
-const latin1 = (bytes) => (typeof bytes === 'string' ? bytes : bytes.toString('latin1'));
-
 /**
  * A raw client connection to the front. `all` is every byte received (latin1), `pending` what no
  * `response()` or `nextFrame()` has taken yet; `closed` resolves with `all` once the front closed it.
@@ -321,90 +295,6 @@ class RawClient extends EventEmitter {
   untilClosed(what = 'the front closes the client connection') {
     return within(this.closed, 2_000, what);
   }
-}
-
-/**
- * A raw upstream on 127.0.0.1. On each connection it parses request heads (and a `Content-Length`
- * body) and calls `answer(request)`, which returns the exact bytes to write in one write (a string
- * is latin1), `{ end: bytes }` to write them and close, or `undefined` when it writes itself (with
- * `request.conn.send`). It never closes a connection otherwise. An answer starting with
- * `HTTP/1.1 101` turns the connection into a tunnel: every later byte is added to `conn.tunnel`
- * and given to `onTunnel(conn, text)`. `connections[i].id` is i + 1 (nginx's X-Connection).
- */
-async function rawUpstream(answer, { onTunnel } = {}) {
-  const connections = [];
-  const requests = [];
-  const events = new EventEmitter();
-  const server = net.createServer((socket) => {
-    const conn = { id: connections.length + 1, socket, requests: [], tunnel: undefined };
-    conn.closed = new Promise((resolve) => socket.once('close', resolve));
-    conn.send = (bytes) =>
-      socket.write(typeof bytes === 'string' ? Buffer.from(bytes, 'latin1') : bytes);
-    connections.push(conn);
-    let pending = '';
-    const intoTunnel = (text) => {
-      conn.tunnel += text;
-      onTunnel?.(conn, text);
-      events.emit('change');
-    };
-    socket.on('error', () => {});
-    socket.on('close', () => events.emit('change'));
-    socket.on('data', (chunk) => {
-      const text = chunk.toString('latin1');
-      if (conn.tunnel !== undefined) return intoTunnel(text);
-      pending += text;
-      while (conn.tunnel === undefined) {
-        const end = pending.indexOf('\r\n\r\n');
-        if (end < 0) break;
-        const head = pending.slice(0, end + 4);
-        const [requestLine, ...lines] = head.slice(0, -4).split(CRLF);
-        const [method, target, version] = requestLine.split(' ');
-        const headers = {};
-        for (const line of lines) {
-          const colon = line.indexOf(':');
-          const name = line.slice(0, colon).trim().toLowerCase();
-          const value = line.slice(colon + 1).trim();
-          headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
-        }
-        const length = Number(headers['content-length'] ?? 0);
-        if (pending.length < end + 4 + length) break;
-        const request = {
-          method,
-          target,
-          version,
-          headers,
-          head,
-          body: pending.slice(end + 4, end + 4 + length),
-          conn,
-          index: requests.length + 1,
-        };
-        pending = pending.slice(end + 4 + length);
-        conn.requests.push(request);
-        requests.push(request);
-        const reply = answer(request);
-        if (reply && typeof reply === 'object' && !Buffer.isBuffer(reply))
-          socket.end(Buffer.from(latin1(reply.end), 'latin1'));
-        else if (reply !== undefined) conn.send(reply);
-        if (reply !== undefined && latin1(reply).startsWith('HTTP/1.1 101')) {
-          conn.tunnel = '';
-          const rest = pending;
-          pending = '';
-          if (rest) intoTunnel(rest);
-        }
-        events.emit('change');
-      }
-      return undefined;
-    });
-  });
-  const port = await listen(server);
-  return {
-    url: `http://127.0.0.1:${port}`,
-    port,
-    connections,
-    requests,
-    /** Resolves once `test()` holds (checked on every byte and connection event). */
-    until: (test, what) => within(until(events, test), 2_000, what),
-  };
 }
 
 /**

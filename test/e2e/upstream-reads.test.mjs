@@ -4,38 +4,16 @@
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { createProxy } from 'viaduct';
 import { closeAll, listen, quietLogger, startFront } from '../helpers/servers.mjs';
 import { deferred, within } from '../helpers/waiting.mjs';
+import { rawUpstream } from '../helpers/raw-upstream.mjs';
 
 after(closeAll);
 
 const MiB = 1024 * 1024;
 const sha256 = (buffer) => createHash('sha256').update(buffer).digest('hex');
-
-/** A raw upstream: each connection's request gets `answer(path)`, the bytes it writes, in one write. */
-async function rawUpstream(answer) {
-  const server = net.createServer((socket) => {
-    let received = '';
-    socket.on('error', () => {});
-    socket.on('data', (chunk) => {
-      received += chunk.toString('latin1');
-      let end = received.indexOf('\r\n\r\n');
-      while (end !== -1) {
-        const path = received.slice(0, end).split(' ')[1];
-        received = received.slice(end + 4);
-        const { bytes, close } = answer(path);
-        if (close) socket.end(bytes);
-        else socket.write(bytes);
-        end = received.indexOf('\r\n\r\n');
-      }
-    });
-  });
-  const port = await listen(server);
-  return { url: `http://127.0.0.1:${port}` };
-}
 
 /**
  * A GET through the front; resolves with the response. `hold` (a promise) keeps the body unread
@@ -129,9 +107,9 @@ describe('responses read through the shared buffer', () => {
     ]);
     const body = randomBytes(256 * 1024);
     const head = `HTTP/1.1 200 OK\r\n${headers.map(([k, v]) => `${k}: ${v}\r\n`).join('')}content-length: ${body.length}\r\n\r\n`;
-    const up = await rawUpstream(() => ({
-      bytes: Buffer.concat([Buffer.from(early.join('') + head, 'latin1'), body]),
-    }));
+    const up = await rawUpstream(() =>
+      Buffer.concat([Buffer.from(early.join('') + head, 'latin1'), body]),
+    );
     const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
 
     const res = await within(get(front.port, '/'), 5000, 'the response');
@@ -147,8 +125,7 @@ describe('responses read through the shared buffer', () => {
   test('a 3 MiB response framed by the end of the connection arrives whole and complete', async () => {
     const body = randomBytes(3 * MiB);
     const up = await rawUpstream(() => ({
-      bytes: Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), body]),
-      close: true,
+      end: Buffer.concat([Buffer.from('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'), body]),
     }));
     const front = await startFront('node', createProxy({ target: up.url, logger: quietLogger() }));
 
@@ -164,7 +141,7 @@ describe('responses read through the shared buffer', () => {
       Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`),
       body,
     ]);
-    const up = await rawUpstream(() => ({ bytes: sent }));
+    const up = await rawUpstream(() => sent);
     const proxy = createProxy({ target: up.url, logger: quietLogger() });
     const kept = [];
     const keep = (socket) => socket.on('data', (chunk) => kept.push(chunk));

@@ -137,6 +137,11 @@ export function parseResponse(raw) {
   const end = raw.indexOf('\r\n\r\n');
   assert.ok(end > 0, `a complete response head in ${JSON.stringify(raw)}`);
   const [statusLine, ...lines] = raw.slice(0, end).split('\r\n');
+  return { status: statusOf(statusLine), headers: headersOf(lines), body: raw.slice(end + 4) };
+}
+
+/** Header lines of a raw head as an object: lower-case names, repeated ones joined by ', '. */
+export function headersOf(lines) {
   const headers = {};
   for (const line of lines) {
     const colon = line.indexOf(':');
@@ -144,5 +149,5 @@ export function parseResponse(raw) {
     const value = line.slice(colon + 1).trim();
     headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
   }
-  return { status: statusOf(statusLine), headers, body: raw.slice(end + 4) };
+  return headers;
 }

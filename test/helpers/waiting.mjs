@@ -55,3 +55,28 @@ export async function assertOnlyLiveTunnel(proxy, upstreamSockets, ws) {
   await closed;
   assert.equal(proxy.stats().tunnels.active, 0);
 }
+
+/**
+ * Resolves with the first truthy value `test()` returns, checked now and on every 'change' that
+ * `emitter` emits; rejects with what `test()` throws. Bound it with `within`.
+ */
+export function until(emitter, test) {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      let value;
+      try {
+        value = test();
+      } catch (error) {
+        emitter.off('change', check);
+        reject(error);
+        return;
+      }
+      if (value) {
+        emitter.off('change', check);
+        resolve(value);
+      }
+    };
+    emitter.on('change', check);
+    check();
+  });
+}
