@@ -69,3 +69,34 @@ export function onlyParserReads(socket: Socket): boolean {
 export function giveSocket(req: ClientRequest, socket: Socket): void {
   (req as ClientRequest & { onSocket(socket: Socket): void }).onSocket(socket);
 }
+
+/** The socket properties where `net` keeps its `onread` option, found once. */
+let onreadKeys: { buffer: symbol; callback: symbol } | null | undefined;
+
+/**
+ * Makes a socket that `net` created for a server read into `buffer` and give each read's length
+ * to `callback`, as the `onread` option does for a socket one creates (servers take no such
+ * option): `net` keeps the option in the socket's `kBuffer` and `kBufferCb` properties and hands
+ * the buffer to the handle's `useUserBuffer`, and its `pause()`/`resume()` stop and start the
+ * handle's reads for such a socket. Changes nothing, and the socket reads as before, if Node
+ * renames any of them (all there in Node 20, 22, 24 and 26).
+ */
+export function readInto(
+  socket: Socket,
+  buffer: Buffer,
+  callback: (bytes: number) => boolean,
+): void {
+  if (onreadKeys === undefined) {
+    const own = Object.getOwnPropertySymbols(socket);
+    const named = (name: string) => own.find((key) => key.description === name);
+    const [bufferKey, callbackKey] = [named('kBuffer'), named('kBufferCb')];
+    onreadKeys = bufferKey && callbackKey ? { buffer: bufferKey, callback: callbackKey } : null;
+  }
+  const handle = (socket as Socket & { _handle?: { useUserBuffer?(buffer: Buffer): void } })
+    ._handle;
+  if (onreadKeys === null || typeof handle?.useUserBuffer !== 'function') return;
+  handle.useUserBuffer(buffer);
+  const properties = socket as unknown as Record<symbol, unknown>;
+  properties[onreadKeys.buffer] = buffer;
+  properties[onreadKeys.callback] = callback;
+}

@@ -12,6 +12,7 @@ import type {
   TunnelCloseReason,
   TunnelOpenEvent,
 } from '../types';
+import { readDirectly } from '../upstream/shared-read-buffer';
 import type { Upstream } from '../upstream/upstream';
 import { closeFrame, GOING_AWAY } from './close-frame';
 import { FrameCursor } from './frame-cursor';
@@ -131,6 +132,8 @@ export class Tunnel extends InFlight {
     upstream.on('close', () => this.onSocketClose('upstream'));
     this.relay(this.fromUpstream);
     this.relay(this.fromClient);
+    readDirectly(upstream, (chunk) => this.forward(this.fromUpstream, chunk));
+    readDirectly(client, (chunk) => this.forward(this.fromClient, chunk));
     client.write(head);
     if (upstreamHead.length > 0) this.forward(this.fromUpstream, upstreamHead);
     ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${this.upstreamServer.url})`);

@@ -1,8 +1,8 @@
 import { Agent as HttpAgent, type ClientRequest } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import { createConnection, type Socket, type TcpNetConnectOpts } from 'node:net';
+import type { Socket, TcpNetConnectOpts } from 'node:net';
 import { giveSocket, lastResponseHeaders } from '../internals/node';
-import { readingIntoSharedBuffer } from './shared-read-buffer';
+import { handshakeConnection, readingIntoSharedBuffer } from './shared-read-buffer';
 
 // Without a hint from the upstream: below Node's 5 s server keep-alive default, so an idle socket is
 // dropped here before the upstream drops it.
@@ -81,7 +81,7 @@ const handshakeConnections: ConnectionSource = {
     // `path` is the request's, which would make `net` connect to a Unix socket of that name.
     (options as { path?: string }).path = options.socketPath;
     options.noDelay = true;
-    giveSocket(req, createConnection(options));
+    giveSocket(req, handshakeConnection(options));
   },
 };
 
