@@ -75,16 +75,17 @@ let onreadKeys: { buffer: symbol; callback: symbol } | null | undefined;
 
 /**
  * Makes a socket that `net` created for a server read into `buffer` and give each read's length
- * to `callback`, as the `onread` option does for a socket one creates (servers take no such
- * option): `net` keeps the option in the socket's `kBuffer` and `kBufferCb` properties and hands
- * the buffer to the handle's `useUserBuffer`, and its `pause()`/`resume()` stop and start the
- * handle's reads for such a socket. Changes nothing, and the socket reads as before, if Node
- * renames any of them (all there in Node 20, 22, 24 and 26).
+ * to `callback` (called on the socket), as the `onread` option does for a socket one creates
+ * (servers take no such option): `net` keeps the option in the socket's `kBuffer` and `kBufferCb`
+ * properties and hands the buffer to the handle's `useUserBuffer`, and its `pause()`/`resume()`
+ * stop and start the handle's reads for such a socket. Nothing changes for a socket opened with
+ * that `onread` already, nor, the socket reading as before, if Node renames any of them (all there
+ * in Node 20, 22, 24 and 26).
  */
 export function readInto(
   socket: Socket,
   buffer: Buffer,
-  callback: (bytes: number) => boolean,
+  callback: (this: Socket, bytes: number) => boolean,
 ): void {
   if (onreadKeys === undefined) {
     const own = Object.getOwnPropertySymbols(socket);
@@ -95,8 +96,9 @@ export function readInto(
   const handle = (socket as Socket & { _handle?: { useUserBuffer?(buffer: Buffer): void } })
     ._handle;
   if (onreadKeys === null || typeof handle?.useUserBuffer !== 'function') return;
-  handle.useUserBuffer(buffer);
   const properties = socket as unknown as Record<symbol, unknown>;
+  if (properties[onreadKeys.callback] === callback) return;
+  handle.useUserBuffer(buffer);
   properties[onreadKeys.buffer] = buffer;
   properties[onreadKeys.callback] = callback;
 }

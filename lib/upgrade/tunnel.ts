@@ -132,8 +132,6 @@ export class Tunnel extends InFlight {
     upstream.on('close', () => this.onSocketClose('upstream'));
     this.relay(this.fromUpstream);
     this.relay(this.fromClient);
-    readDirectly(upstream, (chunk) => this.forward(this.fromUpstream, chunk));
-    readDirectly(client, (chunk) => this.forward(this.fromClient, chunk));
     client.write(head);
     if (upstreamHead.length > 0) this.forward(this.fromUpstream, upstreamHead);
     ctx.logger.debug(`viaduct: tunnel opened on route "${route.key}" (${this.upstreamServer.url})`);
@@ -148,8 +146,11 @@ export class Tunnel extends InFlight {
     ctx.observers.tunnelOpened(event);
   }
 
+  /** Relays what `direction`'s source sends, read through the shared tunnel buffer where it can be. */
   private relay(direction: Direction): void {
-    direction.source.on('data', (chunk: Buffer) => this.forward(direction, chunk));
+    const onChunk = (chunk: Buffer): void => this.forward(direction, chunk);
+    direction.source.on('data', onChunk);
+    readDirectly(direction.source, onChunk);
     direction.source.on('end', () => {
       this.reason ??= direction.side;
       direction.destination.end();

@@ -38,31 +38,29 @@ export function readingIntoSharedBuffer<A extends Agent>(agent: A): A {
 /** Takes one read of a tunnel's socket: a buffer of its own. */
 export type DirectReader = (chunk: Buffer) => void;
 
-/** Where a tunnel socket's reads go: to `reader`, once the tunnel set one. */
-interface DirectReads {
-  reader: DirectReader | undefined;
-}
-
-/** The reads of each handshake connection, for the tunnel it may carry. */
-const handshakeReads = new WeakMap<Socket, DirectReads>();
+/** The reader each tunnel gave its sockets. */
+const readers = new WeakMap<Socket, DirectReader>();
 /** Every tunnel's sockets read into it; each read is copied out before the next can start. */
 const tunnelBuffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
 /**
- * One read of a tunnel's `socket`, copied out of the shared buffer into one just as long (a slice
- * of Node's buffer pool for a WebSocket message): a write that does not complete at once keeps
- * what it was given, which the next read would overwrite. The copy goes to the reader
- * directly, or, before there is one, while chunks wait in the socket's stream or while anything
- * else listens to it, into the stream as Node pushes its own reads.
+ * One read of a tunnel's socket (`this`: `net` calls it on the socket), copied out of the shared
+ * buffer into one just as long (a slice of Node's buffer pool for a WebSocket message): a write
+ * that does not complete at once keeps what it was given, which the next read would overwrite.
+ * The copy goes to the socket's reader directly, or, before it has one, while chunks wait in its
+ * stream or while anything else listens to it, into the stream as Node pushes its own reads.
  */
-function copyOut(socket: Socket, reads: DirectReads, bytes: number): boolean {
+function copyOut(this: Socket, bytes: number): boolean {
   const chunk = Buffer.from(tunnelBuffer.subarray(0, bytes));
-  const { reader } = reads;
-  if (reader === undefined || socket.readableLength !== 0 || socket.listenerCount('data') !== 1)
-    return socket.push(chunk);
+  const reader = readers.get(this);
+  if (reader === undefined || this.readableLength !== 0 || this.listenerCount('data') !== 1)
+    return this.push(chunk);
   reader(chunk);
   return true;
 }
+
+/** The `onread` option of every handshake connection: one object for all of them. */
+const TUNNEL_READS = { buffer: tunnelBuffer, callback: copyOut };
 
 /**
  * A connection for a plain-HTTP upgrade handshake (`options` is changed in place), opened with
@@ -71,28 +69,18 @@ function copyOut(socket: Socket, reads: DirectReads, bytes: number): boolean {
  * that stream and its `nextTick`, and without a fresh 64 KiB buffer per read (docs/performance.md).
  */
 export function handshakeConnection(options: TcpNetConnectOpts): Socket {
-  const reads: DirectReads = { reader: undefined };
-  options.onread = {
-    buffer: tunnelBuffer,
-    callback: (bytes: number): boolean => copyOut(socket, reads, bytes),
-  };
-  const socket = createConnection(options);
-  handshakeReads.set(socket, reads);
-  return socket;
+  options.onread = TUNNEL_READS;
+  return createConnection(options);
 }
 
 /**
  * Gives `reader` each read of `socket`, one side of an open tunnel, while the tunnel's own `data`
- * listener is the only one: on a {@link handshakeConnection}, through its `onread`; on any other
- * plain TCP socket (the client's, accepted by a server, which takes no `onread`), through
- * {@link readInto}. Left as it is where neither applies: a TLS socket takes no `onread`.
+ * listener (`reader` too) is the only one: a {@link handshakeConnection} reads that way already;
+ * any other plain TCP socket (the client's, accepted by a server, which takes no `onread`) is
+ * made to, through {@link readInto}. A TLS socket is left as it is: it takes no `onread`.
  */
 export function readDirectly(socket: Duplex, reader: DirectReader): void {
-  const reads = handshakeReads.get(socket as Socket);
-  if (reads !== undefined) {
-    reads.reader = reader;
-  } else if (socket instanceof Socket && !(socket instanceof TLSSocket)) {
-    const own: DirectReads = { reader };
-    readInto(socket, tunnelBuffer, (bytes) => copyOut(socket, own, bytes));
-  }
+  if (!(socket instanceof Socket) || socket instanceof TLSSocket) return;
+  readers.set(socket, reader);
+  readInto(socket, tunnelBuffer, copyOut);
 }
