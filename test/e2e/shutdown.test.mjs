@@ -20,6 +20,7 @@ import {
 import {
   SWITCHING_PROTOCOLS,
   handshake,
+  headThenPause,
   openSocket,
   rawExchange,
   request,
@@ -652,21 +653,6 @@ describe('close() on an idle proxy', () => {
     assert.deepEqual(proxy.stats().requests, { total: 21, active: 0, errors: 1 });
   });
 });
-
-/** Resolves with what `socket` received up to the end of a message head; from then on it reads nothing. */
-function headThenPause(socket) {
-  return new Promise((resolve) => {
-    let head = '';
-    const onData = (chunk) => {
-      head += chunk.toString('latin1');
-      if (!head.includes('\r\n\r\n')) return;
-      socket.removeListener('data', onData);
-      socket.pause();
-      resolve(head);
-    };
-    socket.on('data', onData);
-  });
-}
 
 // close() ends each tunnel with a flushing end(); at the deadline "tunnels that did not flush are
 // destroyed" (lib/proxy.ts). A tunnel with unsent bytes towards both peers, neither of which reads,

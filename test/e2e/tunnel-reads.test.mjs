@@ -7,7 +7,7 @@ import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createProxy } from 'viaduct';
-import { SWITCHING_PROTOCOLS, handshake } from '../helpers/clients.mjs';
+import { SWITCHING_PROTOCOLS, handshake, headThenPause } from '../helpers/clients.mjs';
 import { closeAll, listen, quietLogger, startFront } from '../helpers/servers.mjs';
 import { deferred, within } from '../helpers/waiting.mjs';
 
@@ -49,19 +49,13 @@ async function writeAll(socket, frames) {
  * frames in one write, then writes the rest as fast as the proxy takes them, and closes.
  */
 async function streamingUpstream(streams) {
-  const server = net.createServer((socket) => {
+  const server = net.createServer(async (socket) => {
     socket.on('error', () => {});
-    let head = '';
-    const onHead = async (chunk) => {
-      head += chunk.toString('latin1');
-      if (!head.includes('\r\n\r\n')) return;
-      socket.off('data', onHead);
-      const frames = streams[Number(/^GET \/(\d+) /.exec(head)[1])];
-      socket.write(Buffer.concat([Buffer.from(SWITCHING_PROTOCOLS, 'latin1'), frames[0]]));
-      for (const frame of frames.slice(1)) if (!socket.write(frame)) await once(socket, 'drain');
-      socket.end();
-    };
-    socket.on('data', onHead);
+    const head = await headThenPause(socket);
+    socket.resume();
+    const frames = streams[Number(/^GET \/(\d+) /.exec(head)[1])];
+    socket.write(Buffer.concat([Buffer.from(SWITCHING_PROTOCOLS, 'latin1'), frames[0]]));
+    await writeAll(socket, frames.slice(1));
   });
   return `http://127.0.0.1:${await listen(server)}`;
 }
@@ -152,28 +146,19 @@ async function receivingUpstream({ hold } = {}) {
     if (!arrivals.has(path)) arrivals.set(path, deferred());
     return arrivals.get(path);
   };
-  const server = net.createServer((socket) => {
+  const server = net.createServer(async (socket) => {
     socket.on('error', () => {});
-    const chunks = [];
-    let path;
-    socket.on('data', (chunk) => {
-      chunks.push(chunk);
-      if (path !== undefined) return;
-      const all = Buffer.concat(chunks);
-      const headEnd = all.indexOf('\r\n\r\n');
-      if (headEnd < 0) return;
-      path = /^GET (\S+) /.exec(all.toString('latin1'))[1];
-      chunks.splice(0, chunks.length, all.subarray(headEnd + 4));
-      socket.write(SWITCHING_PROTOCOLS);
-      if (hold) {
-        socket.pause();
-        hold.then(() => socket.resume());
-      }
-    });
+    const head = await headThenPause(socket);
+    const path = /^GET (\S+) /.exec(head)[1];
+    const chunks = [Buffer.from(head.slice(head.indexOf('\r\n\r\n') + 4), 'latin1')];
+    socket.on('data', (chunk) => chunks.push(chunk));
     socket.on('end', () => {
       arrivalOf(path).resolve(Buffer.concat(chunks));
       socket.end();
     });
+    socket.write(SWITCHING_PROTOCOLS);
+    if (hold) hold.then(() => socket.resume());
+    else socket.resume();
   });
   const port = await listen(server);
   return { url: `http://127.0.0.1:${port}`, received: (path) => arrivalOf(path).promise };
@@ -183,16 +168,11 @@ async function receivingUpstream({ hold } = {}) {
 function sendThrough(port, path, frames) {
   const socket = net.connect(port, '127.0.0.1');
   socket.on('error', () => {});
-  let head = '';
-  const onHead = (chunk) => {
-    head += chunk.toString('latin1');
-    if (!head.includes('\r\n\r\n')) return;
-    socket.off('data', onHead);
+  headThenPause(socket).then((head) => {
     socket.resume();
     assert.match(head, /^HTTP\/1\.1 101 /);
     writeAll(socket, frames);
-  };
-  socket.on('data', onHead);
+  });
   socket.write(handshake(path));
   return socket;
 }

@@ -151,3 +151,21 @@ export function headersOf(lines) {
   }
   return headers;
 }
+
+/**
+ * Resolves with what `socket` received up to the end of a message head (latin1), bytes after it in
+ * the same read included; from then on it reads nothing until resumed.
+ */
+export function headThenPause(socket) {
+  return new Promise((resolve) => {
+    let head = '';
+    const onData = (chunk) => {
+      head += chunk.toString('latin1');
+      if (!head.includes('\r\n\r\n')) return;
+      socket.removeListener('data', onData);
+      socket.pause();
+      resolve(head);
+    };
+    socket.on('data', onData);
+  });
+}
