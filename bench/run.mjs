@@ -198,14 +198,17 @@ async function upload(front, uploadLoad, seconds = NODE_LOAD_SECONDS) {
 // measures each front in a fresh process, after this warm-up. The rate of large bodies follows the
 // GC state a process settles in more than its code, and a process's small requests whether V8
 // put its `process.nextTick` on the slow path (docs/performance.md): in the same processes, every
-// round would draw the same state again; fresh ones draw it anew each round. Eight fronts, two more
-// metrics and the held-tunnels phase in about 9 minutes: 5–7 rounds each; an even number where a
-// pair's order matters most (each front of a pair first in half the rounds).
+// round would draw the same state again; fresh ones draw it anew each round. `passes`: runs of
+// each front per round, in alternating order, averaged into the round's value: the machine's
+// speed drifts by a fifth within seconds, and the parity goals need the runs of a pair close in
+// time and more of them. Eight fronts, two more metrics and the held-tunnels phase in about 11
+// minutes; an even number of rounds where a pair's order matters most.
 const METRICS = [
   {
     key: 'rps',
     label: 'HTTP small: requests/s',
     rounds: 6,
+    passes: 2,
     fronts: FRONTS,
     warmUp: (front) => httpLoad(`${front.url}/small`, 32, WARM_UP.http),
     // With its p99, which makes the next row.
@@ -227,6 +230,7 @@ const METRICS = [
     key: 'upload',
     label: 'HTTP 8 MiB uploads: MB/s delivered',
     rounds: 5,
+    passes: 2,
     fronts: UNPOOLED,
     warmUp: (front, loads) => upload(front, loads.upload, WARM_UP.upload),
     run: (front, loads) => upload(front, loads.upload),
@@ -235,6 +239,7 @@ const METRICS = [
     key: 'echo',
     label: 'WS echo over 32 tunnels: messages/s',
     rounds: 6,
+    passes: 2,
     fronts: UNPOOLED,
     run: async (front, loads) =>
       (
@@ -301,6 +306,13 @@ const metricOf = (key) => METRICS.find((metric) => metric.key === key);
 function roundsOf(metric) {
   return ROUNDS_OVERRIDE ?? (quick ? 1 : metric.rounds);
 }
+
+/** Runs of each front per round of `metric`: one with `--quick`. */
+function passesOf(metric) {
+  return quick ? 1 : (metric.passes ?? 1);
+}
+
+const mean = (values) => values.reduce((sum, value) => sum + value, 0) / values.length;
 
 // The rows measured round by round (the p99 comes with the requests/s runs).
 const MEASURED = METRICS.filter((metric) => metric.rounds !== undefined);
@@ -392,31 +404,56 @@ async function main() {
   const results = Object.fromEntries(
     METRICS.map((metric) => [metric.key, Object.fromEntries(metric.fronts.map((n) => [n, []]))]),
   );
-  /** One run of `metric` on front `name`: in a fresh process, warmed up, where it has a `warmUp`. */
-  const measureOnce = async (metric, name) => {
+  /**
+   * One run of `metric` on front `name`: in the round's fresh process of it, started and warmed up
+   * at its first run, where the metric has a `warmUp`; else in the long-lived one.
+   */
+  const measureOnce = async (metric, name, fresh) => {
     if (!metric.warmUp) return metric.run(frontOf(name), loads);
-    const fresh = await startFront(name, upstreamPorts);
-    await metric.warmUp(fresh, loads);
-    const value = await metric.run(fresh, loads);
-    await stopFront(fresh);
-    return value;
+    if (!fresh.has(name)) {
+      const front = await startFront(name, upstreamPorts);
+      await metric.warmUp(front, loads);
+      fresh.set(name, front);
+    }
+    return metric.run(fresh.get(name), loads);
   };
   for (const metric of MEASURED) {
     const rounds = roundsOf(metric);
+    const passes = passesOf(metric);
     const measured = FRONTS.filter((name) => metric.fronts.includes(name));
     for (let round = 1; round <= rounds; round++) {
-      // Every other round backwards (A B C, C B A, …): each front of a pair runs first as often as second.
-      for (const name of round % 2 === 1 ? measured : measured.toReversed()) {
-        const value = await measureOnce(metric, name);
+      const fresh = new Map();
+      const runs = Object.fromEntries(measured.map((name) => [name, []]));
+      for (let pass = 1; pass <= passes; pass++) {
+        // Every other pass backwards (A B C, C B A, …), and each round starts the other way from
+        // the last: each front of a pair runs first as often as second, and within a round the
+        // runs of a pair sit around the same moment, so that a drift of the machine's speed
+        // weighs on both alike.
+        const forward = (round + pass) % 2 === 0;
+        for (const name of forward ? measured : measured.toReversed())
+          runs[name].push(await measureOnce(metric, name, fresh));
+      }
+      for (const front of fresh.values()) await stopFront(front);
+      for (const name of measured) {
         if (metric.key === 'rps') {
-          results.rps[name].push(value.rps);
-          results.p99[name].push(value.p99);
+          results.rps[name].push(mean(runs[name].map((run) => run.rps)));
+          results.p99[name].push(mean(runs[name].map((run) => run.p99)));
         } else {
-          results[metric.key][name].push(value);
+          results[metric.key][name].push(mean(runs[name]));
         }
       }
+      // Each round's own ratios as it ends: the spread behind the medians, and when in a run a miss came.
+      const ratios = [...GOALS, ...KEPT]
+        .filter((target) => target.key === metric.key && target.pair)
+        .map(
+          ({ pair: [a, b] }) =>
+            `${a} ÷ ${b} ${(results[metric.key][a].at(-1) / results[metric.key][b].at(-1)).toFixed(2)}×`,
+        );
+      console.error(`${metric.label}, round ${round}: ${ratios.join(', ') || 'no pairs'}`);
     }
-    console.error(`${metric.label}: ${rounds} round(s) done (${elapsed(started)})`);
+    console.error(
+      `${metric.label}: ${rounds} round(s) of ${passes} pass(es) done (${elapsed(started)})`,
+    );
   }
 
   // The held-tunnels phase, one front at a time, in the same front processes. Without tunnels: a
@@ -507,7 +544,7 @@ async function main() {
   console.log(
     `\nNode ${process.version}, ${cpu.length} × ${cpu[0]?.model.trim()}, ${(totalmem() / 1024 ** 3).toFixed(0)} GiB; ` +
       `${hasWrk ? 'wrk' : 'autocannon'}; plain node, no V8 flags; open files ${limit}; ${HTTP_SMALL_SECONDS} s per small-response run, ${SECONDS} s per 1 MiB run, ${NODE_LOAD_SECONDS} s per upload, echo and upgrades run; ` +
-      `rounds: ${MEASURED.map((metric) => `${metric.key} ${roundsOf(metric)}`).join(', ')}; held tunnels: ${HELD_TUNNELS} from ${HELD_SOURCES} source addresses, p99 ${HELD_P99.runs} run(s) each way, idle CPU over ${IDLE_CPU_SECONDS} s; ` +
+      `rounds × runs per front: ${MEASURED.map((metric) => `${metric.key} ${roundsOf(metric)} × ${passesOf(metric)}`).join(', ')}; held tunnels: ${HELD_TUNNELS} from ${HELD_SOURCES} source addresses, p99 ${HELD_P99.runs} run(s) each way, idle CPU over ${IDLE_CPU_SECONDS} s; ` +
       `${elapsed(started)} in all.`,
   );
   for (const child of children) child.kill();
