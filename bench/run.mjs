@@ -201,7 +201,7 @@ async function upload(front, uploadLoad, seconds = NODE_LOAD_SECONDS) {
 // round would draw the same state again; fresh ones draw it anew each round. `passes`: runs of
 // each front per round, in alternating order, averaged into the round's value: the machine's
 // speed drifts by a fifth within seconds, and the parity goals need the runs of a pair close in
-// time and more of them. Eight fronts, two more metrics and the held-tunnels phase in about 11
+// time and more of them. Eight fronts, two more metrics and the held-tunnels phase in about 12
 // minutes; an even number of rounds where a pair's order matters most.
 const METRICS = [
   {
@@ -404,6 +404,11 @@ async function main() {
   const results = Object.fromEntries(
     METRICS.map((metric) => [metric.key, Object.fromEntries(metric.fronts.map((n) => [n, []]))]),
   );
+  // A pair's ratio in each round so far, or `undefined` when either front has no value.
+  const perRound = (key, [a, b]) =>
+    results[key][a]?.length && results[key][b]?.length
+      ? results[key][a].map((value, round) => value / results[key][b][round])
+      : undefined;
   /**
    * One run of `metric` on front `name`: in the round's fresh process of it, started and warmed up
    * at its first run, where the metric has a `warmUp`; else in the long-lived one.
@@ -445,11 +450,8 @@ async function main() {
       // Each round's own ratios as it ends: the spread behind the medians, and when in a run a miss came.
       const ratios = [...GOALS, ...KEPT]
         .filter((target) => target.key === metric.key && target.pair)
-        .map(
-          ({ pair: [a, b] }) =>
-            `${a} ÷ ${b} ${(results[metric.key][a].at(-1) / results[metric.key][b].at(-1)).toFixed(2)}×`,
-        );
-      console.error(`${metric.label}, round ${round}: ${ratios.join(', ') || 'no pairs'}`);
+        .map(({ pair }) => `${pair.join(' ÷ ')} ${perRound(metric.key, pair).at(-1).toFixed(2)}×`);
+      console.error(`${metric.label}, round ${round}: ${ratios.join(', ')}`);
     }
     console.error(
       `${metric.label}: ${rounds} round(s) of ${passes} pass(es) done (${elapsed(started)})`,
@@ -497,10 +499,6 @@ async function main() {
     );
   }
 
-  const perRound = (key, [a, b]) =>
-    results[key][a]?.length && results[key][b]?.length
-      ? results[key][a].map((value, round) => value / results[key][b][round])
-      : undefined;
   const lines = [];
   lines.push(
     `| metric | ${FRONTS.join(' | ')} | ${RATIOS.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} |`,
